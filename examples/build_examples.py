@@ -1,0 +1,95 @@
+"""Writes the example graphs in this folder with the builder API.
+
+    python examples/build_examples.py
+
+The JSON files are committed; tests/test_examples.py checks that they validate and
+that this script still reproduces them, so the builder and the files cannot drift.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import graphspec
+from graphspec import GraphBuilder, Metadata
+
+HERE = Path(__file__).resolve().parent
+
+
+def _logreg_inputs(g: GraphBuilder):
+    x1 = g.input("x1", ["N"], doc="first feature")
+    x2 = g.input("x2", ["N"], doc="second feature")
+    y = g.input("y", ["N"], doc="label, 0 or 1")
+    w1 = g.param("w1", [], init="zeros")
+    w2 = g.param("w2", [], init="zeros")
+    b = g.param("b", [], init="zeros")
+    # z = x1*w1 + x2*w2 + b, named as the seed example names them
+    z = g.add(g.add(g.mul(x1, w1, name="x1w1"), g.mul(x2, w2, name="x2w2"), name="s"), b, name="z")
+    return z, y
+
+
+def logistic_regression() -> graphspec.Graph:
+    g = GraphBuilder("logistic_regression", dtype="float64", metadata=Metadata(
+        description="The seed example: z = x1*w1 + x2*w2 + b, a = sigmoid(z), "
+                    "L = -(y*log a + (1-y)*log(1-a)) averaged over the batch.",
+        author="chainrule", created="2026-11-27", tags={"seed": True}))
+    z, y = _logreg_inputs(g)
+    a = g.sigmoid(z, name="a")
+    g.output("a", a)
+    g.loss(g.bce(a, y, name="L"))
+    return g.build()
+
+
+def sigmoid_primitives() -> graphspec.Graph:
+    g = GraphBuilder("sigmoid_primitives", dtype="float64", metadata=Metadata(
+        description="The seed example with sigma built from primitive nodes: a = 1 / (1 + exp(-1 * z)). "
+                    "Backward: '/' passes -1/d^2, '+' passes through, 'exp' multiplies by exp(-z), "
+                    "'x-1' flips the sign; together sigma(z)(1 - sigma(z)).",
+        author="chainrule", created="2026-11-27", tags={"seed": True}))
+    z, y = _logreg_inputs(g)
+    minus_one = g.constant(-1.0, name="minus_one")
+    one = g.constant(1.0, name="one")
+    neg = g.mul(z, minus_one, name="neg_z")        # x -1
+    e = g.exp(neg, name="exp_neg_z")               # exp
+    d = g.add(e, one, name="one_plus_exp")         # +1
+    a = g.div(one, d, name="a")                    # 1/x
+    g.output("a", a)
+    g.loss(g.bce(a, y, name="L"))
+    return g.build()
+
+
+def small_mlp() -> graphspec.Graph:
+    g = GraphBuilder("small_mlp", dtype="float32", metadata=Metadata(
+        description="A 4-16-3 tanh MLP with softmax cross-entropy on integer class labels.",
+        author="chainrule", created="2026-11-27", tags={"kind": "classifier"}))
+    x = g.input("x", ["N", 4], doc="features")
+    labels = g.input("labels", ["N"], dtype="int64", doc="class index in 0..2")
+    w1 = g.param("w1", [4, 16], init="glorot")
+    b1 = g.param("b1", [16], init="zeros")
+    w2 = g.param("w2", [16, 3], init="glorot")
+    b2 = g.param("b2", [3], init="zeros")
+    h = g.tanh(g.add(g.matmul(x, w1, name="xw1"), b1, name="h_pre"), name="h")
+    logits = g.add(g.matmul(h, w2, name="hw2"), b2, name="logits")
+    g.output("logits", logits)
+    g.output("probabilities", g.softmax(logits, name="probabilities"))
+    g.loss(g.softmax_cross_entropy(logits, labels, name="L"))
+    return g.build()
+
+
+EXAMPLES = {
+    "logistic_regression.json": logistic_regression,
+    "sigmoid_primitives.json": sigmoid_primitives,
+    "small_mlp.json": small_mlp,
+}
+
+
+def main() -> int:
+    for filename, make in EXAMPLES.items():
+        graphspec.dump(make(), HERE / filename)
+        print(f"wrote {HERE / filename}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

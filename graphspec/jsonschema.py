@@ -1,0 +1,92 @@
+"""The JSON Schema of the current format, generated from the one model definition.
+
+``python -m graphspec.jsonschema --write`` refreshes the committed copy under
+``graphspec/schema/``; a test fails when the committed copy is stale, and another when
+the format's fingerprint changes without a version bump.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from .model import DOCUMENT, NODE
+from .ops import OPS
+from .structure import Obj, collect_defs, Field
+from .versioning import CURRENT_VERSION, FORMAT_ID, format_version
+
+SCHEMA_DIR = Path(__file__).parent / "schema"
+
+
+def schema_path(version: tuple[int, int] = CURRENT_VERSION) -> Path:
+    return SCHEMA_DIR / f"graph-v{version[0]}.{version[1]}.schema.json"
+
+
+def _node_rules() -> list[dict]:
+    """Per-op constraints: exact arity and the op's own attributes (if op == X then ...)."""
+    rules = []
+    for name, op in sorted(OPS.items()):
+        attrs = Obj({a.name: Field(a.spec, required=a.required) for a in op.attrs})
+        rules.append({
+            "if": {"properties": {"op": {"const": name}}, "required": ["op"]},
+            "then": {"properties": {
+                "inputs": {"minItems": op.arity, "maxItems": op.arity},
+                "attrs": attrs.schema(),
+            }, **({"required": ["attrs"]} if any(a.required for a in op.attrs) else {})},
+        })
+    return rules
+
+
+def json_schema() -> dict:
+    defs = collect_defs(DOCUMENT)
+    for op in OPS.values():
+        for attr in op.attrs:
+            collect_defs(attr.spec, defs)
+    node = dict(defs[NODE.name])
+    node["properties"] = dict(node["properties"], op={"enum": sorted(OPS)})
+    node["allOf"] = _node_rules()
+    defs[NODE.name] = node
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://chainrule.dev/schema/graph-v{format_version(CURRENT_VERSION)}.json",
+        "title": f"{FORMAT_ID} {format_version(CURRENT_VERSION)}",
+        **DOCUMENT.schema(),
+        "$defs": dict(sorted(defs.items())),
+    }
+
+
+def dumps_schema() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=False) + "\n"
+
+
+def catalogue_table() -> list[dict]:
+    """The op contracts as data (what the docs and the fingerprint see)."""
+    return [{
+        "name": op.name, "since": op.since, "inputs": list(op.inputs), "differentiable": list(op.grad_inputs),
+        "attrs": [{"name": a.name, "required": a.required, "default": a.default, "schema": a.spec.schema()}
+                  for a in op.attrs],
+        "doc": op.doc,
+    } for op in sorted(OPS.values(), key=lambda o: o.name)]
+
+
+def fingerprint() -> str:
+    """sha256 over the schema and the op catalogue: any change to either must bump the version."""
+    blob = json.dumps({"schema": json_schema(), "ops": catalogue_table()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--write" in argv:
+        schema_path().write_text(dumps_schema())
+        print(f"wrote {schema_path()}")
+        print(f"fingerprint {format_version(CURRENT_VERSION)}: {fingerprint()}")
+    else:
+        sys.stdout.write(dumps_schema())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

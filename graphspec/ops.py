@@ -1,0 +1,332 @@
+"""The op catalogue: the format's truth about every op (like ONNX op schemas).
+
+One :class:`OpContract` per op: its inputs (arity, and which ones carry gradients),
+attributes with types and defaults, the type rule (dtype + shape inference), the
+format version that introduced it, and a one-line doc. Validation, the JSON Schema,
+the docs tables and the runtime's kernel registry all read this table; adding an op
+means adding one entry here and one kernel in ``runtime``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .tensors import TENSOR
+from .structure import Bool, Enum, Int, List, Null, Num, OneOf, Spec
+from .types import (
+    FLOAT_DTYPES,
+    ContractViolation,
+    TensorType,
+    broadcast_shapes,
+    element_count,
+    format_shape,
+    normalize_axis,
+    unify_shapes,
+)
+
+
+@dataclass(frozen=True)
+class Attr:
+    name: str
+    spec: Spec
+    default: Any = None
+    required: bool = False
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class OpContract:
+    name: str
+    inputs: tuple[str, ...]
+    infer: Callable[[list[TensorType], dict], TensorType]
+    doc: str
+    since: str = "1.0"
+    attrs: tuple[Attr, ...] = ()
+    # Inputs that receive gradients; the rest (labels, targets) are data.
+    differentiable: tuple[int, ...] | None = None
+    category: str = "math"
+
+    @property
+    def arity(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def grad_inputs(self) -> tuple[int, ...]:
+        return tuple(range(self.arity)) if self.differentiable is None else self.differentiable
+
+    def attr(self, name: str) -> Attr | None:
+        return next((a for a in self.attrs if a.name == name), None)
+
+
+# -- attribute value kinds -------------------------------------------------------------
+
+AXES = OneOf((Null(), Int(), List(Int(), unique=True, max_items=8)),
+             description="null (all axes), one axis, or a list of axes")
+AXIS = Int(description="an axis; negative counts from the end")
+KEEPDIMS = Bool()
+REDUCTION = Enum(("mean", "sum", "none"))
+
+
+def reduction_attr() -> Attr:
+    return Attr("reduction", REDUCTION, "mean", doc="mean or sum over all elements (a scalar), or none")
+
+
+# -- shared type rules -------------------------------------------------------------------
+
+def _require_float(types: list[TensorType], op: str, indices=None) -> str:
+    indices = range(len(types)) if indices is None else indices
+    dtype = None
+    for i in indices:
+        t = types[i]
+        if t.dtype not in FLOAT_DTYPES:
+            raise ContractViolation(f"{op} needs a float32 or float64 input, got {t.dtype}",
+                                    ("inputs", i), code="dtype_mismatch")
+        if dtype is None:
+            dtype = t.dtype
+        elif t.dtype != dtype:
+            raise ContractViolation(
+                f"{op} inputs must share one dtype: {dtype} vs {t.dtype}", ("inputs", i),
+                hint="no implicit casting: make both float32 or both float64", code="dtype_mismatch")
+    return dtype  # type: ignore[return-value]
+
+
+def _unary(types, attrs, op="op"):
+    return TensorType(_require_float(types, op), types[0].shape)
+
+
+def _elementwise(types, attrs, op="op"):
+    dtype = _require_float(types, op)
+    shape = broadcast_shapes(*(t.shape for t in types))
+    if shape is None:
+        raise ContractViolation(
+            f"{op}: shapes {' and '.join(format_shape(t.shape) for t in types)} do not broadcast",
+            ("inputs", len(types) - 1), hint="numpy broadcasting: trailing dims must match or be 1")
+    return TensorType(dtype, shape)
+
+
+def _named(rule, op):
+    return lambda types, attrs: rule(types, attrs, op)
+
+
+def _axes_of(attrs: dict, rank: int, key: str = "axis") -> tuple[int, ...]:
+    axis = attrs.get(key)
+    if axis is None:
+        return tuple(range(rank))
+    axes = [axis] if isinstance(axis, int) else list(axis)
+    out = []
+    for a in axes:
+        n = normalize_axis(a, rank)
+        if n is None:
+            raise ContractViolation(f"axis {a} is out of range for a rank-{rank} input", ("attrs", key),
+                                    code="invalid_attribute")
+        if n in out:
+            raise ContractViolation(f"axis {a} is repeated", ("attrs", key), code="invalid_attribute")
+        out.append(n)
+    return tuple(sorted(out))
+
+
+def _reduce(types, attrs, op="op"):
+    dtype = _require_float(types, op)
+    shape = types[0].shape
+    axes = _axes_of(attrs, len(shape))
+    if attrs.get("keepdims"):
+        out = tuple(1 if i in axes else d for i, d in enumerate(shape))
+    else:
+        out = tuple(d for i, d in enumerate(shape) if i not in axes)
+    return TensorType(dtype, out)
+
+
+def _matmul(types, attrs):
+    dtype = _require_float(types, "matmul")
+    a, b = types[0].shape, types[1].shape
+    for i, s in enumerate((a, b)):
+        if len(s) == 0:
+            raise ContractViolation("matmul needs inputs of rank >= 1, got a scalar", ("inputs", i),
+                                    hint="use mul for scaling")
+    a2 = (1,) + a if len(a) == 1 else a
+    b2 = b + (1,) if len(b) == 1 else b
+    inner = unify_shapes(a2[-1:], b2[-2:-1])
+    if inner is None:
+        raise ContractViolation(
+            f"matmul inner dimensions differ: {format_shape(a)} @ {format_shape(b)} "
+            f"({a2[-1]} vs {b2[-2]})", ("inputs", 1),
+            hint="the last dim of the left input must equal the second-to-last dim of the right")
+    batch = broadcast_shapes(a2[:-2], b2[:-2])
+    if batch is None:
+        raise ContractViolation(f"matmul batch dims {format_shape(a2[:-2])} and {format_shape(b2[:-2])} "
+                                "do not broadcast", ("inputs", 1))
+    out = batch + a2[-2:-1] + b2[-1:]
+    if len(a) == 1:
+        out = out[:-2] + out[-1:]
+    if len(b) == 1:
+        out = out[:-1]
+    return TensorType(dtype, out)
+
+
+def _reshape(types, attrs):
+    src = types[0]
+    target = list(attrs["shape"])
+    if sum(1 for d in target if d == -1) > 1:
+        raise ContractViolation("reshape allows at most one -1", ("attrs", "shape"), code="invalid_attribute")
+    for i, d in enumerate(target):
+        if d == 0 or d < -1:
+            raise ContractViolation(f"reshape dim {d} is invalid (use positive sizes or one -1)",
+                                    ("attrs", "shape", i), code="invalid_attribute")
+    total = element_count(src.shape)
+    known = 1
+    for d in target:
+        if d != -1:
+            known *= d
+    out: list = list(target)
+    if -1 in target:
+        if total is None:
+            # The batch dim survives a reshape that keeps it in front: ("N", 3, 4) -> (-1, 12).
+            out[target.index(-1)] = src.shape[0] if src.shape and isinstance(src.shape[0], str) else None
+        elif total % known:
+            raise ContractViolation(f"cannot reshape {format_shape(src.shape)} ({total} elements) to {target}",
+                                    ("attrs", "shape"), code="shape_mismatch")
+        else:
+            out[target.index(-1)] = total // known
+    elif total is not None and total != known:
+        raise ContractViolation(f"cannot reshape {format_shape(src.shape)} ({total} elements) to {target} "
+                                f"({known} elements)", ("attrs", "shape"))
+    elif total is None:
+        raise ContractViolation(f"reshape of {format_shape(src.shape)} (symbolic size) needs a -1 in the target",
+                                ("attrs", "shape"), hint="write the batch dimension as -1")
+    return TensorType(src.dtype, tuple(out))
+
+
+def _transpose(types, attrs):
+    src = types[0]
+    perm = attrs.get("perm")
+    if perm is None:
+        return TensorType(src.dtype, tuple(reversed(src.shape)))
+    if sorted(perm) != list(range(src.rank)):
+        raise ContractViolation(f"perm {perm} is not a permutation of the {src.rank} axes",
+                                ("attrs", "perm"), code="invalid_attribute")
+    return TensorType(src.dtype, tuple(src.shape[p] for p in perm))
+
+
+def _softmax(types, attrs, op="op"):
+    dtype = _require_float(types, op)
+    if types[0].rank == 0:
+        raise ContractViolation(f"{op} needs an input of rank >= 1", ("inputs", 0))
+    _axes_of(attrs, types[0].rank)
+    return TensorType(dtype, types[0].shape)
+
+
+def _constant(types, attrs):
+    value = np.asarray(attrs["value"])
+    return TensorType(value.dtype.name, tuple(value.shape))
+
+
+def _reduced(attrs, dtype, shape) -> TensorType:
+    return TensorType(dtype, () if attrs.get("reduction", "mean") != "none" else shape)
+
+
+def _pairwise_loss(types, attrs, op="op"):
+    dtype = _require_float(types, op)
+    shape = unify_shapes(types[0].shape, types[1].shape)
+    if shape is None:
+        raise ContractViolation(
+            f"{op}: target shape {format_shape(types[1].shape)} differs from prediction shape "
+            f"{format_shape(types[0].shape)}", ("inputs", 1),
+            hint="losses do not broadcast; reshape the target to the prediction's shape")
+    return _reduced(attrs, dtype, shape)
+
+
+def _softmax_cross_entropy(types, attrs):
+    logits, labels = types
+    dtype = _require_float(types, "softmax_cross_entropy", [0])
+    if logits.rank == 0:
+        raise ContractViolation("softmax_cross_entropy needs logits of rank >= 1 (classes last)", ("inputs", 0))
+    if labels.dtype == "int64":
+        if unify_shapes(labels.shape, logits.shape[:-1]) is None:
+            raise ContractViolation(
+                f"integer labels must have the logits' shape without the class axis: "
+                f"{format_shape(logits.shape[:-1])}, got {format_shape(labels.shape)}", ("inputs", 1))
+        return _reduced(attrs, dtype, logits.shape[:-1])
+    if labels.dtype != dtype:
+        raise ContractViolation(f"labels must be int64 class indices or {dtype} probabilities, got {labels.dtype}",
+                                ("inputs", 1), code="dtype_mismatch")
+    if unify_shapes(labels.shape, logits.shape) is None:
+        raise ContractViolation(f"one-hot labels must have the logits' shape {format_shape(logits.shape)}, "
+                                f"got {format_shape(labels.shape)}", ("inputs", 1))
+    return _reduced(attrs, dtype, logits.shape[:-1])
+
+
+# -- the catalogue -----------------------------------------------------------------------
+
+def _op(name, inputs, infer, doc, **kw) -> OpContract:
+    return OpContract(name=name, inputs=tuple(inputs), infer=infer, doc=doc, **kw)
+
+
+_UNARY_DOCS = {
+    "neg": "-x",
+    "exp": "e^x",
+    "log": "natural logarithm ln(x)",
+    "sqrt": "square root",
+    "abs": "|x| (gradient sign(x), 0 at 0)",
+    "sigmoid": "1 / (1 + e^-x), computed without overflow",
+    "tanh": "hyperbolic tangent",
+    "relu": "max(x, 0) (gradient 0 at 0)",
+}
+_BINARY_DOCS = {
+    "add": "a + b with numpy broadcasting",
+    "sub": "a - b with numpy broadcasting",
+    "mul": "a * b with numpy broadcasting",
+    "div": "a / b with numpy broadcasting",
+}
+
+OPS: dict[str, OpContract] = {}
+
+
+def register(contract: OpContract) -> OpContract:
+    if contract.name in OPS:
+        raise ValueError(f"op {contract.name!r} is already registered")
+    OPS[contract.name] = contract
+    return contract
+
+
+for _name, _doc in _BINARY_DOCS.items():
+    register(_op(_name, ("a", "b"), _named(_elementwise, _name), _doc, category="elementwise"))
+for _name, _doc in _UNARY_DOCS.items():
+    register(_op(_name, ("x",), _named(_unary, _name), _doc,
+                 category="activation" if _name in ("sigmoid", "tanh", "relu") else "elementwise"))
+register(_op("pow", ("x",), _named(_unary, "pow"), "x ** exponent for a constant exponent", category="elementwise",
+             attrs=(Attr("exponent", Num(), required=True, doc="the constant exponent"),)))
+register(_op("matmul", ("a", "b"), _matmul, "matrix product with numpy matmul semantics (batched, 1-D promoted)",
+             category="linear algebra"))
+for _name, _doc in (("sum", "sum over axes"), ("mean", "mean over axes")):
+    register(_op(_name, ("x",), _named(_reduce, _name), _doc, category="reduction", attrs=(
+        Attr("axis", AXES, None, doc="axes to reduce; null reduces all"),
+        Attr("keepdims", KEEPDIMS, False, doc="keep reduced axes as size 1"),
+    )))
+register(_op("reshape", ("x",), _reshape, "same values, new shape (one -1 is inferred)", category="shape",
+             attrs=(Attr("shape", List(Int(minimum=-1), max_items=8), required=True, doc="target shape"),)))
+register(_op("transpose", ("x",), _transpose, "permute axes (reverse them when perm is null)", category="shape",
+             attrs=(Attr("perm", OneOf((Null(), List(Int(minimum=0), max_items=8))), None,
+                         doc="axis permutation"),)))
+for _name, _doc in (("softmax", "exp(x) / sum(exp(x)) along axis, max-shifted"),
+                    ("log_softmax", "x - logsumexp(x) along axis, max-shifted")):
+    register(_op(_name, ("x",), _named(_softmax, _name), _doc, category="activation",
+                 attrs=(Attr("axis", AXIS, -1, doc="the class axis"),)))
+register(_op("constant", (), _constant, "a fixed tensor stored in the graph", category="source",
+             attrs=(Attr("value", TENSOR, required=True, doc="the tensor"),)))
+register(_op("mse", ("prediction", "target"), _named(_pairwise_loss, "mse"), "mean squared error",
+             category="loss", differentiable=(0,), attrs=(reduction_attr(),)))
+register(_op("bce", ("probability", "target"), _named(_pairwise_loss, "bce"),
+             "binary cross-entropy on probabilities, clipped to [eps, 1-eps]",
+             category="loss", differentiable=(0,), attrs=(
+                 Attr("eps", Num(exclusive_minimum=0.0), 1e-7, doc="clip probabilities to [eps, 1-eps]"),
+                 reduction_attr())))
+register(_op("bce_with_logits", ("logit", "target"), _named(_pairwise_loss, "bce_with_logits"),
+             "binary cross-entropy on logits, fused and stable", category="loss", differentiable=(0,),
+             attrs=(reduction_attr(),)))
+register(_op("softmax_cross_entropy", ("logits", "labels"), _softmax_cross_entropy,
+             "cross-entropy of softmax(logits) over the last axis; int64 class labels or one-hot/probabilities",
+             category="loss", differentiable=(0,), attrs=(reduction_attr(),)))
+
