@@ -60,7 +60,7 @@ def parse(data: bytes | str, encoding: Encoding | None = None, limits: Limits = 
         tree = _parse_json(data) if encoding == "json" else _parse_msgpack(data, limits)
     except GraphSpecError:
         raise
-    except RecursionError:
+    except (RecursionError, msgpack.exceptions.StackError):
         raise GraphSpecError([Issue("too_deep", "", f"document nesting exceeds {limits.max_depth} levels")]) from None
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise GraphSpecError([Issue("parse_error", "", f"not valid {encoding}: {exc}"[:300])]) from None

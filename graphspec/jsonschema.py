@@ -18,6 +18,7 @@ from .structure import Obj, collect_defs, Field
 from .versioning import CURRENT_VERSION, FORMAT_ID, format_version
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
+FINGERPRINTS = SCHEMA_DIR / "fingerprints.json"
 
 
 def schema_path(version: tuple[int, int] = CURRENT_VERSION) -> Path:
@@ -77,12 +78,24 @@ def fingerprint() -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def committed_fingerprints() -> dict[str, str]:
+    return json.loads(FINGERPRINTS.read_text()) if FINGERPRINTS.exists() else {}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--write" in argv:
+        version, current = format_version(CURRENT_VERSION), fingerprint()
+        recorded = committed_fingerprints()
+        if recorded.get(version, current) != current:
+            print(f"the format changed but its version is still {version}: bump CURRENT_VERSION in "
+                  "graphspec/versioning.py (minor for additive changes, major + migration otherwise)",
+                  file=sys.stderr)
+            return 1
+        recorded[version] = current
+        FINGERPRINTS.write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
         schema_path().write_text(dumps_schema())
-        print(f"wrote {schema_path()}")
-        print(f"fingerprint {format_version(CURRENT_VERSION)}: {fingerprint()}")
+        print(f"wrote {schema_path()} and fingerprint {version}: {current}")
     else:
         sys.stdout.write(dumps_schema())
     return 0

@@ -358,6 +358,8 @@ class _Builder:
         op = raw.get("op") if isinstance(raw.get("op"), str) else ""
         inputs = tuple(i if isinstance(i, str) else "" for i in _list(raw.get("inputs")))
         attrs = dict(_dict(raw.get("attrs")))
+        if not isinstance(raw.get("inputs", []), list) or not isinstance(raw.get("attrs", {}), dict):
+            op = ""  # already reported by the structural check; arity/attrs would only echo it
         contract = OPS.get(op)
         if contract is not None:
             for attr in contract.attrs:

@@ -269,7 +269,7 @@ _UNARY_DOCS = {
     "exp": "e^x",
     "log": "natural logarithm ln(x)",
     "sqrt": "square root",
-    "abs": "|x| (gradient sign(x), 0 at 0)",
+    "abs": "absolute value (gradient sign(x), 0 at 0)",
     "sigmoid": "1 / (1 + e^-x), computed without overflow",
     "tanh": "hyperbolic tangent",
     "relu": "max(x, 0) (gradient 0 at 0)",

@@ -1,0 +1,35 @@
+"""Small helpers shared by the graphspec tests."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import graphspec
+
+
+def issues_of(tree_or_bytes) -> list[graphspec.Issue]:
+    """The issues a document yields; fails the test when it loads cleanly."""
+    data = tree_or_bytes if isinstance(tree_or_bytes, (bytes, str)) else json.dumps(tree_or_bytes)
+    with pytest.raises(graphspec.GraphSpecError) as info:
+        graphspec.loads(data)
+    return info.value.issues
+
+
+def by_location(issues) -> dict[str, graphspec.Issue]:
+    return {i.location: i for i in issues}
+
+
+def doc(nodes, inputs=None, params=None, outputs=None, loss="loss", version="1.0") -> dict:
+    """A minimal document around ``nodes``; the last node is the loss unless told otherwise."""
+    return {
+        "format": "chainrule.graph",
+        "version": version,
+        "name": "t",
+        "inputs": inputs if inputs is not None else {"x": {"dtype": "float32", "shape": ["N", 3]}},
+        "parameters": params if params is not None else {},
+        "nodes": nodes,
+        "outputs": outputs if outputs is not None else {"loss": nodes[-1]["id"]},
+        "loss": loss,
+    }
