@@ -127,10 +127,10 @@ def from_data(tree: Any, limits: Limits = DEFAULT_LIMITS, migrations: MigrationR
     nodes = tree.get("nodes")
     if isinstance(nodes, list) and len(nodes) > limits.max_nodes:
         raise GraphSpecError([Issue("too_large", "/nodes", f"{len(nodes)} nodes; the limit is {limits.max_nodes}")])
-    graph, issues = from_tree(tree, max_tensor_elements=limits.max_tensor_elements)
-    if graph is None:
-        raise GraphSpecError(issues)
-    return validate(graph, issues)
+    draft = from_tree(tree, max_tensor_elements=limits.max_tensor_elements)
+    if draft.graph is None:
+        raise GraphSpecError(draft.issues)
+    return validate(draft.graph, draft.issues, draft.unresolved)
 
 
 def loads(data: bytes | str, encoding: Encoding | None = None, *, limits: Limits = DEFAULT_LIMITS,

@@ -260,7 +260,17 @@ def _drop_none(d: dict) -> dict:
     return {k: v for k, v in d.items() if v is not None}
 
 
-def from_tree(tree: dict, *, max_tensor_elements: int) -> tuple[Graph | None, list[Issue]]:
+@dataclass
+class Draft:
+    """A document read leniently: the model, the problems found so far, and the names of
+    inputs/parameters whose declarations are broken (known to exist, type unknown)."""
+
+    graph: Graph | None
+    issues: list[Issue]
+    unresolved: set[str]
+
+
+def from_tree(tree: dict, *, max_tensor_elements: int) -> Draft:
     """Check a parsed tree's structure and build the model, collecting every issue.
 
     The model is built even when parts are broken (they are left out or marked
@@ -269,10 +279,10 @@ def from_tree(tree: dict, *, max_tensor_elements: int) -> tuple[Graph | None, li
     issues: list[Issue] = []
     DOCUMENT.check(tree, "", issues)
     if not isinstance(tree, dict):
-        return None, issues
+        return Draft(None, issues, set())
     builder = _Builder(issues, max_tensor_elements)
     graph = builder.graph(tree)
-    return graph, issues
+    return Draft(graph, issues, builder.broken)
 
 
 class _Builder:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .errors import GraphSpecError, Issue, did_you_mean, pointer
 from .model import Graph
 from .ops import OPS
@@ -29,14 +31,17 @@ class Analysis:
         return not self.issues
 
 
-def analyze(graph: Graph, known_issues: list[Issue] | None = None) -> Analysis:
-    """Validate ``graph``; ``known_issues`` (structural) are kept first and suppress cascades."""
+def analyze(graph: Graph, known_issues: list[Issue] | None = None, unresolved: set[str] = frozenset()) -> Analysis:
+    """Validate ``graph``.
+
+    ``known_issues`` (from the structural check) come first; ``unresolved`` names inputs or
+    parameters whose declarations were broken: references to them are not dangling, and
+    whatever depends on them has an unknown type, so one mistake is reported once.
+    """
     issues: list[Issue] = list(known_issues or [])
     types: dict[str, TensorType] = {n: TensorType(s.dtype, s.shape) for n, s in graph.inputs.items()}
     types.update({n: TensorType(p.dtype, p.shape) for n, p in graph.parameters.items()})
-    reported_names = {i.location.split("/")[2] for i in issues
-                      if i.location.startswith(("/inputs/", "/parameters/")) and i.location.count("/") >= 2}
-    declared = set(graph.inputs) | set(graph.parameters) | reported_names
+    declared = set(graph.inputs) | set(graph.parameters) | set(unresolved)
     doc_version = parse_version(graph.version) or (1, 0)
 
     # 1. ids: unique across inputs, parameters and nodes
@@ -96,9 +101,9 @@ def analyze(graph: Graph, known_issues: list[Issue] | None = None) -> Analysis:
     return Analysis(types=types, order=tuple(order), issues=issues)
 
 
-def validate(graph: Graph, known_issues: list[Issue] | None = None) -> Graph:
+def validate(graph: Graph, known_issues: list[Issue] | None = None, unresolved: set[str] = frozenset()) -> Graph:
     """Raise :class:`GraphSpecError` listing every problem; attach the analysis and return the graph."""
-    analysis = analyze(graph, known_issues)
+    analysis = analyze(graph, known_issues, unresolved)
     if analysis.issues:
         raise GraphSpecError(analysis.issues)
     graph.analysis = analysis
@@ -161,8 +166,6 @@ def _check_node(graph: Graph, i: int, doc_version, known: set[str], issues: list
 
 
 def _as_tree(value):
-    import numpy as np
-
     if isinstance(value, np.ndarray):  # decoded tensors were checked while decoding
         return {"dtype": value.dtype.name, "shape": list(value.shape), "data": None}
     return value

@@ -338,3 +338,13 @@ def test_constant_values_are_typed_and_checked():
                node("loss", "sum", ["x"])])
     (issue,) = issues_of(bad)
     assert issue.location == "/nodes/0/attrs/value/data"
+
+
+def test_a_broken_declaration_is_reported_once(example_tree):
+    tree = example_tree("logistic_regression")
+    tree["inputs"]["x1"]["dtype"] = "float16"      # x1 still exists, its type is unknown
+    tree["parameters"]["w1"]["shape"] = "scalar"
+    issues = issues_of(tree)
+    assert [(i.code, i.location) for i in issues] == [
+        ("invalid_value", "/inputs/x1/dtype"), ("wrong_type", "/parameters/w1/shape")]
+    assert "'float32'" in issues[0].hint
