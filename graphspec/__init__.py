@@ -21,13 +21,14 @@ from .codec import (
     load,
     loads,
     parse,
+    validate,
 )
 from .errors import GraphSpecError, Issue
 from .model import Graph, Initializer, InputSpec, Metadata, Node, ParamSpec
 from .ops import OPS, Attr, OpContract
 from .tensors import decode_tensor, encode_tensor_json, encode_tensor_raw
 from .types import DTYPES, FLOAT_DTYPES, TensorType
-from .validate import Analysis, analyze, validate
+from .validate import Analysis, analyze
 from .versioning import CURRENT_VERSION, FORMAT_ID, MIGRATIONS, MigrationRegistry, supported_versions
 
 __version__ = "0.1.0"

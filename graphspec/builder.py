@@ -159,13 +159,11 @@ class GraphBuilder:
 
     def build(self) -> Graph:
         """The finished, validated graph (defaults explicit, exactly as a reader would see it)."""
-        from .codec import from_data
-        from .model import to_tree
-        from .tensors import encode_tensor_raw
+        from .codec import validate
 
         graph = Graph(self.name, dict(self.inputs), dict(self.parameters), list(self.nodes), dict(self.outputs),
                       self.loss_name or "", self.metadata)
-        return from_data(to_tree(graph, encode_tensor_raw))
+        return validate(graph)
 
     # -- internals -------------------------------------------------------------------
     def _claim(self, name: str) -> str:

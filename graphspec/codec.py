@@ -19,7 +19,7 @@ import numpy as np
 from .errors import GraphSpecError, Issue, pointer
 from .model import Graph, from_tree, to_tree
 from .tensors import TENSOR_EXT_CODE, RawBytes, encode_tensor_json, encode_tensor_raw
-from .validate import validate
+from .validate import validate_draft
 from .versioning import MIGRATIONS, MigrationRegistry
 
 Encoding = Literal["json", "msgpack"]
@@ -64,9 +64,7 @@ def parse(data: bytes | str, encoding: Encoding | None = None, limits: Limits = 
         raise GraphSpecError([Issue("too_deep", "", f"document nesting exceeds {limits.max_depth} levels")]) from None
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise GraphSpecError([Issue("parse_error", "", f"not valid {encoding}: {exc}"[:300])]) from None
-    deep = _too_deep(tree, limits.max_depth)
-    if deep is not None:
-        raise GraphSpecError([Issue("too_deep", deep, f"document nesting exceeds {limits.max_depth} levels")])
+    _check_plain(tree, limits.max_depth)
     return tree
 
 
@@ -96,33 +94,50 @@ def _ext_hook(code: int, payload: bytes) -> RawBytes:
 
 def _parse_msgpack(data: bytes, limits: Limits) -> Any:
     return msgpack.unpackb(
-        data, raw=False, strict_map_key=True, ext_hook=_ext_hook, use_list=True,
+        data, raw=False, strict_map_key=True, ext_hook=_ext_hook, use_list=True, object_pairs_hook=_unique_keys,
         max_str_len=limits.max_bytes, max_bin_len=limits.max_bytes, max_ext_len=limits.max_bytes,
         max_array_len=limits.max_bytes, max_map_len=limits.max_bytes,
     )
 
 
-def _too_deep(tree: Any, max_depth: int) -> str | None:
-    """The pointer of the first place nested deeper than ``max_depth``, or None."""
+_SCALARS = (str, int, float, bool, type(None), RawBytes, bytes)
+
+
+def _check_plain(tree: Any, max_depth: int) -> None:
+    """Refuse what no graph document holds, before anything looks at it: nesting deeper than
+    ``max_depth``, non-string keys, strings that are not valid Unicode (lone surrogates from
+    JSON escapes), and foreign values such as msgpack timestamps."""
     stack: list[tuple[Any, int, str]] = [(tree, 0, "")]
     while stack:
         value, depth, loc = stack.pop()
         if depth > max_depth:
-            return loc
+            raise GraphSpecError([Issue("too_deep", loc, f"document nesting exceeds {max_depth} levels")])
         if isinstance(value, dict):
-            stack.extend((v, depth + 1, loc + pointer(k)) for k, v in value.items() if isinstance(v, (dict, list)))
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise GraphSpecError([Issue("parse_error", loc, f"object keys must be strings, got {key!r}"[:200])])
+                _check_text(key, loc)
+                stack.append((item, depth + 1, loc + pointer(key)))
         elif isinstance(value, list):
-            stack.extend((v, depth + 1, loc + pointer(i)) for i, v in enumerate(value) if isinstance(v, (dict, list)))
-    return None
+            stack.extend((item, depth + 1, loc + pointer(i)) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            _check_text(value, loc)
+        elif not isinstance(value, _SCALARS):
+            raise GraphSpecError([Issue("parse_error", loc, f"unsupported value of type {type(value).__name__}")])
+
+
+def _check_text(text: str, loc: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise GraphSpecError([Issue("parse_error", loc, "string is not valid Unicode (lone surrogate)")]) from None
 
 
 def from_data(tree: Any, limits: Limits = DEFAULT_LIMITS, migrations: MigrationRegistry = MIGRATIONS) -> Graph:
     """A parsed tree (e.g. a JSON body already decoded) to a validated :class:`Graph`."""
     if not isinstance(tree, dict):
         raise GraphSpecError([Issue("wrong_type", "", "a graph document must be an object")])
-    deep = _too_deep(tree, limits.max_depth)
-    if deep is not None:
-        raise GraphSpecError([Issue("too_deep", deep, f"document nesting exceeds {limits.max_depth} levels")])
+    _check_plain(tree, limits.max_depth)
     tree, _ = migrations.upgrade(tree)
     nodes = tree.get("nodes")
     if isinstance(nodes, list) and len(nodes) > limits.max_nodes:
@@ -130,7 +145,7 @@ def from_data(tree: Any, limits: Limits = DEFAULT_LIMITS, migrations: MigrationR
     draft = from_tree(tree, max_tensor_elements=limits.max_tensor_elements)
     if draft.graph is None:
         raise GraphSpecError(draft.issues)
-    return validate(draft.graph, draft.issues, draft.unresolved)
+    return validate_draft(draft.graph, draft.issues, draft.unresolved)
 
 
 def loads(data: bytes | str, encoding: Encoding | None = None, *, limits: Limits = DEFAULT_LIMITS,
@@ -139,7 +154,17 @@ def loads(data: bytes | str, encoding: Encoding | None = None, *, limits: Limits
     return from_data(parse(data, encoding, limits), limits, migrations)
 
 
-def load(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> Graph:
+def validate(graph: Graph, limits: Limits = DEFAULT_LIMITS) -> Graph:
+    """Check a graph made in memory exactly as a reader would check its document.
+
+    Returns the graph as read back (defaults explicit, analysis attached), so code that
+    built a :class:`Graph` by hand gets the same guarantees as code that loaded one.
+    """
+    return from_data(to_tree(graph, encode_tensor_raw), limits)
+
+
+def load(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS,
+         migrations: MigrationRegistry = MIGRATIONS) -> Graph:
     """Read a document from a file; the encoding comes from the content."""
     path = Path(path)
     try:
@@ -149,7 +174,7 @@ def load(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> Graph:
         data = path.read_bytes()
     except OSError as exc:
         raise GraphSpecError([Issue("io_error", "", f"cannot read {path}: {exc.strerror or exc}")]) from None
-    return loads(data, limits=limits)
+    return loads(data, limits=limits, migrations=migrations)
 
 
 def _msgpack_default(obj: Any) -> Any:
@@ -196,12 +221,14 @@ def encoding_for_path(path: str | os.PathLike) -> Encoding:
 
 
 def canonical_bytes(graph: Graph) -> bytes:
-    """The canonical encoding: sorted-key compact JSON, every tensor as base64, defaults explicit.
+    """The canonical encoding: sorted-key compact JSON, every tensor as base64, defaults left out.
 
     It depends only on the graph's content, so a graph read from JSON or from msgpack,
-    with inline or base64 tensors, has the same canonical bytes and content hash.
+    with inline or base64 tensors, has the same canonical bytes and content hash. Values
+    equal to their defaults are left out so that a later minor version adding an
+    attribute with a default does not change the id of any existing graph.
     """
-    tree = to_tree(graph, lambda a: encode_tensor_json(a, inline_limit=-1))
+    tree = to_tree(graph, lambda a: encode_tensor_json(a, inline_limit=-1), explicit_defaults=False)
     return json.dumps(tree, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8")
 

@@ -8,6 +8,7 @@ chosen by the caller through a tensor encoder, so one model serves every encodin
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -16,7 +17,7 @@ import numpy as np
 from .errors import Issue, pointer
 from .ops import OPS
 from .structure import (
-    Any_, Bool, Const, Enum, Field, Int, Issues, List, Map, Null, Num, Obj, OneOf, Ref, Str,
+    Any_, Bool, Const, Enum, Field, Int, Issues, List, Map, Null, Num, Obj, OneOf, Ref, Str, exactly_one_of,
 )
 from .tensors import MAX_TENSOR_RANK, TENSOR, TensorDecodeError, decode_tensor
 from .types import DTYPES, FLOAT_DTYPES, Shape, format_shape
@@ -25,10 +26,12 @@ from .versioning import CURRENT_VERSION, FORMAT_ID, format_version
 NAME = r"[A-Za-z_][A-Za-z0-9_.:\-]{0,127}"
 SYMBOL = r"[A-Za-z_][A-Za-z0-9_]{0,31}"
 MAX_NODE_INPUTS = 16
+# Far above any element limit, and small enough that every count stays an exact int64.
+MAX_DIM = 2**40
 
 # -- structure ---------------------------------------------------------------------------
 
-DIM = OneOf((Int(minimum=1), Str(pattern=SYMBOL), Null()),
+DIM = OneOf((Int(minimum=1, maximum=MAX_DIM), Str(pattern=SYMBOL), Null()),
             description="a size, a symbolic size such as \"N\", or null (unknown)")
 
 INPUT = Ref("input", Obj({
@@ -68,35 +71,41 @@ def _init_rule(value: dict, loc: str, issues: Issues) -> bool:
     return ok
 
 
+def _init_kind_schemas() -> list[dict]:
+    """JSON Schema twin of _init_rule: each kind admits only its own arguments."""
+    rules = []
+    for kind, args in INIT_KINDS.items():
+        then: dict = {"propertyNames": {"enum": ["kind", *args]}}
+        required = [a for a, (_, default) in args.items() if default is ...]
+        if required:
+            then["required"] = required
+        rules.append({"if": {"properties": {"kind": {"const": kind}}}, "then": then})
+    return rules
+
+
 INIT = Ref("initializer", Obj(
     {"kind": Field(Enum(tuple(INIT_KINDS)), required=True),
      **{arg: Field(spec) for args in INIT_KINDS.values() for arg, (spec, _) in args.items()}},
     description="How a parameter is initialised: zeros, ones, constant(value), normal(mean, std), "
                 "uniform(low, high), glorot(gain) (Glorot/Xavier uniform).",
     rule=_init_rule,
+    extra_schema={"allOf": _init_kind_schemas()},
 ))
-
-
-def _param_rule(value: dict, loc: str, issues: Issues) -> bool:
-    if ("init" in value) == ("value" in value):
-        issues.append(Issue("missing_field", loc, "a parameter needs exactly one of 'init' or 'value'"))
-        return False
-    return True
 
 
 PARAMETER = Ref("parameter", Obj({
     "dtype": Field(Enum(FLOAT_DTYPES), required=True),
-    "shape": Field(List(Int(minimum=1), max_items=MAX_TENSOR_RANK), required=True),
+    "shape": Field(List(Int(minimum=1, maximum=MAX_DIM), max_items=MAX_TENSOR_RANK), required=True),
     "init": Field(INIT),
     "value": Field(TENSOR),
     "doc": Field(Str(max_length=2000)),
-}, description="A trainable tensor: exactly one of init or value.", rule=_param_rule,
+}, description="A trainable tensor: exactly one of init or value.", rule=exactly_one_of("init", "value"),
     extra_schema={"oneOf": [{"required": ["init"]}, {"required": ["value"]}]}))
 
 NODE = Ref("node", Obj({
-    "id": Field(Str(pattern=NAME), required=True),
-    "op": Field(Str(max_length=64), required=True),
-    "inputs": Field(List(Str(pattern=NAME), max_items=MAX_NODE_INPUTS)),
+    "id": Field(Str(pattern=NAME, pattern_code="invalid_name"), required=True),
+    "op": Field(Str(min_length=1, max_length=64), required=True),
+    "inputs": Field(List(Str(pattern=NAME, pattern_code="invalid_name"), max_items=MAX_NODE_INPUTS)),
     "attrs": Field(Map(Any_(), key_pattern=r"[a-z_][a-z0-9_]{0,63}")),
     "doc": Field(Str(max_length=2000)),
 }, description="One op application. Inputs name inputs, parameters or other nodes' ids."))
@@ -104,7 +113,7 @@ NODE = Ref("node", Obj({
 METADATA = Obj({
     "description": Field(Str(max_length=20000)),
     "author": Field(Str(max_length=500)),
-    "created": Field(Str(pattern=r"\d{4}-\d{2}-\d{2}([T ][0-9:.]+(Z|[+-]\d{2}:?\d{2})?)?",
+    "created": Field(Str(pattern=r"[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9:.]+(Z|[+-][0-9]{2}:?[0-9]{2})?)?",
                          description="ISO 8601 date or date-time")),
     "tags": Field(Map(OneOf((Str(max_length=1000), Num(), Bool(), Null())), key_pattern=r"[^\x00-\x1f]{1,128}",
                       max_items=256, description="free-form labels")),
@@ -118,8 +127,9 @@ DOCUMENT = Obj({
     "inputs": Field(Map(INPUT, key_pattern=NAME)),
     "parameters": Field(Map(PARAMETER, key_pattern=NAME)),
     "nodes": Field(List(NODE), required=True),
-    "outputs": Field(Map(Str(pattern=NAME), key_pattern=NAME, min_items=1), required=True),
-    "loss": Field(Str(pattern=NAME), required=True),
+    "outputs": Field(Map(Str(pattern=NAME, pattern_code="invalid_name"), key_pattern=NAME, min_items=1),
+                     required=True),
+    "loss": Field(Str(pattern=NAME, pattern_code="invalid_name"), required=True),
 }, description="A chainrule computational graph.")
 
 
@@ -202,7 +212,7 @@ class Graph:
         ops: dict[str, int] = {}
         for n in self.nodes:
             ops[n.op] = ops.get(n.op, 0) + 1
-        params = {name: {"dtype": p.dtype, "shape": list(p.shape), "count": int(np.prod(p.shape, dtype=np.int64))}
+        params = {name: {"dtype": p.dtype, "shape": list(p.shape), "count": math.prod(p.shape)}
                   for name, p in self.parameters.items()}
         return {
             "name": self.name,
@@ -222,8 +232,13 @@ class Graph:
 TensorEncoder = Callable[[np.ndarray], dict]
 
 
-def to_tree(graph: Graph, encode_tensor: TensorEncoder) -> dict:
-    """The document as plain data; tensors go through ``encode_tensor``. Defaults are explicit."""
+def to_tree(graph: Graph, encode_tensor: TensorEncoder, *, explicit_defaults: bool = True) -> dict:
+    """The document as plain data; tensors go through ``encode_tensor``.
+
+    With ``explicit_defaults`` (documents people read) every attribute and initializer
+    argument is written out; without it (the canonical form) values equal to their
+    defaults are left out.
+    """
     tree: dict[str, Any] = {"format": FORMAT_ID, "version": graph.version, "name": graph.name}
     meta = {k: v for k, v in (("description", graph.metadata.description), ("author", graph.metadata.author),
                               ("created", graph.metadata.created)) if v is not None}
@@ -240,19 +255,31 @@ def to_tree(graph: Graph, encode_tensor: TensorEncoder) -> dict:
             entry["value"] = encode_tensor(p.value)
         else:
             assert p.init is not None
-            entry["init"] = {"kind": p.init.kind, **p.init.args}
+            defaults = INIT_KINDS.get(p.init.kind, {})
+            entry["init"] = {"kind": p.init.kind, **{
+                k: v for k, v in p.init.args.items()
+                if explicit_defaults or k not in defaults or defaults[k][1] is ... or v != defaults[k][1]}}
         if p.doc is not None:
             entry["doc"] = p.doc
         params[name] = entry
     tree["parameters"] = params
-    tree["nodes"] = [_node_tree(n, encode_tensor) for n in graph.nodes]
+    tree["nodes"] = [_node_tree(n, encode_tensor, explicit_defaults) for n in graph.nodes]
     tree["outputs"] = dict(graph.outputs)
     tree["loss"] = graph.loss
     return tree
 
 
-def _node_tree(node: Node, encode_tensor: TensorEncoder) -> dict:
-    attrs = {k: (encode_tensor(v) if isinstance(v, np.ndarray) else v) for k, v in node.attrs.items()}
+def _node_tree(node: Node, encode_tensor: TensorEncoder, explicit_defaults: bool) -> dict:
+    contract = OPS.get(node.op)
+    attrs = {}
+    for key, value in node.attrs.items():
+        if isinstance(value, np.ndarray):
+            attrs[key] = encode_tensor(value)
+            continue
+        attr = contract.attr(key) if contract else None
+        if explicit_defaults or attr is None or attr.required or value != attr.default \
+                or type(value) is not type(attr.default):
+            attrs[key] = value
     return _drop_none({"id": node.id, "op": node.op, "inputs": list(node.inputs), "attrs": attrs, "doc": node.doc})
 
 
@@ -291,7 +318,13 @@ class _Builder:
         self.max_elements = max_tensor_elements
         self.broken: set[str] = set()  # names whose declaration is broken: their type is unknown
 
+    def reported(self, loc: str) -> bool:
+        """Whether the structural check already found a problem at or below ``loc``."""
+        return any(i.location == loc or i.location.startswith(loc + "/") for i in self.issues)
+
     def tensor(self, obj: Any, loc: str) -> np.ndarray | None:
+        if self.reported(loc):
+            return None  # decoding would only say it again
         try:
             return decode_tensor(obj, loc, max_elements=self.max_elements)
         except TensorDecodeError as exc:
@@ -329,11 +362,13 @@ class _Builder:
 
     def parameter(self, name: str, spec: dict) -> ParamSpec | None:
         loc = pointer("parameters", name)
+        if self.reported(loc):
+            return None
         dtype, shape = spec.get("dtype"), spec.get("shape")
         if dtype not in FLOAT_DTYPES or not _valid_shape(shape, False):
             return None
         shape = tuple(shape)
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = math.prod(shape)
         if count > self.max_elements:
             self.issues.append(Issue("too_large", loc + "/shape",
                                      f"parameter has {count} elements; the limit is {self.max_elements}"))
@@ -350,7 +385,7 @@ class _Builder:
                 return None
             return ParamSpec(dtype, shape, value=value, doc=_str(spec.get("doc")))
         init = spec.get("init")
-        if not isinstance(init, dict) or init.get("kind") not in INIT_KINDS:
+        if not isinstance(init, dict) or not isinstance(init.get("kind"), str) or init["kind"] not in INIT_KINDS:
             return None
         args = {k: v for k, v in init.items() if k != "kind" and k in INIT_KINDS[init["kind"]]
                 and isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -380,7 +415,7 @@ class _Builder:
                 elif attr.name not in attrs and not attr.required:
                     attrs[attr.name] = attr.default
                 elif isinstance(attr.spec, Num) and isinstance(attrs.get(attr.name), int) \
-                        and not isinstance(attrs[attr.name], bool):
+                        and not isinstance(attrs[attr.name], bool) and abs(attrs[attr.name]) < 2**1023:
                     attrs[attr.name] = float(attrs[attr.name])  # 2 and 2.0 are one document
         return Node(node_id, op, inputs, attrs, _str(raw.get("doc")))
 

@@ -9,6 +9,7 @@ means adding one entry here and one kernel in ``runtime``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -175,27 +176,26 @@ def _reshape(types, attrs):
         if d == 0 or d < -1:
             raise ContractViolation(f"reshape dim {d} is invalid (use positive sizes or one -1)",
                                     ("attrs", "shape", i), code="invalid_attribute")
+    known_target = math.prod(d for d in target if d != -1)
     total = element_count(src.shape)
-    known = 1
-    for d in target:
-        if d != -1:
-            known *= d
     out: list = list(target)
-    if -1 in target:
-        if total is None:
-            # The batch dim survives a reshape that keeps it in front: ("N", 3, 4) -> (-1, 12).
-            out[target.index(-1)] = src.shape[0] if src.shape and isinstance(src.shape[0], str) else None
-        elif total % known:
+    if total is not None:
+        if -1 in target and total % known_target == 0:
+            out[target.index(-1)] = total // known_target
+        elif -1 in target or total != known_target:
             raise ContractViolation(f"cannot reshape {format_shape(src.shape)} ({total} elements) to {target}",
-                                    ("attrs", "shape"), code="shape_mismatch")
-        else:
-            out[target.index(-1)] = total // known
-    elif total is not None and total != known:
-        raise ContractViolation(f"cannot reshape {format_shape(src.shape)} ({total} elements) to {target} "
-                                f"({known} elements)", ("attrs", "shape"))
-    elif total is None:
+                                    ("attrs", "shape"))
+        return TensorType(src.dtype, tuple(out))
+    if -1 not in target:
         raise ContractViolation(f"reshape of {format_shape(src.shape)} (symbolic size) needs a -1 in the target",
                                 ("attrs", "shape"), hint="write the batch dimension as -1")
+    # Symbolic source: the -1 is the symbolic dims times whatever known factor is left over.
+    symbolic = [d for d in src.shape if not isinstance(d, int)]
+    known_src = math.prod(d for d in src.shape if isinstance(d, int))
+    if known_src == known_target and len(symbolic) == 1:
+        out[target.index(-1)] = symbolic[0]  # e.g. [N, 3, 4] -> [-1, 12] keeps N
+    else:
+        out[target.index(-1)] = None  # [N, 4] -> [-1, 2] is 2N: a size we cannot name
     return TensorType(src.dtype, tuple(out))
 
 

@@ -57,6 +57,32 @@ class Spec:
         return self.schema().get("type", "a valid value")
 
 
+def _fits_float(value: int) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
+def exactly_one_of(*names: str) -> Callable[[dict, str, "Issues"], bool]:
+    """An Obj rule: exactly one of ``names`` is present."""
+
+    def rule(value: dict, loc: str, issues: "Issues") -> bool:
+        present = [n for n in names if n in value]
+        if len(present) == 1:
+            return True
+        wanted = " or ".join(repr(n) for n in names)
+        if present:
+            issues.append(Issue("conflicting_fields", loc + pointer(present[1]),
+                                f"give exactly one of {wanted}, not both"))
+        else:
+            issues.append(Issue("missing_field", loc, f"needs exactly one of {wanted}"))
+        return False
+
+    return rule
+
+
 def _wrong_type(value: Any, loc: str, expected: str, issues: Issues) -> bool:
     issues.append(Issue("wrong_type", loc, f"expected {expected}, got {_type_name(value)}"))
     return False
@@ -68,6 +94,7 @@ class Str(Spec):
     max_length: int | None = None
     min_length: int = 0
     description: str | None = None
+    pattern_code: str = "invalid_value"
 
     def check(self, value, loc, issues):
         if not isinstance(value, str):
@@ -79,7 +106,7 @@ class Str(Spec):
             issues.append(Issue("too_large", loc, f"string longer than {self.max_length} characters"))
             return False
         if self.pattern and not re.fullmatch(self.pattern, value):
-            issues.append(Issue("invalid_value", loc, f"{value[:60]!r} does not match the pattern {self.pattern}"))
+            issues.append(Issue(self.pattern_code, loc, f"{value[:60]!r} does not match the pattern {self.pattern}"))
             return False
         return True
 
@@ -127,6 +154,9 @@ class Enum(Spec):
     def schema(self):
         return self._with_doc({"enum": list(self.values)})
 
+    def expected(self):
+        return "one of " + ", ".join(repr(v) for v in self.values)
+
 
 @dataclass
 class Int(Spec):
@@ -164,6 +194,9 @@ class Num(Spec):
     def check(self, value, loc, issues):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return _wrong_type(value, loc, "number", issues)
+        if isinstance(value, int) and not _fits_float(value):
+            issues.append(Issue("too_large", loc, "integer is too large for a float64 number"))
+            return False
         if not math.isfinite(value):
             issues.append(Issue("non_finite", loc, f"number must be finite, got {value}"))
             return False
@@ -353,8 +386,8 @@ class Map(Spec):
             issues.append(Issue("invalid_value", loc, f"needs at least {self.min_items} entr{'y' if self.min_items == 1 else 'ies'}"))
             ok = False
         for key, item in value.items():
-            if not re.fullmatch(self.key_pattern, key):
-                issues.append(Issue("invalid_name", loc + pointer(key),
+            if not isinstance(key, str) or not re.fullmatch(self.key_pattern, key):
+                issues.append(Issue("invalid_name", loc + pointer(str(key)),
                                     f"name {key[:60]!r} does not match the pattern {self.key_pattern}"))
                 ok = False
                 continue

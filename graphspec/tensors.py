@@ -19,14 +19,16 @@ from typing import Any
 import numpy as np
 
 from .errors import Issue, pointer
-from .structure import Any_, Enum, Field, Int, Issues, List, Obj, Ref, Str
+from .structure import Any_, Enum, Field, Int, List, Obj, Ref, Str, exactly_one_of
 from .types import DTYPES, FLOAT_DTYPES, numpy_dtype
 
 TENSOR_EXT_CODE = 1
 MAX_TENSOR_RANK = 8
+MAX_TENSOR_DIM = 2**40
 # Arrays up to this many elements are written as readable nested lists in JSON.
 INLINE_JSON_ELEMENTS = 256
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_FLOAT_INT_LIMIT = 2**1024
 
 
 @dataclass(frozen=True)
@@ -36,26 +38,19 @@ class RawBytes:
     data: bytes
 
 
-def _one_carrier(obj: dict, loc: str, issues: Issues) -> bool:
-    if ("data" in obj) == ("base64" in obj):
-        issues.append(Issue("missing_field", loc, "a tensor needs exactly one of 'data' or 'base64'"))
-        return False
-    return True
-
-
 # The structural view of a tensor (what the JSON Schema describes); values are checked
 # by decode_tensor, which knows the caller's size limits.
 TENSOR = Ref("tensor", Obj(
     {
         "dtype": Field(Enum(DTYPES), required=True),
-        "shape": Field(List(Int(minimum=0), max_items=MAX_TENSOR_RANK), required=True),
+        "shape": Field(List(Int(minimum=0, maximum=MAX_TENSOR_DIM), max_items=MAX_TENSOR_RANK), required=True),
         "data": Field(Any_(description="nested lists matching shape (JSON), or the raw-bytes "
                                        f"extension type {TENSOR_EXT_CODE} (msgpack)")),
         "base64": Field(Str(pattern=r"[A-Za-z0-9+/]*={0,2}",
                             description="raw little-endian bytes, base64 (JSON only)")),
     },
     description="A tensor: exactly one of data or base64.",
-    rule=_one_carrier,
+    rule=exactly_one_of("data", "base64"),
     extra_schema={"oneOf": [{"required": ["data"]}, {"required": ["base64"]}]},
 ))
 
@@ -93,15 +88,18 @@ def decode_tensor(obj: Any, loc: str, *, max_elements: int, allow_nonfinite: boo
         _fail("too_large", loc + "/shape", f"tensor has {count} elements; the limit is {max_elements}")
     has_data, has_b64 = "data" in obj, "base64" in obj
     if has_data == has_b64:
-        _fail("missing_field", loc, "a tensor needs exactly one of 'data' or 'base64'")
+        _fail("conflicting_fields" if has_data else "missing_field", loc,
+              "a tensor needs exactly one of 'data' or 'base64'")
     if has_b64:
-        raw = obj["base64"]
-        if not isinstance(raw, str):
+        text = obj["base64"]
+        if not isinstance(text, str):
             _fail("wrong_type", loc + "/base64", "base64 must be a string")
         try:
-            raw = base64.b64decode(raw, validate=True)
+            raw = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
             _fail("invalid_base64", loc + "/base64", "not valid base64")
+        if base64.b64encode(raw).decode("ascii") != text:  # one spelling per byte string: no stray padding
+            _fail("invalid_base64", loc + "/base64", "not canonical base64 (padding must be exact)")
         array = _from_bytes(raw, dtype, shape, loc + "/base64")
     elif isinstance(obj["data"], RawBytes):
         array = _from_bytes(obj["data"].data, dtype, shape, loc + "/data")
@@ -110,11 +108,18 @@ def decode_tensor(obj: Any, loc: str, *, max_elements: int, allow_nonfinite: boo
     else:
         _check_nested(obj["data"], dtype, tuple(shape), loc + "/data")
         array = np.array(obj["data"], dtype=numpy_dtype(dtype)).reshape(shape)
-    if dtype in FLOAT_DTYPES and not allow_nonfinite and array.size and not np.isfinite(array).all():
-        index = np.unravel_index(int(np.argmin(np.isfinite(array))), array.shape)
-        _fail("non_finite", loc + "/data" + "".join(pointer(int(i)) for i in index),
-              "tensor values must be finite (NaN/inf are not allowed here)")
+    if dtype in FLOAT_DTYPES and not allow_nonfinite:
+        check_finite(array, loc + ("/base64" if has_b64 else "/data"), nested=has_data and isinstance(obj["data"], list))
     return array
+
+
+def check_finite(array: np.ndarray, loc: str, *, nested: bool = False) -> None:
+    """Refuse NaN/inf; nested-list tensors are located at the element, binary ones name its index."""
+    if not array.size or np.isfinite(array).all():
+        return
+    index = tuple(int(i) for i in np.unravel_index(int(np.argmin(np.isfinite(array))), array.shape))
+    where = loc + "".join(pointer(i) for i in index) if nested else loc
+    _fail("non_finite", where, f"tensor values must be finite: element {list(index)} is {array[index]}")
 
 
 def _from_bytes(raw: bytes, dtype: str, shape: list[int], loc: str) -> np.ndarray:
@@ -138,7 +143,9 @@ def _element_ok(value: Any, dtype: str) -> bool:
         return False
     if dtype == "int64":
         return isinstance(value, int) and _INT64_MIN <= value <= _INT64_MAX
-    return isinstance(value, (int, float))
+    if isinstance(value, int):
+        return -_FLOAT_INT_LIMIT < value < _FLOAT_INT_LIMIT  # beyond this float() overflows
+    return isinstance(value, float)
 
 
 def _check_nested(data: Any, dtype: str, shape: tuple[int, ...], loc: str) -> None:
@@ -146,8 +153,6 @@ def _check_nested(data: Any, dtype: str, shape: tuple[int, ...], loc: str) -> No
     if not shape:
         if not _element_ok(data, dtype):
             _fail("wrong_type", loc, f"expected a {dtype} element, got {type(data).__name__} {data!r}"[:200])
-        if isinstance(data, float) and not np.isfinite(data):
-            _fail("non_finite", loc, "tensor values must be finite")
         return
     if not isinstance(data, list):
         _fail("invalid_shape", loc, f"expected a list of {shape[0]} item(s) here (shape {list(shape)})")

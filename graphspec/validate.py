@@ -44,7 +44,11 @@ def analyze(graph: Graph, known_issues: list[Issue] | None = None, unresolved: s
     declared = set(graph.inputs) | set(graph.parameters) | set(unresolved)
     doc_version = parse_version(graph.version) or (1, 0)
 
-    # 1. ids: unique across inputs, parameters and nodes
+    # 1. names: unique across inputs, parameters and nodes
+    for name in graph.parameters:
+        if name in graph.inputs:
+            issues.append(Issue("duplicate_id", pointer("parameters", name),
+                                f"name {name!r} is used by an input and a parameter", "every name must be unique"))
     producer: dict[str, int] = {}
     for i, node in enumerate(graph.nodes):
         if not node.id:
@@ -101,7 +105,7 @@ def analyze(graph: Graph, known_issues: list[Issue] | None = None, unresolved: s
     return Analysis(types=types, order=tuple(order), issues=issues)
 
 
-def validate(graph: Graph, known_issues: list[Issue] | None = None, unresolved: set[str] = frozenset()) -> Graph:
+def validate_draft(graph: Graph, known_issues: list[Issue] | None = None, unresolved: set[str] = frozenset()) -> Graph:
     """Raise :class:`GraphSpecError` listing every problem; attach the analysis and return the graph."""
     analysis = analyze(graph, known_issues, unresolved)
     if analysis.issues:

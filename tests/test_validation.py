@@ -98,7 +98,7 @@ def test_parameter_needs_exactly_one_of_init_and_value(example_tree):
     tree["parameters"]["w2"]["value"] = {"dtype": "float64", "shape": [], "data": 1.0}
     found = by_location(issues_of(tree))
     assert found["/parameters/w1"].code == "missing_field"
-    assert found["/parameters/w2"].code == "missing_field"
+    assert found["/parameters/w2/value"].code == "conflicting_fields"
 
 
 def test_initializer_arguments_are_checked(example_tree):
