@@ -107,7 +107,10 @@ def decode_tensor(obj: Any, loc: str, *, max_elements: int, allow_nonfinite: boo
         array = _from_bytes(bytes(obj["data"]), dtype, shape, loc + "/data")
     else:
         _check_nested(obj["data"], dtype, tuple(shape), loc + "/data")
-        array = np.array(obj["data"], dtype=numpy_dtype(dtype)).reshape(shape)
+        with np.errstate(over="ignore"):  # float32 overflow is reported below, where it happens
+            array = np.array(obj["data"], dtype=numpy_dtype(dtype)).reshape(shape)
+        if dtype == "float32":
+            _check_float32_range(obj["data"], array, loc + "/data")
     if dtype in FLOAT_DTYPES and not allow_nonfinite:
         check_finite(array, loc + ("/base64" if has_b64 else "/data"), nested=has_data and isinstance(obj["data"], list))
     return array
@@ -134,6 +137,15 @@ def _from_bytes(raw: bytes, dtype: str, shape: list[int], loc: str) -> np.ndarra
     if dtype == "bool" and array.size and array.view(np.uint8).max() > 1:
         _fail("invalid_value", loc, "bool tensor bytes must be 0 or 1")
     return array
+
+
+def _check_float32_range(data: Any, array: np.ndarray, loc: str) -> None:
+    """A finite number beyond float32's range would silently become inf: say so where it is."""
+    overflow = np.isinf(array) & np.isfinite(np.array(data, dtype=np.float64).reshape(array.shape))
+    if overflow.any():
+        index = tuple(int(i) for i in np.unravel_index(int(np.argmax(overflow)), array.shape))
+        _fail("too_large", loc + "".join(pointer(i) for i in index),
+              f"{float(np.array(data, dtype=np.float64).reshape(array.shape)[index])!r} is outside the float32 range")
 
 
 def _element_ok(value: Any, dtype: str) -> bool:
