@@ -1,5 +1,19 @@
-"""runtime: the numpy execution engine (forward, reverse-mode backward, optimizers, trainer).
+"""runtime: the numpy engine that runs chainrule graphs.
 
-Not implemented yet: it is the subject of issue #3. Importing it works so the
-distribution's layout is final; it exposes nothing until then.
+    import graphspec, runtime
+    graph = graphspec.load("examples/logistic_regression.json")
+    plan = runtime.compile(graph)
+    params = runtime.init_params(graph, seed=0)
+    run = plan.forward({"x1": x1, "x2": x2, "y": y}, params)
+    run.loss, run.backward()          # the loss, and d(loss)/d(every parameter)
 """
+
+from .errors import ChainruleRuntimeError, ExecutionError, InputError, MissingKernelError, NonFiniteError
+from .init import init_params
+from .kernels import KERNELS, Kernel, unbroadcast
+from .plan import Plan, Run, compile
+
+__all__ = [
+    "ChainruleRuntimeError", "ExecutionError", "InputError", "KERNELS", "Kernel", "MissingKernelError",
+    "NonFiniteError", "Plan", "Run", "compile", "init_params", "unbroadcast",
+]

@@ -1,0 +1,241 @@
+"""Compiling a validated graph into an execution plan, and running it forward and backward.
+
+A :class:`Plan` is made once per graph: the topological order, each node's kernel, which
+forward values the backward pass will read (everything else is freed as soon as its last
+consumer has run), and which nodes lie on a path from a parameter to the loss (only those
+get VJP calls). :meth:`Plan.forward` returns a :class:`Run`; :meth:`Run.backward` walks
+the plan in reverse, seeding d(loss)/d(loss) = 1, calling each kernel's VJP, summing
+gradients where a value fans out and unbroadcasting them to each operand's shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+import graphspec
+from graphspec import OPS, Graph
+from graphspec.types import FLOAT_DTYPES
+
+from .errors import ExecutionError, InputError, MissingKernelError
+from .kernels import KERNELS, Kernel, Meta, unbroadcast
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One node of the plan."""
+
+    index: int  # position in graph.nodes (for error locations)
+    id: str
+    op: str
+    kernel: Kernel
+    inputs: tuple[str, ...]
+    attrs: dict[str, Any]
+    grad_inputs: tuple[int, ...]  # inputs this op's contract differentiates
+
+
+class Plan:
+    """A graph compiled for execution. Cheap to run many times; holds no per-run state."""
+
+    def __init__(self, graph: Graph):
+        if graph.analysis is None:
+            graph = graphspec.validate(graph)
+        self.graph = graph
+        self.types = graph.analysis.types
+        missing = sorted({n.op for n in graph.nodes if n.op not in KERNELS})
+        if missing:
+            raise MissingKernelError(f"no runtime kernel for op(s) {', '.join(missing)}")
+        self.steps: tuple[Step, ...] = tuple(self._step(i) for i in graph.analysis.order)
+        self.loss_node = graph.outputs[graph.loss]
+        self.param_names = tuple(graph.parameters)
+        self.input_names = tuple(graph.inputs)
+        self._grad_paths: dict[bool, frozenset[str]] = {}
+
+    def _step(self, index: int) -> Step:
+        node = self.graph.nodes[index]
+        attrs = {k: v for k, v in node.attrs.items()}
+        return Step(index, node.id, node.op, KERNELS[node.op], node.inputs, attrs, OPS[node.op].grad_inputs)
+
+    # -- analysis ----------------------------------------------------------------------
+    def grad_path(self, include_inputs: bool = False) -> frozenset[str]:
+        """Values that depend on a parameter (or an input) and lead to the loss: they get gradients."""
+        if include_inputs not in self._grad_paths:
+            sources = set(self.param_names) | (set(self.input_names) if include_inputs else set())
+            depends = set(sources)
+            for step in self.steps:
+                if any(step.inputs[i] in depends for i in step.grad_inputs):
+                    depends.add(step.id)
+            feeds_loss = {self.loss_node}
+            for step in reversed(self.steps):
+                if step.id in feeds_loss:
+                    feeds_loss.update(step.inputs[i] for i in step.grad_inputs)
+            self._grad_paths[include_inputs] = frozenset(depends & feeds_loss)
+        return self._grad_paths[include_inputs]
+
+    def _saved_for_backward(self, path: frozenset[str]) -> set[str]:
+        saved: set[str] = set()
+        for step in self.steps:
+            if step.id not in path:
+                continue
+            if step.kernel.saves_out:
+                saved.add(step.id)
+            saved.update(step.inputs[i] for i in step.kernel.saves_inputs)
+        return saved
+
+    # -- inputs --------------------------------------------------------------------------
+    def check_inputs(self, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> Arrays:
+        """Bind inputs and parameters to arrays, checking names, dtypes, shapes and finiteness."""
+        bound: Arrays = {}
+        symbols: dict[str, tuple[int, str]] = {}
+        for kind, given, declared in (("input", inputs, self.graph.inputs), ("parameter", params,
+                                                                             self.graph.parameters)):
+            for name in given:
+                if name not in declared:
+                    hint = graphspec.errors.did_you_mean(name, declared)
+                    raise InputError(f"unexpected {kind} {name!r}" + (f" ({hint})" if hint else "")
+                                     + f"; the graph's {kind}s are: {', '.join(declared) or 'none'}", name=name)
+            for name, spec in declared.items():
+                if name not in given:
+                    raise InputError(f"missing {kind} {name!r} ({spec.dtype}{list(spec.shape)})", name=name,
+                                     expected=f"{spec.dtype}{list(spec.shape)}")
+                bound[name] = _bind(kind, name, given[name], spec.dtype, tuple(spec.shape), symbols)
+        return bound
+
+    # -- running -------------------------------------------------------------------------
+    def forward(self, inputs: Mapping[str, Any], params: Mapping[str, Any], *, keep_values: bool = False,
+                with_grad: bool = True, grad_inputs: bool = False) -> "Run":
+        """Evaluate every output. ``keep_values`` keeps every node's value (for explanations);
+        ``with_grad=False`` keeps nothing for a backward pass; ``grad_inputs`` prepares
+        gradients with respect to the inputs as well."""
+        values = self.check_inputs(inputs, params)
+        return self._run(values, keep_values=keep_values, with_grad=with_grad, grad_inputs=grad_inputs)
+
+    def _run(self, values: Arrays, *, keep_values: bool, with_grad: bool, grad_inputs: bool) -> "Run":
+        path = self.grad_path(grad_inputs) if with_grad else frozenset()
+        keep = self._saved_for_backward(path) | set(self.graph.outputs.values())
+        remaining = _consumer_counts(self.steps)
+        shapes = {name: Meta(v.shape, v.dtype) for name, v in values.items()}
+        with np.errstate(all="ignore"):  # non-finite results are detected explicitly, not warned about
+            for step in self.steps:
+                args = [values[name] for name in step.inputs]
+                try:
+                    out = np.asarray(step.kernel.forward(*args, **step.attrs))
+                except (ValueError, IndexError) as exc:
+                    raise ExecutionError(str(exc), node=step.id, op=step.op) from None
+                values[step.id] = out
+                shapes[step.id] = Meta(out.shape, out.dtype)
+                if not keep_values:
+                    for name in set(step.inputs):
+                        remaining[name] -= 1
+                        if remaining[name] == 0 and name not in keep and name in values:
+                            del values[name]  # no later node and no VJP reads it
+        outputs = {name: values[ref] for name, ref in self.graph.outputs.items()}
+        return Run(self, values, shapes, outputs, path, grad_inputs)
+
+
+def _consumer_counts(steps: Iterable[Step]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for step in steps:
+        for name in set(step.inputs):
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _bind(kind: str, name: str, value: Any, dtype: str, shape: tuple, symbols: dict) -> np.ndarray:
+    expected = f"{dtype}{list(shape)}"
+    if isinstance(value, np.ndarray):
+        if value.dtype.name != dtype:
+            raise InputError(f"{kind} {name!r} is {value.dtype.name}, the graph declares {dtype} "
+                             f"(convert it with .astype({dtype!r}); chainrule never casts silently)",
+                             name=name, expected=expected, actual=f"{value.dtype.name}{list(value.shape)}")
+        array = value
+    else:
+        try:
+            array = np.asarray(value, dtype=dtype)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InputError(f"{kind} {name!r} cannot be read as {dtype}: {exc}", name=name,
+                             expected=expected) from None
+    actual = f"{array.dtype.name}{list(array.shape)}"
+    if array.ndim != len(shape):
+        raise InputError(f"{kind} {name!r} has shape {list(array.shape)}, expected {list(shape)}",
+                         name=name, expected=expected, actual=actual)
+    for axis, (want, got) in enumerate(zip(shape, array.shape)):
+        if isinstance(want, int) and want != got:
+            raise InputError(f"{kind} {name!r} has shape {list(array.shape)}, expected {list(shape)} "
+                             f"(axis {axis} is {got}, not {want})", name=name, expected=expected, actual=actual)
+        if isinstance(want, str):
+            if got == 0:
+                raise InputError(f"{kind} {name!r} is empty along {want!r} (axis {axis})", name=name,
+                                 expected=expected, actual=actual)
+            first = symbols.setdefault(want, (got, name))
+            if first[0] != got:
+                raise InputError(f"{kind} {name!r} has {want}={got} on axis {axis}, but {first[1]!r} has "
+                                 f"{want}={first[0]}", name=name, expected=expected, actual=actual)
+    if dtype in FLOAT_DTYPES and array.size and not np.isfinite(array).all():
+        raise InputError(f"{kind} {name!r} contains NaN or inf", name=name, expected=expected, actual=actual)
+    return array
+
+
+@dataclass
+class Run:
+    """The result of one forward pass; call :meth:`backward` for gradients."""
+
+    plan: Plan
+    values: Arrays
+    shapes: dict[str, Meta]
+    outputs: Arrays
+    grad_path: frozenset[str]
+    grad_inputs: bool
+
+    @property
+    def loss(self) -> float:
+        return float(self.outputs[self.plan.graph.loss])
+
+    def backward(self, *, keep_grads: bool = False) -> Arrays:
+        """d(loss)/d(every parameter) (and every input when the run was made with
+        ``grad_inputs``); with ``keep_grads`` also d(loss)/d(every node on the path)."""
+        plan = self.plan
+        if not self.grad_path:
+            raise InputError("this run was made with with_grad=False; run forward again to get gradients")
+        loss_value = self.values[plan.loss_node]
+        grads: Arrays = {plan.loss_node: np.ones_like(loss_value)}
+        kept: Arrays = {}
+        with np.errstate(all="ignore"):
+            for step in reversed(plan.steps):
+                g = grads.pop(step.id, None)
+                if g is None or step.id not in self.grad_path:
+                    continue
+                if keep_grads:
+                    kept[step.id] = g
+                args = [self.values[name] if i in step.kernel.saves_inputs else self.shapes[name]
+                        for i, name in enumerate(step.inputs)]
+                out = self.values[step.id] if step.kernel.saves_out else self.shapes[step.id]
+                input_grads = step.kernel.vjp(g, out, *args, **step.attrs)
+                for i in step.grad_inputs:
+                    name = step.inputs[i]
+                    if name not in self.grad_path or input_grads[i] is None:
+                        continue
+                    gi = unbroadcast(np.asarray(input_grads[i]), self.shapes[name].shape)
+                    grads[name] = grads[name] + gi if name in grads else gi  # fan-out: gradients add
+        wanted = plan.param_names + (plan.input_names if self.grad_inputs else ())
+        result = {name: _owned(grads.get(name), self.shapes[name]) for name in wanted}
+        result.update(kept)
+        return result
+
+
+def _owned(grad: np.ndarray | None, meta: Meta) -> np.ndarray:
+    """A fresh, writable, contiguous gradient (zeros when the value does not reach the loss)."""
+    if grad is None:
+        return np.zeros(meta.shape, dtype=meta.dtype)
+    if grad.flags.writeable and grad.flags.c_contiguous and grad.flags.owndata:
+        return grad
+    return np.array(grad, dtype=meta.dtype, order="C")
+
+
+def compile(graph: Graph) -> Plan:  # noqa: A001 - the natural name for what it does
+    """Compile a validated graph (or one that validates) into a :class:`Plan`."""
+    return Plan(graph)
