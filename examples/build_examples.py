@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
+
 import graphspec
 from graphspec import GraphBuilder, Metadata
 
@@ -84,10 +86,25 @@ EXAMPLES = {
 }
 
 
+def seed_data(n: int = 64, seed: int = 7) -> dict[str, np.ndarray]:
+    """A linearly separable two-feature set for the seed graphs: y = 1 where 2*x1 - x2 + 0.5 > 0."""
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.uniform(-2, 2, n), rng.uniform(-2, 2, n)
+    margin = 2 * x1 - x2 + 0.5
+    keep = np.abs(margin) > 0.3  # a gap between the classes, so the set is separable with room
+    return {"x1": x1[keep], "x2": x2[keep], "y": (margin[keep] > 0).astype(np.float64)}
+
+
 def main() -> int:
     for filename, make in EXAMPLES.items():
         graphspec.dump(make(), HERE / filename)
         print(f"wrote {HERE / filename}")
+    from runtime.data import save_tensors
+
+    save_tensors(HERE / "data" / "seed_data.json", seed_data())
+    save_tensors(HERE / "data" / "seed_one_example.json", {"x1": np.array([1.0]), "x2": np.array([2.0]), "y": np.array([1.0])})
+    save_tensors(HERE / "data" / "seed_params.json", {"w1": np.array(0.5), "w2": np.array(-0.3), "b": np.array(0.1)})
+    print(f"wrote {HERE / 'data'}/seed_data.json, seed_one_example.json, seed_params.json")
     return 0
 
 

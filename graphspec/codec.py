@@ -183,6 +183,11 @@ def _msgpack_default(obj: Any) -> Any:
     raise TypeError(f"cannot encode {type(obj).__name__}")
 
 
+def pack(tree: Any) -> bytes:
+    """msgpack bytes of a plain tree whose tensors are :func:`encode_tensor_raw` dicts (ext type 1)."""
+    return msgpack.packb(tree, default=_msgpack_default, use_bin_type=True)
+
+
 def dumps(graph: Graph, encoding: Encoding = "json", *, indent: int | None = 2) -> bytes:
     """Encode a graph: readable JSON (small tensors inline) or compact msgpack (raw tensor bytes)."""
     if encoding == "json":
@@ -191,7 +196,7 @@ def dumps(graph: Graph, encoding: Encoding = "json", *, indent: int | None = 2) 
             return json.dumps(tree, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
         return (pretty_json(tree, indent) + "\n").encode("utf-8")
     if encoding == "msgpack":
-        return msgpack.packb(to_tree(graph, encode_tensor_raw), default=_msgpack_default, use_bin_type=True)
+        return pack(to_tree(graph, encode_tensor_raw))
     raise ValueError(f"unknown encoding {encoding!r}; use 'json' or 'msgpack'")
 
 
@@ -205,6 +210,15 @@ def pretty_json(value: Any, indent: int = 2, width: int = 100, _level: int = 0) 
         items = [f"{inner}{json.dumps(k, ensure_ascii=False)}: {pretty_json(v, indent, width, _level + 1)}"
                  for k, v in value.items()]
         return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if not any(isinstance(v, (dict, list)) for v in value):  # numbers: fill lines, not one per line
+        lines, line = [], ""
+        for text in (json.dumps(v, ensure_ascii=False, allow_nan=False) for v in value):
+            if line and len(inner) + len(line) + len(text) + 2 > width:
+                lines.append(inner + line.rstrip())
+                line = ""
+            line += text + ", "
+        lines.append(inner + line.rstrip(", "))
+        return "[\n" + "\n".join(lines) + "\n" + pad + "]"
     items = [inner + pretty_json(v, indent, width, _level + 1) for v in value]
     return "[\n" + ",\n".join(items) + "\n" + pad + "]"
 

@@ -82,6 +82,41 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_graph(path: Path):
+    try:
+        return graphspec.load(path)
+    except graphspec.GraphSpecError as exc:
+        print(f"{path}: invalid graph", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return None
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import runtime
+    from runtime.data import load_tensors
+    from runtime.explain import explain
+
+    graph = _load_graph(args.graph)
+    if graph is None:
+        return 1
+    try:
+        inputs = load_tensors(args.inputs)
+        params = load_tensors(args.params) if args.params else runtime.init_params(graph, seed=args.seed)
+        result = explain(graph, inputs, params)
+    except runtime.ChainruleRuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        sys.stdout.write(result.to_text())
+    if args.dot:
+        Path(args.dot).write_text(result.to_dot())
+        print(f"wrote {args.dot} (render it with: dot -Tpng {args.dot} -o graph.png)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chainrule", description="chainrule: train computational graphs.")
     parser.add_argument("--version", action="version", version=f"chainrule {graphspec.__version__}")
@@ -100,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the JSON Schema of the graph format")
     p.set_defaults(func=_cmd_schema)
+
+    p = sub.add_parser("explain", help="one forward and backward pass: every node's value and gradient")
+    p.add_argument("graph", type=Path)
+    p.add_argument("--inputs", type=Path, required=True, help="named input tensors (.npz, .json or .msgpack)")
+    p.add_argument("--params", type=Path, help="named parameter tensors (default: the graph's initializers)")
+    p.add_argument("--seed", type=int, default=0, help="seed for initializers when --params is not given")
+    p.add_argument("--dot", type=Path, help="also write a Graphviz DOT file with values and gradients")
+    p.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("demo", help="show the seed example graphs")
     p.set_defaults(func=_cmd_demo)
