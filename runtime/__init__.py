@@ -6,14 +6,23 @@
     params = runtime.init_params(graph, seed=0)
     run = plan.forward({"x1": x1, "x2": x2, "y": y}, params)
     run.loss, run.backward()          # the loss, and d(loss)/d(every parameter)
+
+    result = runtime.Trainer(plan, runtime.SGD(lr=0.5), batch_size=16).fit(data, params, steps=200)
 """
 
+from .checkpoint import Checkpoint, CheckpointError
+from .data import DataFileError, load_tensors, save_tensors
 from .errors import ChainruleRuntimeError, ExecutionError, InputError, MissingKernelError, NonFiniteError
+from .explain import Explanation, explain
 from .init import init_params
 from .kernels import KERNELS, Kernel, unbroadcast
+from .optim import OPTIMIZERS, SGD, Adam, Optimizer, make_optimizer
 from .plan import Plan, Run, compile
+from .trainer import StepReport, Trainer, TrainResult
 
 __all__ = [
-    "ChainruleRuntimeError", "ExecutionError", "InputError", "KERNELS", "Kernel", "MissingKernelError",
-    "NonFiniteError", "Plan", "Run", "compile", "init_params", "unbroadcast",
+    "Adam", "ChainruleRuntimeError", "Checkpoint", "CheckpointError", "DataFileError", "ExecutionError",
+    "Explanation", "InputError", "KERNELS", "Kernel", "MissingKernelError", "NonFiniteError", "OPTIMIZERS",
+    "Optimizer", "Plan", "Run", "SGD", "StepReport", "TrainResult", "Trainer", "compile", "explain", "init_params",
+    "load_tensors", "make_optimizer", "save_tensors", "unbroadcast",
 ]

@@ -222,7 +222,11 @@ class Run:
                     gi = unbroadcast(np.asarray(input_grads[i]), self.shapes[name].shape)
                     grads[name] = grads[name] + gi if name in grads else gi  # fan-out: gradients add
         wanted = plan.param_names + (plan.input_names if self.grad_inputs else ())
-        result = {name: _owned(grads.get(name), self.shapes[name]) for name in wanted}
+        result: Arrays = {}
+        for name in wanted:
+            grad = _owned(grads.get(name), self.shapes[name])
+            # a pass-through VJP (add) hands one array to both operands: each caller gets its own
+            result[name] = grad.copy() if any(grad is other for other in result.values()) else grad
         result.update(kept)
         return result
 

@@ -205,3 +205,13 @@ def test_init_params_is_seeded_and_copies_stored_values():
     limit = np.sqrt(6 / (4 + 16))
     assert np.abs(a["w1"]).max() <= limit and np.abs(a["w1"]).max() > limit / 2
     assert not a["b1"].any()
+
+
+def test_each_parameter_gets_its_own_gradient_array():
+    g = GraphBuilder("alias", dtype="float64")
+    p, q = g.param("p", [3], init="zeros"), g.param("q", [3], init="zeros")
+    g.loss(g.sum(g.add(p, q)))
+    grads = runtime.compile(g.build()).forward({}, {"p": np.ones(3), "q": np.ones(3)}).backward()
+    assert grads["p"] is not grads["q"]
+    grads["p"] += 5  # in-place clipping of one gradient must not touch another
+    np.testing.assert_array_equal(grads["q"], np.ones(3))

@@ -10,6 +10,8 @@ from . import kernel, reduced_axes
 
 
 def _matmul_vjp(g, out, a, b):
+    if a.ndim == 1 and b.ndim == 1:  # a dot product: g is a scalar
+        return g * b, g * a
     # Promote 1-D operands the way matmul does, differentiate, then drop the promoted axis;
     # batch dimensions that broadcast are summed by the engine's unbroadcast.
     a2 = a[np.newaxis, :] if a.ndim == 1 else a

@@ -1,0 +1,353 @@
+"""The training loop: mini-batches, an optimizer, evaluation, checkpoints and resumption.
+
+    trainer = Trainer(plan, make_optimizer("sgd", lr=0.5), batch_size=32, seed=0)
+    result = trainer.fit({"x1": x1, "x2": x2, "y": y}, init_params(graph), epochs=20)
+    result.params, result.losses
+
+**Batches.** Every graph input whose first declared dimension is symbolic (``"N"`` or
+unknown) is a per-example array, sliced along axis 0; other inputs are passed whole to
+every step. An epoch is ``ceil(examples / batch_size)`` batches, the last one possibly
+smaller; ``batch_size=None`` is full-batch training.
+
+**Order.** With ``shuffle`` (and more than one batch per epoch) each epoch draws a fresh
+permutation from ``np.random.default_rng(seed)``; nothing else uses that generator, so a
+run is a pure function of the graph, data, initial parameters, optimizer and seed, bit
+for bit.
+
+**Resumption.** A :class:`~runtime.checkpoint.Checkpoint` records the next batch's
+position (epoch, batch index) and the generator's state before that epoch's
+permutation, with the parameters, the optimizer's state and the loss history.
+``fit(..., resume=checkpoint)`` redraws that permutation and continues with the same
+batch, so a run resumed at step k ends exactly as the uninterrupted run does.
+``steps`` and ``epochs`` count from the start of the run, not from the resumption.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+import graphspec
+
+from .checkpoint import Checkpoint, CheckpointError, rng_state_from_plain, rng_state_to_plain
+from .errors import InputError, NonFiniteError
+from .optim import Optimizer
+from .plan import Plan, compile
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass
+class StepReport:
+    """What one training step did; passed to ``fit``'s ``callback``.
+
+    ``step`` counts updates from 1 (this is the ``step``-th); ``epoch`` and
+    ``batch_index`` (from 0) locate the batch it used; ``loss`` is that batch's loss
+    before the update, ``grads`` the gradients the update used and ``grad_norms`` their
+    L2 norms; ``eval_loss`` is the held-out loss after the update when an evaluation ran
+    at this step, else None.
+    """
+
+    step: int
+    epoch: int
+    loss: float
+    grads: Arrays
+    grad_norms: dict[str, float]
+    eval_loss: float | None = None
+    batch_index: int = 0
+
+
+@dataclass
+class TrainResult:
+    """``params`` after training; ``losses[i]`` is the training loss of step ``i + 1``
+    (the whole history, including steps before a resumption); ``eval_losses`` the
+    ``(step, loss)`` of each evaluation; ``steps`` the number of updates so far and
+    ``epochs`` the number of complete epochs; ``checkpoint`` the final state."""
+
+    params: Arrays
+    losses: list[float]
+    eval_losses: list[tuple[int, float]]
+    steps: int
+    epochs: int
+    stopped_early: bool
+    checkpoint: Checkpoint
+
+
+def _count(name: str, value: Any, minimum: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum} or None, got {value!r}")
+    return int(value)
+
+
+def _is_stop(answer: Any) -> bool:
+    return answer is True or (isinstance(answer, str) and answer == "stop")
+
+
+class Trainer:
+    """Trains a compiled graph's parameters with an optimizer. See the module docstring."""
+
+    def __init__(self, plan: Plan | graphspec.Graph, optimizer: Optimizer, *, batch_size: int | None = None,
+                 shuffle: bool = True, seed: int = 0):
+        if isinstance(plan, graphspec.Graph):
+            plan = compile(plan)
+        if not isinstance(plan, Plan):
+            raise TypeError(f"Trainer needs a runtime Plan (runtime.compile(graph)), got {type(plan).__name__}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"Trainer needs a runtime.optim optimizer, got {type(optimizer).__name__}")
+        if not isinstance(shuffle, bool):
+            raise ValueError(f"shuffle must be true or false, got {shuffle!r}")
+        self.plan = plan
+        self.optimizer = optimizer
+        self.batch_size = _count("batch_size", batch_size, 1)
+        self.shuffle = shuffle
+        self.seed = _count("seed", seed, 0)
+        if self.seed is None:
+            raise ValueError("seed must be an integer >= 0, got None")
+        self.graph_hash = graphspec.content_hash(plan.graph)
+        # per-example inputs: first declared dimension symbolic (a name) or unknown
+        self.batched = tuple(name for name, spec in plan.graph.inputs.items()
+                             if len(spec.shape) > 0 and not isinstance(spec.shape[0], int))
+
+    # -- data ------------------------------------------------------------------------------
+    def _prepare(self, data: Mapping[str, Any], params: Mapping[str, Any], label: str) -> tuple[Arrays, int | None]:
+        """Check ``data`` (and ``params``) against the graph once; return the bound arrays (inputs
+        and parameters) and the number of examples (None when no input is per-example)."""
+        if not isinstance(data, Mapping):
+            raise InputError(f"{label} must be a dict of arrays keyed by graph input, got {type(data).__name__}")
+        declared = self.plan.graph.inputs
+        for name, spec in declared.items():
+            if name not in data:
+                raise InputError(f"{label} has no array for graph input {name!r} ({spec.dtype}{list(spec.shape)}); "
+                                 f"it must cover every input: {', '.join(declared)}", name=name,
+                                 expected=f"{spec.dtype}{list(spec.shape)}")
+        for name in data:
+            if name not in declared:
+                hint = graphspec.errors.did_you_mean(name, declared)
+                raise InputError(f"{label} has an array {name!r} that is not a graph input"
+                                 + (f" ({hint})" if hint else "") + f"; the inputs are: {', '.join(declared)}",
+                                 name=name)
+        bound = self.plan.check_inputs(data, params)
+        examples: int | None = None
+        first = None
+        for name in self.batched:
+            n = bound[name].shape[0]
+            if examples is None:
+                examples, first = n, name
+            elif n != examples:
+                raise InputError(f"{label}: input {name!r} has {n} examples (axis 0) but {first!r} has {examples}; "
+                                 "every per-example input needs the same batch dimension", name=name,
+                                 expected=f"{examples} along axis 0", actual=f"{n} along axis 0")
+        return bound, examples
+
+    def _layout(self, examples: int | None) -> tuple[int, int, bool]:
+        """(batch size, batches per epoch, whether epochs are shuffled)."""
+        if examples is None:  # no per-example input: every step sees everything
+            return 0, 1, False
+        size = examples if self.batch_size is None else min(self.batch_size, examples)
+        batches = -(-examples // size)
+        return size, batches, self.shuffle and batches > 1
+
+    # -- evaluation ------------------------------------------------------------------------
+    def evaluate(self, data: Mapping[str, Any], params: Mapping[str, Any]) -> float:
+        """The loss on ``data`` (all of it, one forward pass, no gradients)."""
+        bound, _ = self._prepare(data, params, "eval_data")
+        return self.plan.forward({n: bound[n] for n in self.plan.input_names}, params, with_grad=False).loss
+
+    # -- diagnosis -------------------------------------------------------------------------
+    def diagnose(self, inputs: Mapping[str, Any], params: Mapping[str, Any], step: int | None = None) -> NonFiniteError:
+        """Re-run a batch keeping every value and name the first node (in plan order) that is
+        NaN/inf; when the forward pass is finite, the first non-finite gradient (in backward order)."""
+        where = f"step {step}: " if step is not None else ""
+        run = self.plan.forward(inputs, params, keep_values=True)
+        for s in self.plan.steps:
+            value = run.values.get(s.id)
+            if value is not None and value.dtype.kind == "f" and not np.isfinite(value).all():
+                bad = int(np.size(value) - np.isfinite(value).sum())
+                kinds = "NaN" if np.isnan(value).any() else "inf"
+                inputs_note = ", ".join(
+                    f"{n!r}" + ("" if np.isfinite(run.values[n]).all() else " (non-finite)")
+                    for n in s.inputs if n in run.values and run.values[n].dtype.kind == "f")
+                return NonFiniteError(
+                    f"{where}node {s.id!r} ({s.op}) is the first to produce {kinds} ({bad} of {np.size(value)} "
+                    f"value(s)); its inputs: {inputs_note or 'none'}", node=s.id, step=step, op=s.op)
+        grads = run.backward(keep_grads=True)
+        for s in reversed(self.plan.steps):
+            g = grads.get(s.id)
+            if g is None or g.dtype.kind != "f":
+                continue
+            if not np.isfinite(g).all():  # not attributed to a consumer's VJP below: name the value itself
+                return NonFiniteError(f"{where}the gradient d(loss)/d({s.id}) at node {s.id!r} ({s.op}) is the first "
+                                      "to become NaN/inf in the backward pass (the forward pass is finite)",
+                                      node=s.id, step=step, op=s.op)
+            culprit = self._vjp_blame(s, g, run.values, grads)
+            if culprit is not None:
+                return NonFiniteError(f"{where}the backward pass of node {s.id!r} ({s.op}) turned a finite gradient "
+                                      f"into NaN/inf for its input {culprit!r} (the forward pass is finite)",
+                                      node=s.id, step=step, op=s.op)
+        for name in self.plan.param_names:
+            if not np.isfinite(grads[name]).all():
+                return NonFiniteError(f"{where}the gradient of parameter {name!r} is NaN/inf (every node's value "
+                                      "and gradient is finite)", node=name, step=step)
+        return NonFiniteError(f"{where}the loss or a gradient was NaN/inf, but re-running the batch did not "
+                              "reproduce it", node=None, step=step)
+
+    def _vjp_blame(self, s, g: np.ndarray, values: Arrays, grads: Arrays) -> str | None:
+        """The input of step ``s`` whose gradient is non-finite because of ``s``'s own VJP, if any."""
+        if not any(s.inputs[i] in grads and not np.isfinite(grads[s.inputs[i]]).all() for i in s.grad_inputs):
+            return None
+        try:
+            with np.errstate(all="ignore"):
+                parts = s.kernel.vjp(g, values[s.id], *(values[n] for n in s.inputs), **s.attrs)
+        except Exception:  # noqa: BLE001 - a replay that fails just attributes nothing
+            return None
+        for i in s.grad_inputs:
+            part = parts[i]
+            if part is not None and not np.isfinite(np.asarray(part)).all():
+                return s.inputs[i]
+        return None
+
+    # -- training --------------------------------------------------------------------------
+    def fit(self, data: Mapping[str, Any], params: Mapping[str, Any] | None = None, *, steps: int | None = None,
+            epochs: int | None = None, callback: Callable[[StepReport], Any] | None = None,
+            eval_data: Mapping[str, Any] | None = None, eval_every: int | None = None,
+            checkpoint_every: int | None = None, on_checkpoint: Callable[[Checkpoint], Any] | None = None,
+            resume: Checkpoint | None = None) -> TrainResult:
+        """Train until ``steps`` updates or ``epochs`` epochs (counted from the start of the run;
+        whichever comes first), or until ``callback`` returns True or ``"stop"``.
+
+        ``params`` are copied, never modified; with ``resume`` they come from the checkpoint
+        (pass ``params=None``), and the optimizer's state and the data position too; without
+        it the optimizer starts fresh. ``eval_data`` is evaluated every ``eval_every`` steps
+        and at the end; every ``checkpoint_every`` steps ``on_checkpoint`` gets a
+        :class:`Checkpoint`. A NaN/inf loss, gradient or parameter raises
+        :class:`~runtime.errors.NonFiniteError` naming the first node that produced it.
+        """
+        steps = _count("steps", steps, 0)
+        epochs = _count("epochs", epochs, 0)
+        eval_every = _count("eval_every", eval_every, 1)
+        checkpoint_every = _count("checkpoint_every", checkpoint_every, 1)
+        if steps is None and epochs is None:
+            raise ValueError("fit needs steps=..., epochs=... or both (training stops at whichever comes first)")
+        if eval_every is not None and eval_data is None:
+            raise ValueError("eval_every needs eval_data")
+        if (checkpoint_every is None) != (on_checkpoint is None):
+            raise ValueError("checkpoint_every and on_checkpoint go together")
+        if resume is not None and params is not None:
+            raise ValueError("when resuming, the checkpoint's parameters are used: pass params=None")
+        if resume is not None and not isinstance(resume, Checkpoint):
+            raise TypeError(f"resume must be a Checkpoint (Checkpoint.load(path)), got {type(resume).__name__}")
+        if resume is None and params is None:
+            raise ValueError("fit needs params (e.g. runtime.init_params(graph, seed)) or resume=checkpoint")
+        plan, opt = self.plan, self.optimizer
+
+        start = resume.params if resume is not None else params
+        bound, examples = self._prepare(data, start, "data")
+        arrays = {name: bound[name] for name in plan.input_names}
+        params = {name: np.array(bound[name], copy=True, order="C") for name in plan.param_names}
+        eval_arrays = None
+        if eval_data is not None:
+            eval_bound = self._prepare(eval_data, params, "eval_data")[0]
+            eval_arrays = {name: eval_bound[name] for name in plan.input_names}
+        size, batches, shuffled = self._layout(examples)
+        settings = {"batch_size": self.batch_size, "shuffle": self.shuffle, "seed": self.seed, "examples": examples}
+
+        rng = np.random.default_rng(self.seed)
+        if resume is not None:
+            self._check_resume(resume, settings, batches)
+            opt.load_state_dict(resume.optimizer_state)
+            if resume.rng_state is not None:
+                rng.bit_generator.state = rng_state_from_plain(resume.rng_state)
+            step, epoch, batch = resume.step, resume.epoch, resume.batch_index
+            losses = list(resume.losses)
+            eval_losses = list(resume.eval_losses)
+            best, last = resume.best_loss, resume.last_loss
+        else:
+            opt.reset()
+            step, epoch, batch = 0, 0, 0
+            losses, eval_losses = [], []
+            best = last = None
+
+        def checkpoint(epoch_state: dict | None) -> Checkpoint:
+            state = epoch_state if epoch_state is not None else rng.bit_generator.state
+            return Checkpoint(graph_hash=self.graph_hash, step=step, epoch=epoch, batch_index=batch,
+                              params={n: p.copy() for n, p in params.items()}, optimizer=opt.config(),
+                              optimizer_state=opt.state_dict(), rng_state=rng_state_to_plain(state),
+                              settings=dict(settings), best_loss=best, last_loss=last, losses=list(losses),
+                              eval_losses=list(eval_losses))
+
+        order: np.ndarray | None = None
+        epoch_state: dict | None = None  # the generator's state before this epoch's permutation, once drawn
+        stopped = False
+        while (steps is None or step < steps) and (epochs is None or epoch < epochs):
+            if epoch_state is None:
+                epoch_state = rng.bit_generator.state
+                order = rng.permutation(examples) if shuffled else None
+            if examples is None:
+                inputs = arrays
+            else:
+                lo, hi = batch * size, min((batch + 1) * size, examples)
+                rows = order[lo:hi] if order is not None else slice(lo, hi)
+                inputs = {n: (a[rows] if n in self.batched else a) for n, a in arrays.items()}
+            number = step + 1
+            run = plan.forward(inputs, params)
+            loss = run.loss
+            if not math.isfinite(loss):
+                raise self.diagnose(inputs, params, number)
+            grads = run.backward()
+            if not all(np.isfinite(grads[n]).all() for n in plan.param_names):
+                raise self.diagnose(inputs, params, number)
+            with np.errstate(all="ignore"):  # overflow is detected explicitly below, not warned about
+                norms = {n: float(np.linalg.norm(np.asarray(grads[n], dtype=np.float64).ravel()))
+                         for n in plan.param_names}
+                opt.step(params, grads)
+            for name, p in params.items():
+                if not np.isfinite(p).all():
+                    raise NonFiniteError(f"step {number}: the update made parameter {name!r} NaN/inf "
+                                         f"(the loss and gradients were finite; is the learning rate too large?)",
+                                         node=name, step=number)
+            step, last = number, loss
+            best = loss if best is None else min(best, loss)
+            losses.append(loss)
+            report_epoch, report_batch = epoch, batch
+            batch += 1
+            if batch == batches:
+                epoch, batch, epoch_state = epoch + 1, 0, None
+            eval_loss = None
+            if eval_every is not None and step % eval_every == 0:
+                eval_loss = plan.forward(eval_arrays, params, with_grad=False).loss
+                eval_losses.append((step, eval_loss))
+            if callback is not None:
+                stopped = _is_stop(callback(StepReport(step, report_epoch, loss, grads, norms, eval_loss,
+                                                       report_batch)))
+            if checkpoint_every is not None and step % checkpoint_every == 0:
+                on_checkpoint(checkpoint(epoch_state))
+            if stopped:
+                break
+
+        if eval_arrays is not None and (not eval_losses or eval_losses[-1][0] != step):
+            eval_losses.append((step, plan.forward(eval_arrays, params, with_grad=False).loss))
+        return TrainResult(params=params, losses=losses, eval_losses=eval_losses, steps=step, epochs=epoch,
+                           stopped_early=stopped, checkpoint=checkpoint(epoch_state))
+
+    def _check_resume(self, ckpt: Checkpoint, settings: dict, batches: int) -> None:
+        if ckpt.graph_hash != self.graph_hash:
+            raise CheckpointError(f"the checkpoint is for graph {ckpt.graph_hash}, this trainer's graph is "
+                                  f"{self.graph_hash}")
+        name = ckpt.optimizer.get("name") if isinstance(ckpt.optimizer, Mapping) else None
+        if name != self.optimizer.name:
+            raise CheckpointError(f"the checkpoint was made with optimizer {name!r}, this trainer uses "
+                                  f"{self.optimizer.name!r}")
+        for key in ("batch_size", "shuffle", "examples"):
+            if key in ckpt.settings and ckpt.settings[key] != settings[key]:
+                raise CheckpointError(f"the checkpoint was made with {key}={ckpt.settings[key]!r}, this run has "
+                                      f"{key}={settings[key]!r}; a resumed run must see the same batches")
+        if ckpt.batch_index >= batches:
+            raise CheckpointError(f"the checkpoint's batch index {ckpt.batch_index} is past the {batches} batch(es) "
+                                  "of an epoch")
+        if len(ckpt.losses) != ckpt.step:
+            raise CheckpointError(f"the checkpoint has {len(ckpt.losses)} losses for {ckpt.step} steps")
