@@ -66,20 +66,41 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """The seed example: what the format knows about it before anything runs."""
-    for name in ("logistic_regression.json", "sigmoid_primitives.json"):
-        path = EXAMPLES_DIR / name
-        graph = graphspec.load(path)
-        types = graph.analysis.types
-        print(f"\n{graph.name}  ({path.name}, {graphspec.content_hash(graph)[:19]}...)")
-        if graph.metadata.description:
-            print(f"  {graph.metadata.description}")
-        for index in graph.analysis.order:
-            node = graph.nodes[index]
-            print(f"  {node.id:>10} = {node.op}({', '.join(node.inputs)})".ljust(44) + f"-> {types[node.id]}")
-        print(f"  loss: {graph.loss} = {graph.outputs[graph.loss]}")
-    print("\nThe runtime (issue #3) will train these; today the demo shows the validated, shape-inferred graphs.")
-    return 0
+    """The seed example end to end: validate, train, then show backpropagation node by node."""
+    import numpy as np
+
+    import runtime
+    from runtime.data import load_tensors
+
+    from .progress import ProgressBar
+
+    graph = graphspec.load(EXAMPLES_DIR / "logistic_regression.json")
+    types = graph.analysis.types
+    print(f"1. The seed graph ({graphspec.content_hash(graph)[:19]}...): {graph.metadata.description}")
+    for index in graph.analysis.order:
+        node = graph.nodes[index]
+        print(f"   {node.id:>4} = {node.op}({', '.join(node.inputs)})".ljust(34) + f"-> {types[node.id]}")
+
+    data = load_tensors(EXAMPLES_DIR / "data" / "seed_data.json")
+    print(f"\n2. Training it with SGD (lr 0.5, batches of 16) on {len(data['y'])} separable points:")
+    bar = ProgressBar(args.steps, stream=sys.stdout)
+    result = runtime.Trainer(graph, runtime.SGD(lr=0.5), batch_size=16, seed=0).fit(
+        data, runtime.init_params(graph), steps=args.steps, callback=lambda r: bar.update(r.step, r.loss))
+    bar.close(result.steps, result.losses[-1])
+    learned = ", ".join(f"{k} = {float(v):.3f}" for k, v in result.params.items())
+    print(f"   learned {learned}")
+
+    primitives = graphspec.load(EXAMPLES_DIR / "sigmoid_primitives.json")
+    example = load_tensors(EXAMPLES_DIR / "data" / "seed_one_example.json")
+    explanation = runtime.explain(primitives, example, result.params)
+    print("\n3. One example through the sigmoid built from primitive nodes (x-1, exp, +1, 1/x):\n")
+    print("   " + explanation.to_text().replace("\n", "\n   ").rstrip())
+    a, z = explanation.row("a"), explanation.row("z")
+    sigma = float(a.value[0])
+    print(f"\n   d a/d z = grad(z) / grad(a) = {float(z.grad[0] / a.grad[0]):.6f}"
+          f" = sigma(z)(1 - sigma(z)) = {sigma * (1 - sigma):.6f}")
+    print("\nNext: chainrule explain GRAPH --inputs FILE --dot graph.dot; chainrule train GRAPH --data FILE --steps N")
+    return 0 if np.isfinite(result.losses[-1]) else 1
 
 
 def _load_graph(path: Path):
@@ -117,6 +138,65 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _optimizer_from_args(args: argparse.Namespace):
+    from runtime import make_optimizer
+
+    hyper = {"lr": args.lr}
+    if args.momentum is not None:
+        hyper["momentum"] = args.momentum
+    if args.nesterov:
+        hyper["nesterov"] = True
+    if args.weight_decay is not None:
+        hyper["weight_decay"] = args.weight_decay
+    return make_optimizer(args.optimizer, **hyper)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import runtime
+    from runtime.data import load_tensors, save_tensors
+
+    from .progress import ProgressBar
+
+    graph = _load_graph(args.graph)
+    if graph is None:
+        return 1
+    try:
+        optimizer = _optimizer_from_args(args)
+        data = load_tensors(args.data)
+        eval_data = load_tensors(args.eval_data) if args.eval_data else None
+        trainer = runtime.Trainer(graph, optimizer, batch_size=args.batch_size, shuffle=not args.no_shuffle,
+                                  seed=args.seed)
+        resume = runtime.Checkpoint.load(args.resume) if args.resume else None
+        params = None if resume else (load_tensors(args.params) if args.params
+                                      else runtime.init_params(graph, seed=args.seed))
+        bar = ProgressBar(args.steps)
+
+        def report(step: runtime.StepReport) -> None:
+            extra = "" if step.eval_loss is None else f"eval {step.eval_loss:.6g}"
+            bar.update(step.step, step.loss, extra)
+
+        checkpoint_path = args.checkpoint
+        result = trainer.fit(
+            data, params, steps=args.steps, epochs=args.epochs, callback=report, eval_data=eval_data,
+            eval_every=args.eval_every if eval_data is not None else None, resume=resume,
+            checkpoint_every=args.checkpoint_every if checkpoint_path else None,
+            on_checkpoint=(lambda ckpt: ckpt.save(checkpoint_path)) if checkpoint_path else None)
+    except (runtime.ChainruleRuntimeError, ValueError) as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 1
+    bar.close(result.steps, result.losses[-1] if result.losses else float("nan"))
+    if checkpoint_path:
+        result.checkpoint.save(checkpoint_path)
+    summary = f"trained {result.steps} steps ({result.epochs} epochs): loss {result.losses[0]:.6g} -> {result.losses[-1]:.6g}"
+    if result.eval_losses:
+        summary += f", eval loss {result.eval_losses[-1][1]:.6g}"
+    print(summary)
+    if args.out:
+        save_tensors(args.out, result.params)
+        print(f"wrote trained parameters to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chainrule", description="chainrule: train computational graphs.")
     parser.add_argument("--version", action="version", version=f"chainrule {graphspec.__version__}")
@@ -145,7 +225,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the explanation as JSON")
     p.set_defaults(func=_cmd_explain)
 
-    p = sub.add_parser("demo", help="show the seed example graphs")
+    p = sub.add_parser("train", help="train a graph locally with a progress bar")
+    p.add_argument("graph", type=Path)
+    p.add_argument("--data", type=Path, required=True, help="training tensors by input name (.npz/.json/.msgpack)")
+    p.add_argument("--eval-data", type=Path, help="held-out tensors, evaluated every --eval-every steps and at the end")
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--optimizer", default="sgd", help="sgd, momentum, adam or adamw (default sgd)")
+    p.add_argument("--lr", type=float, default=0.1, help="learning rate (default 0.1)")
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--nesterov", action="store_true")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--steps", type=int, help="number of updates")
+    p.add_argument("--epochs", type=int, help="number of passes over the data (with --steps: whichever comes first)")
+    p.add_argument("--batch-size", type=int, help="mini-batch size (default: the whole data set)")
+    p.add_argument("--no-shuffle", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed for initializers and shuffling")
+    p.add_argument("--params", type=Path, help="start from these parameters instead of the initializers")
+    p.add_argument("--checkpoint", type=Path, help="write checkpoints here (msgpack)")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--resume", type=Path, help="continue from a checkpoint file")
+    p.add_argument("--out", type=Path, help="write the trained parameters (.msgpack, .json or .npz)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("demo", help="train and explain the seed example")
+    p.add_argument("--steps", type=int, default=200)
     p.set_defaults(func=_cmd_demo)
     return parser
 

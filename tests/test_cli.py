@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import EXAMPLES
 
@@ -80,11 +82,43 @@ def test_schema_prints_the_committed_schema():
     assert json.loads(result.stdout) == json.loads(schema_path().read_text())
 
 
-def test_demo_shows_the_seed_graphs():
+def test_demo_trains_and_explains_the_seed():
     result = run("demo", check=True)
-    assert "logistic_regression" in result.stdout and "sigmoid_primitives" in result.stdout
     assert "div(one, one_plus_exp)" in result.stdout
     assert "-> float64[]" in result.stdout  # the loss, inferred scalar
+    losses = [float(m) for m in re.findall(r"step \d+/200  loss ([0-9.e-]+)", result.stdout)]
+    assert len(losses) >= 10 and losses[-1] < 0.1 < losses[0]
+    ratio, closed = re.search(r"grad\(a\) = ([0-9.]+) = sigma\(z\)\(1 - sigma\(z\)\) = ([0-9.]+)", result.stdout).groups()
+    assert ratio == closed
+
+
+def test_train_drives_the_seed_loss_down_and_writes_params(tmp_path):
+    out = tmp_path / "params.msgpack"
+    result = run("train", EXAMPLES / "logistic_regression.json", "--data", EXAMPLES / "data" / "seed_data.json",
+                 "--steps", 300, "--lr", 0.5, "--batch-size", 16, "--out", out,
+                 "--checkpoint", tmp_path / "ckpt.msgpack", "--checkpoint-every", 100)
+    assert result.returncode == 0, result.stderr
+    first, last = map(float, re.search(r"loss ([0-9.e-]+) -> ([0-9.e-]+)", result.stdout).groups())
+    assert first == pytest.approx(np.log(2)) and last < 0.1
+    assert "step 300/300" in result.stderr
+    from runtime import Checkpoint
+    from runtime.data import load_tensors
+
+    params = load_tensors(out)
+    assert params["w1"] > 0 > params["w2"]  # the data's true boundary is 2*x1 - x2 + 0.5 = 0
+    assert Checkpoint.load(tmp_path / "ckpt.msgpack").step == 300
+    resumed = run("train", EXAMPLES / "logistic_regression.json", "--data", EXAMPLES / "data" / "seed_data.json",
+                  "--steps", 350, "--lr", 0.5, "--batch-size", 16, "--resume", tmp_path / "ckpt.msgpack")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "trained 350 steps" in resumed.stdout
+
+
+def test_train_reports_bad_data_clearly(tmp_path):
+    result = run("train", EXAMPLES / "small_mlp.json", "--data", EXAMPLES / "data" / "seed_data.json", "--steps", 5)
+    assert result.returncode == 1 and "error:" in result.stderr and "Traceback" not in result.stderr
+    result = run("train", EXAMPLES / "logistic_regression.json", "--data", EXAMPLES / "data" / "seed_data.json",
+                 "--steps", 5, "--optimizer", "adagrad")
+    assert result.returncode == 1 and "adagrad" in result.stderr
 
 
 @pytest.mark.parametrize("args", [[], ["validate"], ["frobnicate"]])
