@@ -38,3 +38,38 @@ def test_python_snippets_in_the_format_doc_run(capsys):
         pytest.fail(f"a docs snippet raised: {exc}")
     finally:
         os.chdir(cwd)
+
+
+RUNTIME_DOC = ROOT / "docs" / "runtime.md"
+
+
+def test_runtime_kernel_table_is_generated_from_the_registry():
+    from runtime.kernels import KERNELS
+    from runtime.kernels.doc import with_table
+
+    text = RUNTIME_DOC.read_text()
+    assert text == with_table(text), "run: python -m runtime.kernels.doc"
+    for op in KERNELS:
+        assert f"| `{op}` |" in text
+
+
+def test_runtime_doc_seed_walkthrough_runs():
+    snippet = re.findall(r"```python\n(.*?)```", RUNTIME_DOC.read_text(), flags=re.S)[0]
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        exec(compile(snippet, "docs/runtime.md", "exec"), {"__name__": "docs_snippet", "print": lambda *a: None})
+    finally:
+        os.chdir(cwd)
+
+
+def test_readme_python_snippets_run_in_order():
+    namespace = {"__name__": "readme", "print": lambda *a: None}
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        for snippet in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S):
+            exec(compile(snippet, "README.md", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    assert namespace["result"].losses[-1] < namespace["result"].losses[0]
