@@ -57,12 +57,8 @@ class Spec:
         return self.schema().get("type", "a valid value")
 
 
-def _fits_float(value: int) -> bool:
-    try:
-        float(value)
-    except OverflowError:
-        return False
-    return True
+# Every integer in a document must survive msgpack (64-bit) and a float64 conversion.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def exactly_one_of(*names: str) -> Callable[[dict, str, "Issues"], bool]:
@@ -167,6 +163,9 @@ class Int(Spec):
     def check(self, value, loc, issues):
         if isinstance(value, bool) or not isinstance(value, int):
             return _wrong_type(value, loc, "integer", issues)
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            issues.append(Issue("too_large", loc, "integers must fit in 64 bits"))
+            return False
         if self.minimum is not None and value < self.minimum:
             issues.append(Issue("invalid_value", loc, f"{value} is below the minimum {self.minimum}"))
             return False
@@ -194,8 +193,8 @@ class Num(Spec):
     def check(self, value, loc, issues):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return _wrong_type(value, loc, "number", issues)
-        if isinstance(value, int) and not _fits_float(value):
-            issues.append(Issue("too_large", loc, "integer is too large for a float64 number"))
+        if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
+            issues.append(Issue("too_large", loc, "integers must fit in 64 bits (write a float instead)"))
             return False
         if not math.isfinite(value):
             issues.append(Issue("non_finite", loc, f"number must be finite, got {value}"))

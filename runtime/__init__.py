@@ -14,6 +14,7 @@ from .checkpoint import Checkpoint, CheckpointError
 from .data import DataFileError, load_tensors, save_tensors
 from .errors import ChainruleRuntimeError, ExecutionError, InputError, MissingKernelError, NonFiniteError
 from .explain import Explanation, explain
+from .gradcheck import GradcheckResult, assert_gradcheck, gradcheck
 from .init import init_params
 from .kernels import KERNELS, Kernel, unbroadcast
 from .optim import OPTIMIZERS, SGD, Adam, Optimizer, make_optimizer
@@ -22,7 +23,7 @@ from .trainer import StepReport, Trainer, TrainResult
 
 __all__ = [
     "Adam", "ChainruleRuntimeError", "Checkpoint", "CheckpointError", "DataFileError", "ExecutionError",
-    "Explanation", "InputError", "KERNELS", "Kernel", "MissingKernelError", "NonFiniteError", "OPTIMIZERS",
-    "Optimizer", "Plan", "Run", "SGD", "StepReport", "TrainResult", "Trainer", "compile", "explain", "init_params",
+    "Explanation", "GradcheckResult", "InputError", "KERNELS", "Kernel", "MissingKernelError", "NonFiniteError", "OPTIMIZERS",
+    "Optimizer", "Plan", "Run", "SGD", "StepReport", "TrainResult", "Trainer", "assert_gradcheck", "compile", "explain", "gradcheck", "init_params",
     "load_tensors", "make_optimizer", "save_tensors", "unbroadcast",
 ]

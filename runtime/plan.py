@@ -134,7 +134,7 @@ class Plan:
                         if remaining[name] == 0 and name not in keep and name in values:
                             del values[name]  # no later node and no VJP reads it
         outputs = {name: values[ref] for name, ref in self.graph.outputs.items()}
-        return Run(self, values, shapes, outputs, path, grad_inputs)
+        return Run(self, values, shapes, outputs, path, grad_inputs, with_grad)
 
 
 def _consumer_counts(steps: Iterable[Step]) -> dict[str, int]:
@@ -190,6 +190,7 @@ class Run:
     outputs: Arrays
     grad_path: frozenset[str]
     grad_inputs: bool
+    with_grad: bool = True
 
     @property
     def loss(self) -> float:
@@ -199,10 +200,11 @@ class Run:
         """d(loss)/d(every parameter) (and every input when the run was made with
         ``grad_inputs``); with ``keep_grads`` also d(loss)/d(every node on the path)."""
         plan = self.plan
-        if not self.grad_path:
+        if not self.with_grad:
             raise InputError("this run was made with with_grad=False; run forward again to get gradients")
         loss_value = self.values[plan.loss_node]
-        grads: Arrays = {plan.loss_node: np.ones_like(loss_value)}
+        # no parameter reaching the loss is legal: every gradient is then zero
+        grads: Arrays = {plan.loss_node: np.ones_like(loss_value)} if self.grad_path else {}
         kept: Arrays = {}
         with np.errstate(all="ignore"):
             for step in reversed(plan.steps):

@@ -1006,3 +1006,15 @@ def test_mutated_example_yields_all_located_errors():
         check_error(info.value, tree)
         text = str(info.value)
         assert text.startswith("4 problems") and all(loc in text for loc in issues)
+
+
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 2**64, 10**30])
+def test_integers_beyond_64_bits_are_refused_where_they_are(value):
+    tree = copy.deepcopy(JSON_DOCS["small_mlp"])
+    tree["metadata"]["tags"]["big"] = value
+    with pytest.raises(GraphSpecError) as info:
+        graphspec.loads(json.dumps(tree))
+    assert ("too_large", "/metadata/tags/big") in _codes(info)
+    tree["metadata"]["tags"]["big"] = 2**63 - 1   # the largest that fits: loads, and survives msgpack
+    graph = graphspec.loads(json.dumps(tree))
+    assert graphspec.loads(graphspec.dumps(graph, "msgpack")) == graph

@@ -215,3 +215,12 @@ def test_each_parameter_gets_its_own_gradient_array():
     assert grads["p"] is not grads["q"]
     grads["p"] += 5  # in-place clipping of one gradient must not touch another
     np.testing.assert_array_equal(grads["q"], np.ones(3))
+
+
+def test_a_loss_no_parameter_reaches_has_zero_gradients():
+    g = GraphBuilder("detached", dtype="float64")
+    w = g.param("w", [2], init="ones")
+    g.output("side", g.exp(w))
+    g.loss(g.sum(g.constant(np.array([1.0, 2.0]))))
+    grads = runtime.compile(g.build()).forward({}, {"w": np.ones(2)}).backward()
+    np.testing.assert_array_equal(grads["w"], np.zeros(2))
