@@ -1,0 +1,139 @@
+"""Running one training job: read it from Redis, train with the runtime, report as it goes.
+
+Kept free of Celery so it can be read (and tested) on its own; worker/tasks.py calls it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from celery.exceptions import SoftTimeLimitExceeded
+
+import graphspec
+import runtime
+from graphspec.codec import pack
+from graphspec.tensors import encode_tensor_raw
+
+from .store import TERMINAL, JobStore, StepRecord, decode_tensors, encode_tensors, now
+
+log = logging.getLogger(__name__)
+
+# Between reports the worker still looks at the cancel flag this often.
+CANCEL_POLL_S = 0.25
+
+
+class _Reporter:
+    """Buffers step reports and writes them in one pipelined round trip every report_every steps."""
+
+    def __init__(self, store: JobStore, job_id: str, spec: dict[str, Any]):
+        self.store, self.job_id = store, job_id
+        self.every = max(1, int(spec.get("report_every", 1)))
+        self.gradients = spec.get("gradients", "norms")
+        self.buffer: list[StepRecord] = []
+        self.last_poll = time.monotonic()
+        self.cancelled = False
+        self.last: runtime.StepReport | None = None
+
+    def __call__(self, report: runtime.StepReport) -> str | None:
+        self.last = report
+        if report.step % self.every == 0:
+            grads = None
+            if self.gradients == "full":
+                grads = encode_tensors(report.grads)
+            norms = report.grad_norms if self.gradients != "none" else {}
+            self.buffer.append(StepRecord(report.step, float(report.loss), norms, now(), report.eval_loss, grads))
+            self.flush()
+        if time.monotonic() - self.last_poll > CANCEL_POLL_S:
+            self.last_poll = time.monotonic()
+            self.cancelled = self.store.cancel_requested(self.job_id)
+        return "stop" if self.cancelled else None
+
+    def flush(self) -> None:
+        progress: dict[str, Any] = {"updated": repr(now())}
+        if self.last is not None:
+            progress.update(step=self.last.step, loss=repr(float(self.last.loss)), epoch=self.last.epoch)
+        self.store.report_steps(self.job_id, self.buffer, progress)
+        self.buffer = []
+        self.cancelled = self.cancelled or self.store.cancel_requested(self.job_id)
+        self.last_poll = time.monotonic()
+
+
+def run_job(store: JobStore, job_id: str, *, worker: str) -> str:
+    """Train job ``job_id`` to its end; returns the final state. Never raises for a job's own
+    failure (bad data, NaN, time limit): that is recorded on the job as ``failed``."""
+    job = store.get_job(job_id)
+    if job is None:
+        log.warning("job %s no longer exists (expired?)", job_id)
+        return "missing"
+    if job["state"] in TERMINAL:
+        return job["state"]  # a redelivery of a finished job: nothing to do
+    if job["state"] == "cancelling":
+        store.transition(job_id, ["cancelling"], "cancelled", finished=repr(now()))
+        return "cancelled"
+    ok, previous = store.transition(job_id, ["queued", "running"], "running", started=repr(now()), worker=worker)
+    if not ok:
+        return previous
+    store.r.hincrby(store.job_key(job_id), "attempts", 1)
+    try:
+        state = _train(store, job_id, job)
+    except SoftTimeLimitExceeded:
+        state = _fail(store, job_id, "TimeLimitExceeded", "the job ran past its time limit")
+    except runtime.NonFiniteError as exc:
+        state = _fail(store, job_id, "NonFiniteError", str(exc), node=exc.node)
+    except runtime.ExecutionError as exc:
+        state = _fail(store, job_id, "ExecutionError", str(exc), node=exc.node)
+    except (runtime.ChainruleRuntimeError, graphspec.GraphSpecError, ValueError, TypeError) as exc:
+        state = _fail(store, job_id, type(exc).__name__, str(exc))
+    return state
+
+
+def _fail(store: JobStore, job_id: str, kind: str, message: str, node: str | None = None) -> str:
+    fields = {"finished": repr(now()), "error_type": kind, "error_message": message[:2000]}
+    if node:
+        fields["error_node"] = node
+    store.transition(job_id, ["running", "cancelling"], "failed", **fields)
+    return "failed"
+
+
+def _train(store: JobStore, job_id: str, job: dict[str, str]) -> str:
+    spec = json.loads(job["spec"])
+    graph = store.get_graph(job["tenant"], job["graph_id"])
+    if graph is None:
+        return _fail(store, job_id, "MissingGraph", f"graph {job['graph_id']} is no longer stored")
+    data = decode_tensors(store.get_blob(job_id, "data") or b"\x80")
+    eval_blob = store.get_blob(job_id, "eval_data")
+    eval_data = decode_tensors(eval_blob) if eval_blob else None
+    optimizer = runtime.make_optimizer(**spec["optimizer"])
+    trainer = runtime.Trainer(graph, optimizer, batch_size=spec.get("batch_size"), shuffle=spec.get("shuffle", True),
+                              seed=spec.get("seed", 0))
+    checkpoint_blob = store.get_blob(job_id, "checkpoint")
+    resume = runtime.Checkpoint.from_bytes(checkpoint_blob) if checkpoint_blob else None
+    params = None if resume else runtime.init_params(graph, seed=spec.get("seed", 0))
+    reporter = _Reporter(store, job_id, spec)
+    checkpoint_every = spec.get("checkpoint_every")
+    result = trainer.fit(
+        data, params, steps=spec.get("steps"), epochs=spec.get("epochs"), callback=reporter,
+        eval_data=eval_data, eval_every=spec.get("eval_every") if eval_data is not None else None, resume=resume,
+        checkpoint_every=checkpoint_every,
+        on_checkpoint=(lambda c: store.put_blob(job_id, "checkpoint", c.to_bytes())) if checkpoint_every else None)
+    reporter.flush()
+    if reporter.cancelled:
+        store.transition(job_id, ["cancelling", "running"], "cancelled", finished=repr(now()),
+                         step=result.steps)
+        return "cancelled"
+    final_loss = float(result.losses[-1]) if result.losses else float("nan")
+    store.put_blob(job_id, "result", pack({
+        "params": {k: encode_tensor_raw(np.asarray(v)) for k, v in result.params.items()},
+        "loss": final_loss, "steps": result.steps, "epochs": result.epochs,
+        "eval_loss": result.eval_losses[-1][1] if result.eval_losses else None,
+    }))
+    ok, previous = store.transition(job_id, ["running"], "succeeded", finished=repr(now()), step=result.steps,
+                                    loss=repr(final_loss))
+    if not ok and previous == "cancelling":  # cancel arrived after the last step: honour it
+        store.transition(job_id, ["cancelling"], "cancelled", finished=repr(now()))
+        return "cancelled"
+    return "succeeded"

@@ -1,0 +1,59 @@
+"""All configuration in one settings object, read from environment variables (CHAINRULE_*).
+
+The worker and the service read the same object, so both sides agree on the Redis URL,
+the key namespace and the limits. ``REDIS_URL`` is also accepted without the prefix.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHAINRULE_", extra="ignore")
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=AliasChoices("CHAINRULE_REDIS_URL",
+                                                                                        "REDIS_URL"))
+    # Every key chainrule writes (its own and Celery's) starts with this, so several
+    # deployments or test runs can share one Redis without touching each other's data.
+    namespace: str = "chainrule"
+    queue: str = "chainrule.train"
+
+    # Celery's Redis transport redelivers an unacknowledged task after this many seconds
+    # (at-least-once). It must exceed the longest job; the job lease (not the broker) is
+    # what prevents two trainers on one job.
+    visibility_timeout_s: int = 3 * 3600
+
+    # API keys "key:tenant" pairs, comma-separated. Empty + auth_disabled=False refuses all.
+    api_keys: str = ""
+    auth_disabled: bool = False
+
+    # Limits: each refused with a clear 413/422.
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_nodes: int = 2_000
+    max_tensor_elements: int = 4 * 1024 * 1024
+    max_job_data_bytes: int = 32 * 1024 * 1024
+    max_steps: int = 1_000_000
+    max_explain_elements: int = 10_000
+
+    # Jobs
+    default_time_limit_s: int = 3600
+    max_time_limit_s: int = 6 * 3600
+    stream_maxlen: int = 100_000
+    retention_s: int = 7 * 24 * 3600
+    checkpoint_every_s: float = 10.0
+
+    def tenants_by_key(self) -> dict[str, str]:
+        pairs = {}
+        for item in filter(None, (p.strip() for p in self.api_keys.split(","))):
+            key, _, tenant = item.partition(":")
+            pairs[key] = tenant or "default"
+        return pairs
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
