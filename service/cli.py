@@ -197,6 +197,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("service.app:app", host=args.host, port=args.port, workers=args.workers,
+                log_level=args.log_level, proxy_headers=True)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from worker.celery_app import app
+    from worker.settings import get_settings
+
+    argv = ["worker", "--loglevel", args.log_level.upper(), "-Q", get_settings().queue,
+            "--pool", args.pool, "--concurrency", str(args.concurrency)]
+    if args.hostname:
+        argv += ["--hostname", args.hostname]
+    app.worker_main(argv)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chainrule", description="chainrule: train computational graphs.")
     parser.add_argument("--version", action="version", version=f"chainrule {graphspec.__version__}")
@@ -246,6 +266,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, help="continue from a checkpoint file")
     p.add_argument("--out", type=Path, help="write the trained parameters (.msgpack, .json or .npz)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("api", help="run the HTTP API (uvicorn); configuration from CHAINRULE_* / REDIS_URL")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=_cmd_api)
+
+    p = sub.add_parser("worker", help="run a Celery training worker; configuration from CHAINRULE_* / REDIS_URL")
+    p.add_argument("--concurrency", type=int, default=1, help="jobs trained at once by this worker")
+    p.add_argument("--pool", default="prefork", choices=("prefork", "solo", "threads"))
+    p.add_argument("--hostname", help="Celery node name (default celery@<host>)")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=_cmd_worker)
 
     p = sub.add_parser("demo", help="train and explain the seed example")
     p.add_argument("--steps", type=int, default=200)

@@ -22,18 +22,23 @@ from .store import TERMINAL, JobStore, StepRecord, decode_tensors, encode_tensor
 
 log = logging.getLogger(__name__)
 
-# Between reports the worker still looks at the cancel flag this often.
+# Sampled steps are written at most this long after they happen (and the first at once):
+# one pipelined round trip per interval instead of one per step.
+FLUSH_INTERVAL_S = 0.05
+# Between writes the worker still looks at the cancel flag this often.
 CANCEL_POLL_S = 0.25
 
 
 class _Reporter:
-    """Buffers step reports and writes them in one pipelined round trip every report_every steps."""
+    """Samples every report_every-th step and writes the samples in one pipelined round trip
+    at most every FLUSH_INTERVAL_S; each write also reads the job's state (cancel requests)."""
 
     def __init__(self, store: JobStore, job_id: str, spec: dict[str, Any]):
         self.store, self.job_id = store, job_id
         self.every = max(1, int(spec.get("report_every", 1)))
         self.gradients = spec.get("gradients", "norms")
         self.buffer: list[StepRecord] = []
+        self.last_flush = float("-inf")
         self.last_poll = time.monotonic()
         self.cancelled = False
         self.last: runtime.StepReport | None = None
@@ -41,14 +46,14 @@ class _Reporter:
     def __call__(self, report: runtime.StepReport) -> str | None:
         self.last = report
         if report.step % self.every == 0:
-            grads = None
-            if self.gradients == "full":
-                grads = encode_tensors(report.grads)
+            grads = encode_tensors(report.grads) if self.gradients == "full" else None
             norms = report.grad_norms if self.gradients != "none" else {}
             self.buffer.append(StepRecord(report.step, float(report.loss), norms, now(), report.eval_loss, grads))
+        clock = time.monotonic()
+        if self.buffer and clock - self.last_flush >= FLUSH_INTERVAL_S:
             self.flush()
-        if time.monotonic() - self.last_poll > CANCEL_POLL_S:
-            self.last_poll = time.monotonic()
+        elif clock - self.last_poll >= CANCEL_POLL_S:
+            self.last_poll = clock
             self.cancelled = self.store.cancel_requested(self.job_id)
         return "stop" if self.cancelled else None
 
@@ -56,10 +61,10 @@ class _Reporter:
         progress: dict[str, Any] = {"updated": repr(now())}
         if self.last is not None:
             progress.update(step=self.last.step, loss=repr(float(self.last.loss)), epoch=self.last.epoch)
-        self.store.report_steps(self.job_id, self.buffer, progress)
+        _, state = self.store.report_steps(self.job_id, self.buffer, progress)
         self.buffer = []
-        self.cancelled = self.cancelled or self.store.cancel_requested(self.job_id)
-        self.last_poll = time.monotonic()
+        self.cancelled = self.cancelled or state in ("cancelling", "cancelled")
+        self.last_flush = self.last_poll = time.monotonic()
 
 
 def run_job(store: JobStore, job_id: str, *, worker: str) -> str:

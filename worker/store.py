@@ -208,16 +208,21 @@ class JobStore:
         pipe.execute()
 
     # -- progress (worker side) ---------------------------------------------------------
-    def report_steps(self, job_id: str, records: list[StepRecord], progress: dict[str, Any]) -> list[int]:
-        """Append step entries and update the job hash in one round trip; returns the steps
-        Redis refused as already written (a replay after a redelivery)."""
+    def report_steps(self, job_id: str, records: list[StepRecord], progress: dict[str, Any]) -> tuple[list[int], str]:
+        """Append step entries, update the job hash and read the job's state, in one round trip.
+
+        Returns the steps Redis refused as already written (a replay after a redelivery)
+        and the state (so the worker sees a cancel request without another round trip)."""
         pipe = self.r.pipeline(transaction=False)
         for rec in records:
             pipe.xadd(self.job_key(job_id, "steps"), rec.to_fields(), id=f"{rec.step}-0",
                       maxlen=self.settings.stream_maxlen, approximate=True)
         pipe.hset(self.job_key(job_id), mapping=progress)
+        pipe.hget(self.job_key(job_id), "state")
         results = pipe.execute(raise_on_error=False)
-        return [rec.step for rec, res in zip(records, results) if isinstance(res, redis.ResponseError)]
+        refused = [rec.step for rec, res in zip(records, results) if isinstance(res, redis.ResponseError)]
+        state = results[-1].decode() if isinstance(results[-1], bytes) else ""
+        return refused, state
 
     def read_steps(self, job_id: str, *, after: int = 0, limit: int = 100) -> list[StepRecord]:
         entries = self.r.xrange(self.job_key(job_id, "steps"), min=f"({after}-0" if after else "-", max="+",
