@@ -63,7 +63,8 @@ def parse(data: bytes | str, encoding: Encoding | None = None, limits: Limits = 
     except (RecursionError, msgpack.exceptions.StackError):
         raise GraphSpecError([Issue("too_deep", "", f"document nesting exceeds {limits.max_depth} levels")]) from None
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise GraphSpecError([Issue("parse_error", "", f"not valid {encoding}: {exc}"[:300])]) from None
+        reason = str(exc) or type(exc).__name__
+        raise GraphSpecError([Issue("parse_error", "", f"not valid {encoding}: {reason}"[:300])]) from None
     _check_plain(tree, limits.max_depth)
     return tree
 

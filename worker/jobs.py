@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -33,8 +34,8 @@ class _Reporter:
     """Samples every report_every-th step and writes the samples in one pipelined round trip
     at most every FLUSH_INTERVAL_S; each write also reads the job's state (cancel requests)."""
 
-    def __init__(self, store: JobStore, job_id: str, spec: dict[str, Any]):
-        self.store, self.job_id = store, job_id
+    def __init__(self, store: JobStore, job_id: str, spec: dict[str, Any], token: str | None = None):
+        self.store, self.job_id, self.token = store, job_id, token
         self.every = max(1, int(spec.get("report_every", 1)))
         self.gradients = spec.get("gradients", "norms")
         self.buffer: list[StepRecord] = []
@@ -46,9 +47,7 @@ class _Reporter:
     def __call__(self, report: runtime.StepReport) -> str | None:
         self.last = report
         if report.step % self.every == 0:
-            grads = encode_tensors(report.grads) if self.gradients == "full" else None
-            norms = report.grad_norms if self.gradients != "none" else {}
-            self.buffer.append(StepRecord(report.step, float(report.loss), norms, now(), report.eval_loss, grads))
+            self._sample(report)
         clock = time.monotonic()
         if self.buffer and clock - self.last_flush >= FLUSH_INTERVAL_S:
             self.flush()
@@ -57,7 +56,21 @@ class _Reporter:
             self.cancelled = self.store.cancel_requested(self.job_id)
         return "stop" if self.cancelled else None
 
+    def _sample(self, report: runtime.StepReport) -> None:
+        grads = encode_tensors(report.grads) if self.gradients == "full" else None
+        norms = report.grad_norms if self.gradients != "none" else {}
+        self.buffer.append(StepRecord(report.step, float(report.loss), norms, now(), report.eval_loss, grads))
+        self.sampled = report.step
+
+    def finish(self) -> None:
+        """The last step is always in the history, whatever report_every is."""
+        if self.last is not None and getattr(self, "sampled", None) != self.last.step:
+            self._sample(self.last)
+        self.flush()
+
     def flush(self) -> None:
+        if self.token is not None:
+            self.store.renew_lease(self.job_id, self.token)
         progress: dict[str, Any] = {"updated": repr(now())}
         if self.last is not None:
             progress.update(step=self.last.step, loss=repr(float(self.last.loss)), epoch=self.last.epoch)
@@ -79,12 +92,24 @@ def run_job(store: JobStore, job_id: str, *, worker: str) -> str:
     if job["state"] == "cancelling":
         store.transition(job_id, ["cancelling"], "cancelled", finished=repr(now()))
         return "cancelled"
-    ok, previous = store.transition(job_id, ["queued", "running"], "running", started=repr(now()), worker=worker)
-    if not ok:
-        return previous
-    store.r.hincrby(store.job_key(job_id), "attempts", 1)
+    token = f"{worker}:{uuid.uuid4().hex}"
+    if not store.acquire_lease(job_id, token):
+        log.info("job %s is held by a live trainer: this delivery does nothing", job_id)
+        return "duplicate"
     try:
-        state = _train(store, job_id, job)
+        ok, previous = store.transition(job_id, ["queued", "running"], "running", started=repr(now()),
+                                        worker=worker)
+        if not ok:
+            return previous
+        store.r.hincrby(store.job_key(job_id), "attempts", 1)
+        return _run_leased(store, job_id, job, token)
+    finally:
+        store.release_lease(job_id, token)
+
+
+def _run_leased(store: JobStore, job_id: str, job: dict[str, str], token: str) -> str:
+    try:
+        state = _train(store, job_id, job, token)
     except SoftTimeLimitExceeded:
         state = _fail(store, job_id, "TimeLimitExceeded", "the job ran past its time limit")
     except runtime.NonFiniteError as exc:
@@ -93,6 +118,9 @@ def run_job(store: JobStore, job_id: str, *, worker: str) -> str:
         state = _fail(store, job_id, "ExecutionError", str(exc), node=exc.node)
     except (runtime.ChainruleRuntimeError, graphspec.GraphSpecError, ValueError, TypeError) as exc:
         state = _fail(store, job_id, type(exc).__name__, str(exc))
+    except Exception as exc:  # a bug must fail the job visibly, not leave it "running" forever
+        log.exception("job %s crashed", job_id)
+        state = _fail(store, job_id, "InternalError", f"{type(exc).__name__}: {exc}")
     return state
 
 
@@ -104,7 +132,7 @@ def _fail(store: JobStore, job_id: str, kind: str, message: str, node: str | Non
     return "failed"
 
 
-def _train(store: JobStore, job_id: str, job: dict[str, str]) -> str:
+def _train(store: JobStore, job_id: str, job: dict[str, str], token: str) -> str:
     spec = json.loads(job["spec"])
     graph = store.get_graph(job["tenant"], job["graph_id"])
     if graph is None:
@@ -118,14 +146,14 @@ def _train(store: JobStore, job_id: str, job: dict[str, str]) -> str:
     checkpoint_blob = store.get_blob(job_id, "checkpoint")
     resume = runtime.Checkpoint.from_bytes(checkpoint_blob) if checkpoint_blob else None
     params = None if resume else runtime.init_params(graph, seed=spec.get("seed", 0))
-    reporter = _Reporter(store, job_id, spec)
+    reporter = _Reporter(store, job_id, spec, token)
     checkpoint_every = spec.get("checkpoint_every")
     result = trainer.fit(
         data, params, steps=spec.get("steps"), epochs=spec.get("epochs"), callback=reporter,
         eval_data=eval_data, eval_every=spec.get("eval_every") if eval_data is not None else None, resume=resume,
         checkpoint_every=checkpoint_every,
         on_checkpoint=(lambda c: store.put_blob(job_id, "checkpoint", c.to_bytes())) if checkpoint_every else None)
-    reporter.flush()
+    reporter.finish()
     if reporter.cancelled:
         store.transition(job_id, ["cancelling", "running"], "cancelled", finished=repr(now()),
                          step=result.steps)

@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CHAINRULE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CHAINRULE_", extra="ignore", populate_by_name=True)
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=AliasChoices("CHAINRULE_REDIS_URL",
                                                                                         "REDIS_URL"))
@@ -24,8 +24,9 @@ class Settings(BaseSettings):
 
     # Celery's Redis transport redelivers an unacknowledged task after this many seconds
     # (at-least-once). It must exceed the longest job; the job lease (not the broker) is
-    # what prevents two trainers on one job.
+    # what keeps a second delivery from training a job whose first trainer is alive.
     visibility_timeout_s: int = 3 * 3600
+    lease_ttl_s: float = 30.0
 
     # API keys "key:tenant" pairs, comma-separated. Empty + auth_disabled=False refuses all.
     api_keys: str = ""

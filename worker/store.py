@@ -8,6 +8,7 @@ Keys (``{ns}`` is Settings.namespace):
     {ns}:job:{id}:data             string  training data, msgpack tensors
     {ns}:job:{id}:checkpoint       string  runtime.Checkpoint bytes (msgpack)
     {ns}:job:{id}:result           string  trained parameters + final loss, msgpack
+    {ns}:job:{id}:lease            string  the token of the trainer running the job (SET NX PX)
     {ns}:tenant:{t}:jobs           zset    job ids by creation time (listing, pagination)
     {ns}:tenant:{t}:graph:{hash}   string  a graph document, canonical msgpack
     {ns}:tenant:{t}:idem:{key}     string  job id submitted with that Idempotency-Key
@@ -48,6 +49,17 @@ for i = 1, tonumber(ARGV[1]) do
   end
 end
 return {0, state}
+"""
+
+
+# The lease is renewed or released only by the trainer whose token it holds.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
@@ -100,6 +112,8 @@ class JobStore:
         self.settings = settings
         self.ns = settings.namespace
         self._transition = client.register_script(_TRANSITION)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
 
     @classmethod
     def connect(cls, settings: Settings) -> "JobStore":
@@ -192,13 +206,28 @@ class JobStore:
             self.expire_job(job_id)
         return bool(ok), previous
 
-    def request_cancel(self, job_id: str) -> str:
-        """Queued jobs are cancelled at once; running ones move to cancelling and the worker stops."""
+    def request_cancel(self, job_id: str) -> str | None:
+        """Queued jobs are cancelled at once; running ones move to cancelling and the worker
+        stops. Returns the state after the request (None when the job no longer exists)."""
         ok, _ = self.transition(job_id, ["queued"], "cancelled", finished=repr(now()))
         if ok:
             return "cancelled"
         self.transition(job_id, ["running"], "cancelling")
-        return self.get_job(job_id)["state"]
+        job = self.get_job(job_id)
+        return None if job is None else job["state"]
+
+    # -- the lease: one trainer per job ---------------------------------------------------
+    def acquire_lease(self, job_id: str, token: str) -> bool:
+        """SET NX with a TTL: only one trainer holds a job; a second delivery finds it taken."""
+        return bool(self.r.set(self.job_key(job_id, "lease"), token, nx=True,
+                               px=int(self.settings.lease_ttl_s * 1000)))
+
+    def renew_lease(self, job_id: str, token: str) -> bool:
+        return bool(self._renew(keys=[self.job_key(job_id, "lease")],
+                                args=[token, int(self.settings.lease_ttl_s * 1000)]))
+
+    def release_lease(self, job_id: str, token: str) -> None:
+        self._release(keys=[self.job_key(job_id, "lease")], args=[token])
 
     def expire_job(self, job_id: str) -> None:
         ttl = self.settings.retention_s
