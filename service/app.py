@@ -1,0 +1,67 @@
+"""The FastAPI app: ``uvicorn service.app:app`` (settings from CHAINRULE_* environment variables).
+
+``create_app(settings)`` builds an independent app (its own Redis client and Celery app),
+which is what tests use; ``app`` is the one built from the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+
+import graphspec
+from worker.celery_app import make_celery
+from worker.settings import Settings
+from worker.store import JobStore
+
+from .limits import BodySizeLimitMiddleware
+from .openapi import install_openapi
+from .problems import register_exception_handlers
+from .routes import graphs, health, jobs
+
+log = logging.getLogger("service")
+
+DESCRIPTION = """\
+Train computational graphs over HTTP. Store a graph document (`POST /v1/graphs`), submit a training
+job with its data (`POST /v1/jobs`), follow it (`GET /v1/jobs/{id}/steps`, or live with Server-Sent
+Events at `/v1/jobs/{id}/events`) and fetch the trained parameters (`GET /v1/jobs/{id}/result`).
+
+Bodies and responses are JSON, or msgpack (`Content-Type`/`Accept: application/msgpack`, tensors as
+raw bytes). Every error is an RFC 9457 problem (`application/problem+json`); graph and data problems
+list `errors` located by JSON pointers into the request body.
+"""
+
+TAGS = [
+    {"name": "graphs", "description": "Graph documents, explanations and the format's JSON Schema."},
+    {"name": "jobs", "description": "Training jobs, their progress and results."},
+    {"name": "health", "description": "Probes for orchestrators."},
+]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        app.state.store.r.close()
+
+    app = FastAPI(title="chainrule", version=graphspec.__version__, description=DESCRIPTION, openapi_tags=TAGS,
+                  lifespan=lifespan)
+    app.state.settings = settings
+    app.state.store = JobStore.connect(settings)
+    app.state.celery = make_celery(settings)
+
+    register_exception_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.include_router(graphs.router)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    install_openapi(app)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,75 @@
+"""Dependencies injected into the routes: settings, the job store, the Celery app, the tenant, bodies.
+
+Everything is created once per app instance by :func:`service.app.create_app` and kept on
+``app.state``; routes only ask for what they use.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from worker.settings import Settings
+from worker.store import JobStore
+
+from .bodies import read_tree, validate_model
+from .limits import body_limits
+from .models import ExplainRequest, JobRequest
+from .problems import unauthorized
+
+LOCAL_TENANT = "local"
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def get_celery(request: Request) -> Celery:
+    return request.app.state.celery
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+
+
+def get_tenant(settings: SettingsDep,
+               credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    """The caller's tenant: one per API key (``Settings.api_keys``), or ``local`` with auth disabled."""
+    if settings.auth_disabled:
+        return LOCAL_TENANT
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
+    given = credentials.credentials.encode()
+    tenant = None
+    for key, owner in settings.tenants_by_key().items():
+        if hmac.compare_digest(key.encode(), given):  # no early exit on a match: constant-time over the keys
+            tenant = owner
+    if tenant is None:
+        raise unauthorized("the API key is not valid")
+    return tenant
+
+
+TenantDep = Annotated[str, Depends(get_tenant)]
+
+
+async def job_request_body(request: Request, settings: SettingsDep) -> JobRequest:
+    return validate_model(JobRequest, await read_tree(request, body_limits(settings)))
+
+
+async def explain_request_body(request: Request, settings: SettingsDep) -> ExplainRequest:
+    return validate_model(ExplainRequest, await read_tree(request, body_limits(settings)))
+
+
+JobRequestBody = Annotated[JobRequest, Depends(job_request_body)]
+ExplainRequestBody = Annotated[ExplainRequest, Depends(explain_request_body)]

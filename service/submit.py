@@ -1,0 +1,186 @@
+"""Submitting a training job: validate everything, store it, enqueue it.
+
+Nothing is written to Redis until the whole request is known to be runnable: the graph
+(inline or stored), the optimizer, the step budget, the data's size, encoding and fit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+
+import graphspec
+import runtime
+from worker.settings import Settings
+from worker.store import JobStore, encode_tensors, now
+
+from .data import check_fits, decode_map
+from .limits import declared_totals, graph_limits
+from .models import JobRequest
+from .problems import ProblemError, conflict, graph_problem, too_large, unavailable, unprocessable
+
+log = logging.getLogger("service.jobs")
+
+TASK_NAME = "chainrule.train"
+HARD_LIMIT_GRACE_S = 30
+
+
+@dataclass
+class PreparedJob:
+    graph: graphspec.Graph
+    graph_id: str
+    inline_graph: bool
+    spec: dict[str, Any]
+    data: bytes
+    eval_data: bytes | None
+    time_limit_s: int
+
+
+def _issue(code: str, location: str, message: str) -> list[dict[str, str]]:
+    return [{"code": code, "location": location, "message": message}]
+
+
+def _resolve_graph(req: JobRequest, tenant: str, store: JobStore, settings: Settings) -> tuple[graphspec.Graph, bool]:
+    if req.graph is not None and req.graph_id is not None:
+        raise unprocessable("give either graph or graph_id, not both",
+                            _issue("conflicting_fields", "/graph_id", "graph_id given together with an inline graph"))
+    if req.graph is None and req.graph_id is None:
+        raise unprocessable("a job needs a graph: an inline document in graph, or graph_id",
+                            _issue("missing_field", "/graph", "give graph (a document) or graph_id"))
+    if req.graph is not None:
+        try:
+            return graphspec.from_data(req.graph, graph_limits(settings)), True
+        except graphspec.GraphSpecError as exc:
+            raise graph_problem(exc, prefix="/graph") from None
+    graph = store.get_graph(tenant, req.graph_id)
+    if graph is None:
+        raise unprocessable(f"graph {req.graph_id!r} is not stored; POST it to /v1/graphs first",
+                            _issue("unknown_graph", "/graph_id", f"no stored graph {req.graph_id!r}"))
+    return graph, False
+
+
+def prepare_job(req: JobRequest, tenant: str, store: JobStore, settings: Settings) -> PreparedJob:
+    """Everything checked, nothing stored; a ProblemError (413/422) names what is wrong and where."""
+    graph, inline = _resolve_graph(req, tenant, store, settings)
+
+    if req.steps is None and req.epochs is None:
+        raise unprocessable("give steps, epochs or both (training stops at whichever comes first)",
+                            _issue("missing_field", "/steps", "steps or epochs is required"))
+    if req.steps is not None and req.steps > settings.max_steps:
+        raise unprocessable(f"steps is {req.steps}; the limit is {settings.max_steps}",
+                            _issue("too_large", "/steps", f"at most {settings.max_steps} steps"))
+
+    optimizer = req.optimizer.as_kwargs()
+    try:
+        runtime.make_optimizer(**optimizer)
+        json.dumps(optimizer, allow_nan=False)
+    except (ValueError, TypeError) as exc:
+        raise unprocessable(f"invalid optimizer: {exc}", _issue("invalid_optimizer", "/optimizer", str(exc)),
+                            kind="invalid-optimizer") from None
+
+    if req.eval_every is not None and req.eval_data is None:
+        raise unprocessable("eval_every needs eval_data", _issue("missing_field", "/eval_data",
+                                                                 "eval_every is set but eval_data is missing"))
+
+    # Size before decoding: the declared dtype x shape of every tensor.
+    limits = graph_limits(settings)
+    total = declared_totals(req.data)[1] + declared_totals(req.eval_data or {})[1]
+    if total > settings.max_job_data_bytes:
+        raise too_large(f"the job's data is {total} bytes; the limit is {settings.max_job_data_bytes}",
+                        location="/data", limit=settings.max_job_data_bytes)
+
+    plan = runtime.compile(graph)
+    data = decode_map(req.data, "/data", limits)
+    examples = check_fits(plan, data, "/data")
+    eval_data = None
+    if req.eval_data is not None:
+        eval_data = decode_map(req.eval_data, "/eval_data", limits)
+        check_fits(plan, eval_data, "/eval_data")
+
+    total_steps = _total_steps(req, examples)
+    if total_steps is not None and total_steps > settings.max_steps:
+        raise unprocessable(f"{req.epochs} epochs are {total_steps} steps; the limit is {settings.max_steps}",
+                            _issue("too_large", "/epochs", f"at most {settings.max_steps} steps in all"))
+
+    time_limit = min(req.time_limit_s or settings.default_time_limit_s, settings.max_time_limit_s)
+    spec = {
+        "optimizer": optimizer, "steps": req.steps, "epochs": req.epochs, "batch_size": req.batch_size,
+        "seed": req.seed, "shuffle": req.shuffle, "report_every": req.report_every, "gradients": req.gradients,
+        "checkpoint_every": req.checkpoint_every, "eval_every": req.eval_every,
+        # not read by the worker; kept for the job resource and for operators
+        "time_limit_s": time_limit, "total_steps": total_steps, "examples": examples,
+    }
+    return PreparedJob(graph=graph, graph_id=graphspec.content_hash(graph), inline_graph=inline, spec=spec,
+                       data=encode_tensors(data),
+                       eval_data=encode_tensors(eval_data) if eval_data is not None else None,
+                       time_limit_s=time_limit)
+
+
+def _total_steps(req: JobRequest, examples: int | None) -> int | None:
+    """The number of updates the trainer will run: min(steps, epochs x batches per epoch)."""
+    candidates = []
+    if req.steps is not None:
+        candidates.append(req.steps)
+    if req.epochs is not None:
+        if examples is None:
+            batches = 1
+        else:
+            size = examples if req.batch_size is None else min(req.batch_size, examples)
+            batches = -(-examples // size)
+        candidates.append(req.epochs * batches)
+    return min(candidates) if candidates else None
+
+
+def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Celery, settings: Settings,
+               idempotency_key: str | None) -> tuple[dict[str, str], bool]:
+    """Store and enqueue; returns (job hash, created). A repeated Idempotency-Key returns the first job."""
+    graph_id = store.put_graph(tenant, prepared.graph) if prepared.inline_graph else prepared.graph_id
+    job_id, created = store.create_job(tenant, graph_id, prepared.spec, prepared.data, prepared.eval_data,
+                                       idempotency_key=idempotency_key)
+    if not created:
+        return _replayed(store, tenant, job_id), False
+    t = prepared.time_limit_s
+    try:
+        celery.send_task(TASK_NAME, args=[job_id], queue=settings.queue, soft_time_limit=t,
+                         time_limit=t + HARD_LIMIT_GRACE_S)
+    except Exception as exc:  # noqa: BLE001 - any broker failure: the job must not stay queued forever
+        log.error("could not enqueue job %s: %s", job_id, exc)
+        _mark_enqueue_failed(store, tenant, job_id, idempotency_key, exc)
+        raise unavailable("the job could not be queued (task broker unavailable); retry later",
+                          kind="queue-unavailable", job_id=job_id) from None
+    return store.get_job(job_id) or {}, True
+
+
+def _replayed(store: JobStore, tenant: str, job_id: str) -> dict[str, str]:
+    # The first request may still be writing the job (set-if-absent on the key comes first).
+    for _ in range(20):
+        job = store.job_for_tenant(tenant, job_id)
+        if job is not None:
+            return job
+        time.sleep(0.05)
+    raise conflict("a request with this Idempotency-Key is still being processed; retry shortly", job_id=job_id)
+
+
+def _mark_enqueue_failed(store: JobStore, tenant: str, job_id: str, idempotency_key: str | None,
+                         exc: Exception) -> None:
+    try:
+        store.transition(job_id, ["queued"], "failed", finished=repr(now()), error_type="EnqueueError",
+                         error_message=f"the job could not be queued: {exc}"[:2000])
+        if idempotency_key is not None:
+            # A retry with the same key must enqueue a new job, not replay the failed one.
+            store.r.delete(store.tenant_key(tenant, f"idem:{idempotency_key}"))
+    except Exception:  # noqa: BLE001 - Redis may be what failed; the 503 stands either way
+        log.exception("could not mark job %s as failed after the enqueue error", job_id)
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not key or len(key) > 255 or not key.isprintable():
+        raise ProblemError(400, "Idempotency-Key must be 1 to 255 printable characters", kind="invalid-header")
+    return key

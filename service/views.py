@@ -1,0 +1,110 @@
+"""Stored job data (Redis hashes, stream entries, msgpack blobs) as API resources."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+import graphspec
+from graphspec.tensors import RawBytes
+from runtime.data import tensors_from_tree
+from worker.store import StepRecord, decode_tensors
+
+from .bodies import finite, tensors_json, tensors_raw
+from .models import JobError, JobLinks, JobResource, JobResult, StepEntry, Tensor
+
+
+def _time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromtimestamp(float(value), tz=timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _int(value: str | None) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        return int(float(value))
+    except (ValueError, OverflowError):
+        return None
+
+
+def job_links(job_id: str) -> JobLinks:
+    base = f"/v1/jobs/{job_id}"
+    return JobLinks(self=base, steps=f"{base}/steps", events=f"{base}/events", result=f"{base}/result",
+                    cancel=f"{base}/cancel")
+
+
+def job_resource(job: dict[str, str]) -> JobResource:
+    """A job hash (JobStore.get_job) as the API's job resource."""
+    try:
+        spec = json.loads(job.get("spec") or "{}")
+    except ValueError:
+        spec = {}
+    total = _int(job.get("total_steps")) or spec.get("total_steps") or None
+    error = None
+    if job.get("error_type"):
+        error = JobError(type=job["error_type"], message=job.get("error_message", ""), node=job.get("error_node"))
+    return JobResource(
+        id=job["id"], state=job["state"], step=_int(job.get("step")) or 0, total_steps=total,
+        epoch=_int(job.get("epoch")), loss=finite(job["loss"]) if job.get("loss") else None,
+        created=_time(job.get("created")), started=_time(job.get("started")), finished=_time(job.get("finished")),
+        error=error, worker=job.get("worker") or None, attempts=_int(job.get("attempts")) or 0,
+        graph_id=job.get("graph_id", ""), links=job_links(job["id"]),
+    )
+
+
+def step_entry(record: StepRecord) -> StepEntry:
+    """A step entry for JSON: stored gradient tensors decoded to JSON tensors."""
+    fields: dict[str, Any] = dict(step=record.step, loss=finite(record.loss),
+                                  grad_norms={k: finite(v) for k, v in record.grad_norms.items()},
+                                  eval_loss=finite(record.eval_loss), time=record.time)
+    if record.grads is not None:
+        fields["grads"] = {k: Tensor(**v) for k, v in tensors_json(decode_tensors(record.grads)).items()}
+    return StepEntry(**fields)
+
+
+def step_tree_msgpack(record: StepRecord) -> dict[str, Any]:
+    """A step entry for msgpack: gradient tensors stay raw bytes."""
+    out: dict[str, Any] = {"step": record.step, "loss": record.loss, "grad_norms": record.grad_norms,
+                           "eval_loss": record.eval_loss, "time": record.time}
+    if record.grads is not None:
+        out["grads"] = tensors_raw(decode_tensors(record.grads))
+    return out
+
+
+def step_json(record: StepRecord) -> str:
+    return json.dumps(step_entry(record).model_dump(mode="json", exclude_unset=True), separators=(",", ":"),
+                      allow_nan=False)
+
+
+def result_resource(blob: bytes) -> JobResult:
+    """The stored result blob (msgpack: params as raw tensors, loss, steps, epochs, eval_loss) for JSON."""
+    limits = graphspec.Limits(max_bytes=len(blob) + 1, max_tensor_elements=2**40)
+    tree = graphspec.parse(blob, "msgpack", limits)
+    arrays = tensors_from_tree(tree.get("params", {}), "result", limits=limits)
+    return JobResult(loss=finite(tree.get("loss")), steps=int(tree.get("steps", 0)),
+                     epochs=int(tree.get("epochs", 0)), eval_loss=finite(tree.get("eval_loss")),
+                     params={k: Tensor(**v) for k, v in tensors_json(arrays).items()})
+
+
+def json_safe(value: Any) -> Any:
+    """Nested lists of numbers with NaN/inf as the strings JSON tools use for them."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, RawBytes):
+        return None
+    return value
