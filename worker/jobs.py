@@ -132,6 +132,23 @@ def _fail(store: JobStore, job_id: str, kind: str, message: str, node: str | Non
     return "failed"
 
 
+# Without an explicit checkpoint_every a job is still checkpointed: a checkpoint is taken
+# every DEFAULT_CHECKPOINT_STEPS steps and written when Settings.checkpoint_every_s has passed.
+DEFAULT_CHECKPOINT_STEPS = 100
+
+
+def _checkpointing(store: JobStore, job_id: str, spec: dict[str, Any]):
+    explicit = spec.get("checkpoint_every")
+    last = [time.monotonic()]
+
+    def save(checkpoint: runtime.Checkpoint) -> None:
+        if explicit or time.monotonic() - last[0] >= store.settings.checkpoint_every_s:
+            store.put_blob(job_id, "checkpoint", checkpoint.to_bytes())
+            last[0] = time.monotonic()
+
+    return explicit or DEFAULT_CHECKPOINT_STEPS, save
+
+
 def _train(store: JobStore, job_id: str, job: dict[str, str], token: str) -> str:
     spec = json.loads(job["spec"])
     graph = store.get_graph(job["tenant"], job["graph_id"])
@@ -147,12 +164,12 @@ def _train(store: JobStore, job_id: str, job: dict[str, str], token: str) -> str
     resume = runtime.Checkpoint.from_bytes(checkpoint_blob) if checkpoint_blob else None
     params = None if resume else runtime.init_params(graph, seed=spec.get("seed", 0))
     reporter = _Reporter(store, job_id, spec, token)
-    checkpoint_every = spec.get("checkpoint_every")
+    checkpoint_every, save_checkpoint = _checkpointing(store, job_id, spec)
     result = trainer.fit(
         data, params, steps=spec.get("steps"), epochs=spec.get("epochs"), callback=reporter,
         eval_data=eval_data, eval_every=spec.get("eval_every") if eval_data is not None else None, resume=resume,
         checkpoint_every=checkpoint_every,
-        on_checkpoint=(lambda c: store.put_blob(job_id, "checkpoint", c.to_bytes())) if checkpoint_every else None)
+        on_checkpoint=save_checkpoint)
     reporter.finish()
     if reporter.cancelled:
         store.transition(job_id, ["cancelling", "running"], "cancelled", finished=repr(now()),

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     max_time_limit_s: int = 6 * 3600
     stream_maxlen: int = 100_000
     retention_s: int = 7 * 24 * 3600
-    checkpoint_every_s: float = 10.0
+    checkpoint_every_s: float = 10.0  # default checkpoint cadence when a job sets no checkpoint_every
 
     def tenants_by_key(self) -> dict[str, str]:
         pairs = {}
