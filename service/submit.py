@@ -17,7 +17,7 @@ from celery import Celery
 import graphspec
 import runtime
 from worker.settings import Settings
-from worker.store import JobStore, encode_tensors, now
+from worker.store import IdempotencyConflict, JobStore, encode_tensors, now
 
 from .data import check_fits, decode_map
 from .limits import declared_totals, graph_limits
@@ -140,8 +140,11 @@ def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Cele
                idempotency_key: str | None) -> tuple[dict[str, str], bool]:
     """Store and enqueue; returns (job hash, created). A repeated Idempotency-Key returns the first job."""
     graph_id = store.put_graph(tenant, prepared.graph) if prepared.inline_graph else prepared.graph_id
-    job_id, created = store.create_job(tenant, graph_id, prepared.spec, prepared.data, prepared.eval_data,
-                                       idempotency_key=idempotency_key)
+    try:
+        job_id, created = store.create_job(tenant, graph_id, prepared.spec, prepared.data, prepared.eval_data,
+                                           idempotency_key=idempotency_key)
+    except IdempotencyConflict as exc:
+        raise ProblemError(422, str(exc), kind="idempotency-key-reused", job_id=exc.job_id) from None
     if not created:
         return _replayed(store, tenant, job_id), False
     t = prepared.time_limit_s
@@ -173,7 +176,7 @@ def _mark_enqueue_failed(store: JobStore, tenant: str, job_id: str, idempotency_
                          error_message=f"the job could not be queued: {exc}"[:2000])
         if idempotency_key is not None:
             # A retry with the same key must enqueue a new job, not replay the failed one.
-            store.r.delete(store.tenant_key(tenant, f"idem:{idempotency_key}"))
+            store.release_idempotency_key(tenant, idempotency_key)
     except Exception:  # noqa: BLE001 - Redis may be what failed; the 503 stands either way
         log.exception("could not mark job %s as failed after the enqueue error", job_id)
 

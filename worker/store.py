@@ -20,6 +20,7 @@ Everything is JSON or msgpack: nothing is ever pickled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -76,6 +77,22 @@ def decode_tensors(blob: bytes, limits: graphspec.Limits | None = None) -> dict[
 
     limits = limits or graphspec.Limits(max_bytes=max(len(blob), 1), max_tensor_elements=2**40)
     return tensors_from_tree(graphspec.parse(blob, "msgpack", limits), "stored tensors", limits=limits)
+
+
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key reused with a different request body."""
+
+    def __init__(self, job_id: str):
+        super().__init__(f"this Idempotency-Key was already used for job {job_id} with a different request")
+        self.job_id = job_id
+
+
+def request_fingerprint(graph_id: str, spec: dict[str, Any], data: bytes, eval_data: bytes | None) -> str:
+    digest = hashlib.sha256()
+    for part in (graph_id.encode(), json.dumps(spec, sort_keys=True).encode(), data, eval_data or b""):
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -144,13 +161,17 @@ class JobStore:
     def create_job(self, tenant: str, graph_id: str, spec: dict[str, Any], data: bytes,
                    eval_data: bytes | None = None, idempotency_key: str | None = None) -> tuple[str, bool]:
         """Store a queued job; returns (job id, created). With an Idempotency-Key already used
-        by this tenant, returns the existing job instead (created=False)."""
+        by this tenant for the same request, returns the existing job instead (created=False);
+        the same key with a different request raises :class:`IdempotencyConflict`."""
         job_id = "job_" + uuid.uuid4().hex
         if idempotency_key is not None:
             idem = self.tenant_key(tenant, f"idem:{idempotency_key}")
-            if not self.r.set(idem, job_id, nx=True, ex=self.settings.retention_s):
-                existing = self.r.get(idem)
-                return existing.decode(), False
+            fingerprint = request_fingerprint(graph_id, spec, data, eval_data)
+            if not self.r.set(idem, f"{job_id} {fingerprint}", nx=True, ex=self.settings.retention_s):
+                existing_id, _, existing_print = (self.r.get(idem) or b"").decode().partition(" ")
+                if existing_print != fingerprint:
+                    raise IdempotencyConflict(existing_id)
+                return existing_id, False
         created = now()
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self.job_key(job_id), mapping={
@@ -163,6 +184,10 @@ class JobStore:
         pipe.zadd(self.tenant_key(tenant, "jobs"), {job_id: created})
         pipe.execute()
         return job_id, True
+
+    def release_idempotency_key(self, tenant: str, key: str) -> None:
+        """Forget a key (its job could not be queued), so a retry submits afresh."""
+        self.r.delete(self.tenant_key(tenant, f"idem:{key}"))
 
     def get_job(self, job_id: str) -> dict[str, str] | None:
         raw = self.r.hgetall(self.job_key(job_id))

@@ -314,7 +314,9 @@ def starlette_test_client():
 
 
 @pytest.fixture(scope="session")
-def api(settings: Settings) -> Iterator[Api]:
+def api(settings: Settings, celery_worker) -> Iterator[Api]:
+    """The API with a live worker behind it: every test that submits a job gets it trained,
+    whichever tests run before it (or alone, with -k)."""
     from service.app import create_app
 
     with starlette_test_client()(create_app(settings)) as client:

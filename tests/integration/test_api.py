@@ -501,6 +501,12 @@ def test_idempotent_resubmission(api, store, settings):
     steps = api.get(f"/v1/jobs/{done['id']}/steps").json()["steps"]
     assert [s["step"] for s in steps] == [5, 10]
 
+    # The same key with a different request is refused, naming the first job; nothing is stored.
+    reused = api.post("/v1/jobs", json=job_body(steps=11), headers={"Idempotency-Key": key})
+    assert reused.status_code == 422, reused.text
+    assert reused.json()["type"].endswith("idempotency-key-reused") and reused.json()["job_id"] == first.json()["id"]
+    assert store.r.zcard(zset) == count_before + 1
+
     # Keys are per tenant: the same key for tenant-b is another job.
     other = api.post("/v1/jobs", json=job_body(steps=5), headers={"Idempotency-Key": key}, tenant="tenant-b")
     assert other.status_code == 202, other.text
