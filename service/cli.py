@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -217,6 +218,220 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the HTTP API's client commands (submit, jobs, status, cancel, result) -----------------------
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _client(args: argparse.Namespace):
+    from .client import Client
+
+    url = args.url or os.environ.get("CHAINRULE_URL") or DEFAULT_URL
+    return Client(url, api_key=args.api_key or os.environ.get("CHAINRULE_API_KEY") or None, timeout=args.timeout)
+
+
+def _remote(command):
+    """Run a client command: API problems, an unreachable server and bad local files are one
+    readable message on stderr and exit 1, never a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        import httpx  # here, not at parser construction: `chainrule validate` imports only graphspec
+
+        from runtime.errors import ChainruleRuntimeError
+
+        from .client import APIUnreachable, ClientError
+
+        url = args.url or os.environ.get("CHAINRULE_URL") or DEFAULT_URL
+        try:
+            with _client(args) as client:
+                return command(client, args)
+        except ClientError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+        except APIUnreachable:
+            print(f"cannot reach the chainrule API at {url} — is `chainrule serve` running?", file=sys.stderr)
+        except httpx.TimeoutException:
+            print(f"error: the chainrule API at {url} did not answer within {args.timeout:g} s", file=sys.stderr)
+        except httpx.HTTPError as exc:
+            print(f"error: request to the chainrule API at {url} failed: {exc}", file=sys.stderr)
+        except graphspec.GraphSpecError as exc:
+            print(f"error: {getattr(args, 'graph', 'the graph')}: cannot read the graph document", file=sys.stderr)
+            for issue in exc.issues:
+                print(f"  {issue}", file=sys.stderr)
+        except (ChainruleRuntimeError, OSError, TypeError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+        except KeyboardInterrupt:
+            print("\ninterrupted", file=sys.stderr)
+            return 130
+        return 1
+
+    return run
+
+
+def _loss(value) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def _progress(job: dict) -> str:
+    total = job.get("total_steps")
+    return f"{job['step']}/{total}" if total else str(job["step"])
+
+
+def _when(value: str | None) -> str:
+    return (value or "-").replace("T", " ").split(".")[0].rstrip("Z")
+
+
+def _job_error(job: dict) -> str:
+    error = job.get("error") or {}
+    text = f"{error.get('type', 'error')}: {error.get('message', '')}"
+    if error.get("node"):
+        text += f" (at node {error['node']!r})"
+    return text
+
+
+def _final_line(job: dict) -> str:
+    return f"{job['id']} {job['state']}: step {_progress(job)}, loss {_loss(job.get('loss'))}"
+
+
+def _watch(client, job: dict) -> dict:
+    """Follow the job's event stream with a progress bar until it ends; returns the final job."""
+    from .progress import ProgressBar
+
+    bar = ProgressBar(job.get("total_steps"), stream=sys.stderr)
+    stream = client.stream(job["id"])
+    last = None
+    try:
+        for step in stream:
+            last = step
+            loss = step["loss"] if step["loss"] is not None else float("nan")
+            extra = "" if step.get("eval_loss") is None else f"eval {step['eval_loss']:.6g}"
+            bar.update(step["step"], loss, extra)
+    except KeyboardInterrupt:
+        print(f"\nstopped watching; the job goes on (chainrule cancel {job['id']} stops it)", file=sys.stderr)
+        raise SystemExit(130) from None
+    final = stream.job or client.status(job["id"])
+    if last is not None:
+        loss = final.get("loss")
+        bar.close(final["step"], float("nan") if loss is None else loss)
+    return final
+
+
+def _save_result(client, job_id: str, out: Path) -> dict:
+    from runtime.data import save_tensors
+
+    result = client.result(job_id)
+    save_tensors(out, result["params"])
+    print(f"wrote trained parameters to {out}")
+    return result
+
+
+def _submit(client, args: argparse.Namespace) -> int:
+    hyper = {}
+    if args.momentum is not None:
+        hyper["momentum"] = args.momentum
+    if args.nesterov:
+        hyper["nesterov"] = True
+    if args.weight_decay is not None:
+        hyper["weight_decay"] = args.weight_decay
+    graph = str(args.graph) if str(args.graph).startswith("sha256:") else args.graph
+    job = client.submit(graph, args.data, optimizer=args.optimizer, lr=args.lr, steps=args.steps,
+                        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                        report_every=args.report_every, gradients=args.gradients, eval_data=args.eval_data,
+                        eval_every=args.eval_every, idempotency_key=args.idempotency_key, **hyper)
+    print(job["id"], flush=True)
+    if not args.watch and not args.out:
+        return 0
+    final = _watch(client, job) if args.watch else client.wait(job["id"])
+    print(_final_line(final))
+    if final["state"] != "succeeded":
+        if final["state"] == "failed":
+            print(f"error: job {final['id']} failed: {_job_error(final)}", file=sys.stderr)
+        else:
+            print(f"error: job {final['id']} was {final['state']}", file=sys.stderr)
+        return 1
+    if args.out:
+        _save_result(client, final["id"], args.out)
+    return 0
+
+
+def _jobs(client, args: argparse.Namespace) -> int:
+    jobs = client.jobs(state=args.state, limit=args.limit)
+    if args.json:
+        print(json.dumps(jobs))
+        return 0
+    if not jobs:
+        print("no jobs" + (f" in state {args.state}" if args.state else ""))
+        return 0
+    rows = [("ID", "STATE", "STEP", "LOSS", "CREATED")]
+    rows += [(j["id"], j["state"], _progress(j), _loss(j.get("loss")), _when(j.get("created"))) for j in jobs]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _status(client, args: argparse.Namespace) -> int:
+    job = client.status(args.job_id)
+    if args.json:
+        print(json.dumps(job))
+        return 0
+    fields = [("state", job["state"]), ("step", _progress(job)), ("epoch", job.get("epoch")),
+              ("loss", _loss(job.get("loss"))), ("created", _when(job.get("created"))),
+              ("started", _when(job.get("started"))), ("finished", _when(job.get("finished"))),
+              ("worker", job.get("worker") or "-"), ("attempts", job.get("attempts")), ("graph", job["graph_id"])]
+    if job.get("error"):
+        fields.append(("error", _job_error(job)))
+    print(job["id"])
+    for name, value in fields:
+        print(f"  {name + ':':<10}{'-' if value is None else value}")
+    return 0
+
+
+def _cancel(client, args: argparse.Namespace) -> int:
+    job = client.cancel(args.job_id)
+    print(f"{job['id']} {job['state']}")
+    return 0
+
+
+def _param_summary(array) -> str:
+    import numpy as np
+
+    shape = "x".join(map(str, array.shape)) or "scalar"
+    head = f"{array.dtype} {shape}"
+    if array.size <= 8:
+        values = np.array2string(array, precision=6, separator=", ") if array.ndim else f"{array.item():.6g}"
+        return f"{head}  {values}"
+    if array.dtype.kind in "fi" and array.size:
+        a = array.astype(np.float64)
+        return f"{head}  mean {a.mean():.4g}  std {a.std():.4g}  min {a.min():.4g}  max {a.max():.4g}"
+    return head
+
+
+def _result(client, args: argparse.Namespace) -> int:
+    result = client.result(args.job_id)
+    line = f"loss {_loss(result.get('loss'))} after {result['steps']} steps ({result['epochs']} epochs)"
+    if result.get("eval_loss") is not None:
+        line += f", eval loss {result['eval_loss']:.6g}"
+    print(line)
+    width = max((len(n) for n in result["params"]), default=0)
+    for name, array in result["params"].items():
+        print(f"  {name:<{width}}  {_param_summary(array)}")
+    if args.out:
+        from runtime.data import save_tensors
+
+        save_tensors(args.out, result["params"])
+        print(f"wrote trained parameters to {args.out}")
+    return 0
+
+
+def _remote_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("API connection")
+    group.add_argument("--url", help=f"the chainrule API (default: $CHAINRULE_URL or {DEFAULT_URL})")
+    group.add_argument("--api-key", help="API key (default: $CHAINRULE_API_KEY)")
+    group.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chainrule", description="chainrule: train computational graphs.")
     parser.add_argument("--version", action="version", version=f"chainrule {graphspec.__version__}")
@@ -280,6 +495,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hostname", help="Celery node name (default celery@<host>)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_cmd_worker)
+
+    remote = _remote_options()
+    p = sub.add_parser("submit", parents=[remote], help="submit a training job to the chainrule API")
+    p.add_argument("graph", type=Path, help="graph document (.json or .msgpack, sent inline) or a stored 'sha256:...' id")
+    p.add_argument("--data", type=Path, required=True, help="training tensors by input name (.npz/.json/.msgpack)")
+    p.add_argument("--eval-data", type=Path, help="held-out tensors, evaluated on the server")
+    p.add_argument("--eval-every", type=int, help="evaluate every this many steps")
+    p.add_argument("--optimizer", default="sgd", help="sgd, momentum, adam or adamw (default sgd)")
+    p.add_argument("--lr", type=float, default=0.1, help="learning rate (default 0.1)")
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--nesterov", action="store_true")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--steps", type=int, help="number of updates")
+    p.add_argument("--epochs", type=int, help="number of passes over the data (with --steps: whichever comes first)")
+    p.add_argument("--batch-size", type=int, help="mini-batch size (default: the whole data set)")
+    p.add_argument("--seed", type=int, default=0, help="seed for initializers and shuffling")
+    p.add_argument("--report-every", type=int, default=1, help="record a step entry every this many steps")
+    p.add_argument("--gradients", choices=("norms", "full", "none"), default="norms",
+                   help="per step entry: gradient norms (default), full gradients, or nothing")
+    p.add_argument("--idempotency-key", help="submitting again with the same key returns the same job")
+    p.add_argument("--watch", action="store_true", help="follow the job with a progress bar until it ends")
+    p.add_argument("--out", type=Path, help="wait for the job and write its trained parameters "
+                                            "(.msgpack, .json or .npz)")
+    p.set_defaults(func=_remote(_submit))
+
+    p = sub.add_parser("jobs", parents=[remote], help="list your jobs on the chainrule API, newest first")
+    p.add_argument("--state", choices=("queued", "running", "succeeded", "failed", "cancelling", "cancelled"))
+    p.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    p.add_argument("--json", action="store_true", help="print the job resources as JSON")
+    p.set_defaults(func=_remote(_jobs))
+
+    p = sub.add_parser("status", parents=[remote], help="show a job's state and progress")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true", help="print the job resource as JSON")
+    p.set_defaults(func=_remote(_status))
+
+    p = sub.add_parser("cancel", parents=[remote], help="cancel a queued or running job")
+    p.add_argument("job_id")
+    p.set_defaults(func=_remote(_cancel))
+
+    p = sub.add_parser("result", parents=[remote], help="show a succeeded job's loss and trained parameters")
+    p.add_argument("job_id")
+    p.add_argument("--out", type=Path, help="write the trained parameters (.msgpack, .json or .npz)")
+    p.set_defaults(func=_remote(_result))
+
+    from .serve import add_arguments as add_serve_arguments
+
+    add_serve_arguments(sub.add_parser(
+        "serve", help="the whole stack locally: embedded Redis (unless REDIS_URL is set), a worker and the API, "
+                      "until Ctrl-C"))
 
     p = sub.add_parser("demo", help="train and explain the seed example")
     p.add_argument("--steps", type=int, default=200)
