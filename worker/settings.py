@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,10 +42,19 @@ class Settings(BaseSettings):
 
     # Jobs
     default_time_limit_s: int = 3600
-    max_time_limit_s: int = 6 * 3600
+    # Must stay below the visibility timeout, or a long job is redelivered while it runs.
+    max_time_limit_s: int = 2 * 3600
     stream_maxlen: int = 100_000
     retention_s: int = 7 * 24 * 3600
     checkpoint_every_s: float = 10.0  # default checkpoint cadence when a job sets no checkpoint_every
+
+    @model_validator(mode="after")
+    def _time_limits_fit_the_visibility_timeout(self) -> "Settings":
+        if self.max_time_limit_s + 60 >= self.visibility_timeout_s:
+            raise ValueError(f"CHAINRULE_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed "
+                             f"CHAINRULE_MAX_TIME_LIMIT_S ({self.max_time_limit_s}) by more than a minute: "
+                             "otherwise Celery redelivers jobs that are still running")
+        return self
 
     def tenants_by_key(self) -> dict[str, str]:
         pairs = {}
