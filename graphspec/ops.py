@@ -10,7 +10,7 @@ means adding one entry here and one kernel in ``runtime``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np

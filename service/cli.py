@@ -432,6 +432,20 @@ def _remote_options() -> argparse.ArgumentParser:
     return common
 
 
+def _training_options() -> argparse.ArgumentParser:
+    """Optimizer and schedule options, the same for local training and for submitted jobs."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--optimizer", default="sgd", help="sgd, momentum, adam or adamw (default sgd)")
+    p.add_argument("--lr", type=float, default=0.1, help="learning rate (default 0.1)")
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--nesterov", action="store_true")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--steps", type=int, help="number of updates")
+    p.add_argument("--epochs", type=int, help="number of passes over the data (with --steps: whichever comes first)")
+    p.add_argument("--batch-size", type=int, help="mini-batch size (default: the whole data set)")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chainrule", description="chainrule: train computational graphs.")
     parser.add_argument("--version", action="version", version=f"chainrule {graphspec.__version__}")
@@ -460,19 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the explanation as JSON")
     p.set_defaults(func=_cmd_explain)
 
-    p = sub.add_parser("train", help="train a graph locally with a progress bar")
+    training = _training_options()
+    p = sub.add_parser("train", parents=[training], help="train a graph locally with a progress bar")
     p.add_argument("graph", type=Path)
     p.add_argument("--data", type=Path, required=True, help="training tensors by input name (.npz/.json/.msgpack)")
     p.add_argument("--eval-data", type=Path, help="held-out tensors, evaluated every --eval-every steps and at the end")
     p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--optimizer", default="sgd", help="sgd, momentum, adam or adamw (default sgd)")
-    p.add_argument("--lr", type=float, default=0.1, help="learning rate (default 0.1)")
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--nesterov", action="store_true")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--steps", type=int, help="number of updates")
-    p.add_argument("--epochs", type=int, help="number of passes over the data (with --steps: whichever comes first)")
-    p.add_argument("--batch-size", type=int, help="mini-batch size (default: the whole data set)")
     p.add_argument("--no-shuffle", action="store_true")
     p.add_argument("--seed", type=int, default=0, help="seed for initializers and shuffling")
     p.add_argument("--params", type=Path, help="start from these parameters instead of the initializers")
@@ -497,19 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_worker)
 
     remote = _remote_options()
-    p = sub.add_parser("submit", parents=[remote], help="submit a training job to the chainrule API")
+    p = sub.add_parser("submit", parents=[remote, training], help="submit a training job to the chainrule API")
     p.add_argument("graph", type=Path, help="graph document (.json or .msgpack, sent inline) or a stored 'sha256:...' id")
     p.add_argument("--data", type=Path, required=True, help="training tensors by input name (.npz/.json/.msgpack)")
     p.add_argument("--eval-data", type=Path, help="held-out tensors, evaluated on the server")
     p.add_argument("--eval-every", type=int, help="evaluate every this many steps")
-    p.add_argument("--optimizer", default="sgd", help="sgd, momentum, adam or adamw (default sgd)")
-    p.add_argument("--lr", type=float, default=0.1, help="learning rate (default 0.1)")
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--nesterov", action="store_true")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--steps", type=int, help="number of updates")
-    p.add_argument("--epochs", type=int, help="number of passes over the data (with --steps: whichever comes first)")
-    p.add_argument("--batch-size", type=int, help="mini-batch size (default: the whole data set)")
     p.add_argument("--seed", type=int, default=0, help="seed for initializers and shuffling")
     p.add_argument("--report-every", type=int, default=1, help="record a step entry every this many steps")
     p.add_argument("--gradients", choices=("norms", "full", "none"), default="norms",

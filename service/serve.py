@@ -175,7 +175,7 @@ def _redact(url: str) -> str:
     return url
 
 
-def _redis_answers(url: str, timeout: float = 0.5) -> bool:
+def redis_answers(url: str, timeout: float = 0.5) -> bool:
     import redis
 
     try:
@@ -391,7 +391,7 @@ class Stack:
             while time.monotonic() < deadline:
                 if self.redis.proc.poll() is not None:
                     break
-                if _redis_answers(url):
+                if redis_answers(url):
                     _say(f"serve: Redis ({binary}, from {origin}) answers at {url}, pid {self.redis.pid}")
                     return url
                 self.sleep(0.05)
@@ -451,7 +451,7 @@ class Stack:
         if external:
             if args.redis_port is not None:
                 _say("serve: --redis-port is ignored: REDIS_URL/CHAINRULE_REDIS_URL is set")
-            if not _redis_answers(external, timeout=2.0):
+            if not redis_answers(external, timeout=2.0):
                 raise ServeError(f"the Redis at {_redact(external)} (from REDIS_URL/CHAINRULE_REDIS_URL) does not "
                                  "answer PING; start it, or unset REDIS_URL to run an embedded one")
         else:

@@ -17,21 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import redis
+from service.serve import redis_answers
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
 def answers(url: str, timeout: float = 1.0) -> bool:
-    """True when a Redis at ``url`` answers PING."""
-    try:
-        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except (redis.RedisError, OSError, ValueError):
-        return False
+    """True when a Redis at ``url`` answers PING (the same probe ``chainrule serve`` uses)."""
+    return redis_answers(url, timeout)
 
 
 def free_port() -> int:
