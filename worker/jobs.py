@@ -40,7 +40,7 @@ class _Reporter:
         self.gradients = spec.get("gradients", "norms")
         self.buffer: list[StepRecord] = []
         self.last_flush = float("-inf")
-        self.last_poll = time.monotonic()
+        self.last_poll = self.last_renew = time.monotonic()
         self.cancelled = False
         self.last: runtime.StepReport | None = None
 
@@ -49,6 +49,9 @@ class _Reporter:
         if report.step % self.every == 0:
             self._sample(report)
         clock = time.monotonic()
+        if self.token is not None and clock - self.last_renew >= self.store.settings.lease_ttl_s / 3:
+            self.store.renew_lease(self.job_id, self.token)  # alive, even between sparse reports
+            self.last_renew = clock
         if self.buffer and clock - self.last_flush >= FLUSH_INTERVAL_S:
             self.flush()
         elif clock - self.last_poll >= CANCEL_POLL_S:
@@ -69,8 +72,6 @@ class _Reporter:
         self.flush()
 
     def flush(self) -> None:
-        if self.token is not None:
-            self.store.renew_lease(self.job_id, self.token)
         progress: dict[str, Any] = {"updated": repr(now())}
         if self.last is not None:
             progress.update(step=self.last.step, loss=repr(float(self.last.loss)), epoch=self.last.epoch)
@@ -101,7 +102,10 @@ def run_job(store: JobStore, job_id: str, *, worker: str) -> str:
                                         worker=worker)
         if not ok:
             return previous
-        store.r.hincrby(store.job_key(job_id), "attempts", 1)
+        attempts = store.r.hincrby(store.job_key(job_id), "attempts", 1)
+        if attempts > store.settings.max_attempts:
+            return _fail(store, job_id, "PoisonJob", f"the job was started {attempts - 1} times without finishing "
+                                                      f"(max_attempts {store.settings.max_attempts})")
         return _run_leased(store, job_id, job, token)
     finally:
         store.release_lease(job_id, token)

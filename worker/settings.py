@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     # what keeps a second delivery from training a job whose first trainer is alive.
     visibility_timeout_s: int = 3 * 3600
     lease_ttl_s: float = 30.0
+    # A "running" job whose lease has expired lost its worker: the sweep (at each worker start
+    # and every sweep_interval_s in every worker) requeues it, or fails it after max_attempts.
+    sweep_interval_s: float = 10.0
+    max_attempts: int = 3
 
     # API keys "key:tenant" pairs, comma-separated. Empty + auth_disabled=False refuses all.
     api_keys: str = ""

@@ -227,9 +227,24 @@ class JobStore:
             flat += [k, v]
         ok, previous = self._transition(keys=[self.job_key(job_id)], args=[len(allowed), *allowed, to, *flat])
         previous = previous.decode() if isinstance(previous, bytes) else previous
-        if ok and to in TERMINAL:
-            self.expire_job(job_id)
+        if ok:
+            # the index of jobs that a worker is running, for the orphan sweep
+            if to in ("running", "cancelling"):
+                self.r.sadd(f"{self.ns}:active", job_id)
+            else:
+                self.r.srem(f"{self.ns}:active", job_id)
+            if to in TERMINAL:
+                self.expire_job(job_id)
         return bool(ok), previous
+
+    def orphans(self) -> list[str]:
+        """Jobs marked running (or cancelling) whose trainer's lease has expired: their worker is gone."""
+        orphaned = []
+        for raw in self.r.smembers(f"{self.ns}:active"):
+            job_id = raw.decode()
+            if not self.r.exists(self.job_key(job_id, "lease")):
+                orphaned.append(job_id)
+        return orphaned
 
     def request_cancel(self, job_id: str) -> str | None:
         """Queued jobs are cancelled at once; running ones move to cancelling and the worker

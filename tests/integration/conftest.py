@@ -41,6 +41,7 @@ _worker_log_path: Path | None = None
 # -- markers -----------------------------------------------------------------------------
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: needs a real Redis and a real Celery worker process")
+    config.addinivalue_line("markers", "faults: kills workers and checks nothing is lost (run alone: -m faults)")
 
 
 @pytest.hookimpl(tryfirst=True)

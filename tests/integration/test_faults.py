@@ -1,0 +1,121 @@
+"""Fault tolerance: a SIGKILLed worker costs seconds, not the visibility timeout, and loses nothing.
+
+Workers here consume a queue of their own with a short lease, so the orphan sweep of the
+next worker finds the lost job within seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+import graphspec
+import runtime
+from worker.recovery import sweep
+from worker.store import decode_tensors, encode_tensors
+
+from .conftest import ROOT, run_worker
+
+pytestmark = pytest.mark.faults
+
+SEED = ROOT / "examples" / "logistic_regression.json"
+DATA = ROOT / "examples" / "data" / "seed_data.json"
+SPEC = {"optimizer": {"name": "sgd", "lr": 0.5}, "steps": 8000, "batch_size": 16, "report_every": 1,
+        "checkpoint_every": 500, "seed": 3}
+
+
+@pytest.fixture
+def fault_env(env, settings):
+    queue = f"{settings.queue}.faults-{uuid.uuid4().hex[:6]}"
+    return queue, {**env, "CHAINRULE_QUEUE": queue, "CHAINRULE_LEASE_TTL_S": "2", "CHAINRULE_SWEEP_INTERVAL_S": "0.5"}
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_a_killed_worker_costs_seconds_and_the_job_ends_as_if_uninterrupted(store, celery_app, fault_env, tmp_path):
+    queue, env = fault_env
+    graph = graphspec.load(SEED)
+    data = runtime.load_tensors(DATA)
+    graph_id = store.put_graph("tenant-a", graph)
+    job_id, _ = store.create_job("tenant-a", graph_id, SPEC, encode_tensors(data))
+
+    with run_worker(celery_app, env, queue=queue, hostname=f"faults-a-{job_id}@localhost",
+                    log_path=tmp_path / "a.log") as first:
+        celery_app.send_task("chainrule.train", args=[job_id], queue=queue)
+        _wait(lambda: int(store.get_job(job_id).get("step", 0)) > 1500, 60, "the job to pass its first checkpoints")
+        os.killpg(first.proc.pid, signal.SIGKILL)  # the whole worker, not just a pool child
+        first.proc.wait(10)
+    assert store.get_job(job_id)["state"] == "running"  # nobody told Redis: the job is orphaned
+    killed_at = time.monotonic()
+
+    with run_worker(celery_app, env, queue=queue, hostname=f"faults-b-{job_id}@localhost",
+                    log_path=tmp_path / "b.log"):
+        job = _wait(lambda: (j := store.get_job(job_id))["state"] in ("succeeded", "failed") and j, 90,
+                    "the job to finish on the second worker")
+    recovered_in = time.monotonic() - killed_at
+    assert job["state"] == "succeeded", job
+    assert job["attempts"] == "2"
+    assert recovered_in < 60  # the visibility timeout is hours; the lease makes it seconds
+
+    steps = [r.step for r in store.read_steps(job_id, limit=SPEC["steps"] + 10)]
+    assert steps == list(range(1, SPEC["steps"] + 1))  # no gap, no duplicate
+
+    expected = runtime.Trainer(graph, runtime.SGD(lr=0.5), batch_size=16, seed=3).fit(
+        data, runtime.init_params(graph, seed=3), steps=SPEC["steps"])
+    result = graphspec.parse(store.get_blob(job_id, "result"), "msgpack",
+                             graphspec.Limits(max_bytes=10**7))
+    params = decode_tensors(graphspec.codec.pack(result["params"]))
+    for name, value in expected.params.items():
+        assert params[name].tobytes() == np.asarray(value).tobytes(), name  # bit for bit
+
+
+def test_a_job_that_keeps_losing_its_worker_is_failed_as_poison(store, celery_app, settings):
+    graph_id = store.put_graph("tenant-a", graphspec.load(SEED))
+    job_id, _ = store.create_job("tenant-a", graph_id, SPEC, b"")
+    store.transition(job_id, ["queued"], "running", worker="gone@nowhere")
+    store.r.hset(store.job_key(job_id), "attempts", settings.max_attempts)  # its lease is gone too
+    assert (job_id, "failed") in sweep(store, celery_app)
+    job = store.get_job(job_id)
+    assert job["state"] == "failed" and job["error_type"] == "PoisonJob"
+    assert f"{settings.max_attempts} times" in job["error_message"]
+    assert job_id not in [j.decode() for j in store.r.smembers(f"{settings.namespace}:active")]
+
+
+def test_only_one_sweeper_requeues_an_orphan(store, celery_app, settings):
+    graph_id = store.put_graph("tenant-a", graphspec.load(SEED))
+    job_id, _ = store.create_job("tenant-a", graph_id, SPEC, b"")
+    store.transition(job_id, ["queued"], "running", worker="gone@nowhere")
+    store.r.hset(store.job_key(job_id), "attempts", 1)
+    sent = []
+    fake = type("Celery", (), {"send_task": lambda self, *a, **k: sent.append((a, k))})()
+    first, second = sweep(store, fake), sweep(store, fake)
+    assert (job_id, "requeued") in first and (job_id, "requeued") not in second
+    assert len([s for s in sent if s[1]["args"] == [job_id]]) == 1
+    assert store.get_job(job_id)["state"] == "queued"
+    store.transition(job_id, ["queued"], "cancelled")
+
+
+def test_a_live_trainer_is_not_an_orphan(store, celery_app):
+    graph_id = store.put_graph("tenant-a", graphspec.load(SEED))
+    job_id, _ = store.create_job("tenant-a", graph_id, SPEC, b"")
+    store.transition(job_id, ["queued"], "running", worker="alive@here")
+    assert store.acquire_lease(job_id, "token")
+    try:
+        assert job_id not in store.orphans()
+        assert all(j != job_id for j, _ in sweep(store, celery_app))
+    finally:
+        store.release_lease(job_id, "token")
+        store.transition(job_id, ["running"], "cancelled")
