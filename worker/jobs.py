@@ -9,7 +9,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
@@ -34,13 +34,15 @@ class _Reporter:
     """Samples every report_every-th step and writes the samples in one pipelined round trip
     at most every FLUSH_INTERVAL_S; each write also reads the job's state (cancel requests)."""
 
-    def __init__(self, store: JobStore, job_id: str, spec: dict[str, Any], token: str | None = None):
-        self.store, self.job_id, self.token = store, job_id, token
+    def __init__(self, store: JobStore, job_id: str, spec: dict[str, Any], token: str | None = None,
+                 stopping_key: str | None = None):
+        self.store, self.job_id, self.token, self.stopping_key = store, job_id, token, stopping_key
+        self.handing_back = False
         self.every = max(1, int(spec.get("report_every", 1)))
         self.gradients = spec.get("gradients", "norms")
         self.buffer: list[StepRecord] = []
         self.last_flush = float("-inf")
-        self.last_poll = self.last_renew = time.monotonic()
+        self.last_poll = self.last_renew = self.last_stop_check = time.monotonic()
         self.cancelled = False
         self.last: runtime.StepReport | None = None
 
@@ -52,12 +54,15 @@ class _Reporter:
         if self.token is not None and clock - self.last_renew >= self.store.settings.lease_ttl_s / 3:
             self.store.renew_lease(self.job_id, self.token)  # alive, even between sparse reports
             self.last_renew = clock
+        if self.stopping_key is not None and clock - self.last_stop_check >= CANCEL_POLL_S:
+            self.last_stop_check = clock
+            self.handing_back = bool(self.store.r.exists(self.stopping_key))
         if self.buffer and clock - self.last_flush >= FLUSH_INTERVAL_S:
             self.flush()
         elif clock - self.last_poll >= CANCEL_POLL_S:
             self.last_poll = clock
             self.cancelled = self.store.cancel_requested(self.job_id)
-        return "stop" if self.cancelled else None
+        return "stop" if self.cancelled or self.handing_back else None
 
     def _sample(self, report: runtime.StepReport) -> None:
         grads = encode_tensors(report.grads) if self.gradients == "full" else None
@@ -81,9 +86,12 @@ class _Reporter:
         self.last_flush = self.last_poll = time.monotonic()
 
 
-def run_job(store: JobStore, job_id: str, *, worker: str) -> str:
+def run_job(store: JobStore, job_id: str, *, worker: str, requeue: Callable[[dict[str, str]], None] | None = None) -> str:
     """Train job ``job_id`` to its end; returns the final state. Never raises for a job's own
-    failure (bad data, NaN, time limit): that is recorded on the job as ``failed``."""
+    failure (bad data, NaN, time limit): that is recorded on the job as ``failed``.
+
+    When the worker begins a warm shutdown the job is checkpointed, put back to ``queued``
+    and sent again with ``requeue(job)``, so a rolling deploy loses no work."""
     job = store.get_job(job_id)
     if job is None:
         log.warning("job %s no longer exists (expired?)", job_id)
@@ -106,14 +114,15 @@ def run_job(store: JobStore, job_id: str, *, worker: str) -> str:
         if attempts > store.settings.max_attempts:
             return _fail(store, job_id, "PoisonJob", f"the job was started {attempts - 1} times without finishing "
                                                       f"(max_attempts {store.settings.max_attempts})")
-        return _run_leased(store, job_id, job, token)
+        return _run_leased(store, job_id, job, token, worker, requeue)
     finally:
         store.release_lease(job_id, token)
 
 
-def _run_leased(store: JobStore, job_id: str, job: dict[str, str], token: str) -> str:
+def _run_leased(store: JobStore, job_id: str, job: dict[str, str], token: str, worker: str,
+                requeue: Callable[[dict[str, str]], None] | None) -> str:
     try:
-        state = _train(store, job_id, job, token)
+        state = _train(store, job_id, job, token, worker, requeue)
     except SoftTimeLimitExceeded:
         state = _fail(store, job_id, "TimeLimitExceeded", "the job ran past its time limit")
     except runtime.NonFiniteError as exc:
@@ -136,6 +145,19 @@ def _fail(store: JobStore, job_id: str, kind: str, message: str, node: str | Non
     return "failed"
 
 
+def _hand_back(store: JobStore, job_id: str, job: dict[str, str], reporter: "_Reporter",
+               result: runtime.TrainResult, requeue: Callable[[dict[str, str]], None]) -> str:
+    """Warm shutdown: save where training stopped, put the job back in the queue, send it again."""
+    reporter.flush()
+    store.put_blob(job_id, "checkpoint", result.checkpoint.to_bytes())
+    if not store.transition(job_id, ["running"], "queued", step=result.steps)[0]:
+        return store.get_job(job_id)["state"]  # cancelled meanwhile: nothing to hand back
+    store.r.hincrby(store.job_key(job_id), "attempts", -1)  # a graceful hand-back is not a lost attempt
+    requeue(job)
+    log.info("job %s handed back at step %d (worker shutting down)", job_id, result.steps)
+    return "handed back"
+
+
 # Without an explicit checkpoint_every a job is still checkpointed: a checkpoint is taken
 # every DEFAULT_CHECKPOINT_STEPS steps and written when Settings.checkpoint_every_s has passed.
 DEFAULT_CHECKPOINT_STEPS = 100
@@ -153,7 +175,8 @@ def _checkpointing(store: JobStore, job_id: str, spec: dict[str, Any]):
     return explicit or DEFAULT_CHECKPOINT_STEPS, save
 
 
-def _train(store: JobStore, job_id: str, job: dict[str, str], token: str) -> str:
+def _train(store: JobStore, job_id: str, job: dict[str, str], token: str, worker: str,
+           requeue: Callable[[dict[str, str]], None] | None) -> str:
     spec = json.loads(job["spec"])
     graph = store.get_graph(job["tenant"], job["graph_id"])
     if graph is None:
@@ -167,13 +190,15 @@ def _train(store: JobStore, job_id: str, job: dict[str, str], token: str) -> str
     checkpoint_blob = store.get_blob(job_id, "checkpoint")
     resume = runtime.Checkpoint.from_bytes(checkpoint_blob) if checkpoint_blob else None
     params = None if resume else runtime.init_params(graph, seed=spec.get("seed", 0))
-    reporter = _Reporter(store, job_id, spec, token)
+    reporter = _Reporter(store, job_id, spec, token, store.worker_stopping_key(worker) if requeue else None)
     checkpoint_every, save_checkpoint = _checkpointing(store, job_id, spec)
     result = trainer.fit(
         data, params, steps=spec.get("steps"), epochs=spec.get("epochs"), callback=reporter,
         eval_data=eval_data, eval_every=spec.get("eval_every") if eval_data is not None else None, resume=resume,
         checkpoint_every=checkpoint_every,
         on_checkpoint=save_checkpoint)
+    if reporter.handing_back and not reporter.cancelled:
+        return _hand_back(store, job_id, job, reporter, result, requeue)
     reporter.finish()
     if reporter.cancelled:
         store.transition(job_id, ["cancelling", "running"], "cancelled", finished=repr(now()),

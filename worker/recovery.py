@@ -22,6 +22,13 @@ log = logging.getLogger(__name__)
 TASK_NAME = "chainrule.train"
 
 
+def send_job(celery: Celery, store: JobStore, job_id: str, job: dict[str, str]) -> None:
+    """(Re)send a stored job's task with its own time limit."""
+    limit = int(json.loads(job.get("spec", "{}")).get("time_limit_s") or store.settings.default_time_limit_s)
+    celery.send_task(TASK_NAME, args=[job_id], queue=store.settings.queue, soft_time_limit=limit,
+                     time_limit=limit + 30)
+
+
 def sweep(store: JobStore, celery: Celery) -> list[tuple[str, str]]:
     """Requeue or fail every orphaned job; returns (job id, what was done)."""
     done = []
@@ -44,9 +51,7 @@ def sweep(store: JobStore, celery: Celery) -> list[tuple[str, str]]:
                 done.append((job_id, "failed"))
             continue
         if store.transition(job_id, ["running"], "queued")[0]:
-            limit = int(json.loads(job.get("spec", "{}")).get("time_limit_s") or store.settings.default_time_limit_s)
-            celery.send_task(TASK_NAME, args=[job_id], queue=store.settings.queue,
-                             soft_time_limit=limit, time_limit=limit + 30)
+            send_job(celery, store, job_id, job)
             done.append((job_id, "requeued"))
     for job_id, what in done:
         log.warning("orphaned job %s (its worker was lost): %s", job_id, what)

@@ -237,6 +237,10 @@ class JobStore:
                 self.expire_job(job_id)
         return bool(ok), previous
 
+    def worker_stopping_key(self, worker: str) -> str:
+        """Set by a worker's main process when it begins a warm shutdown (any pool)."""
+        return f"{self.ns}:worker:{worker}:stopping"
+
     def orphans(self) -> list[str]:
         """Jobs marked running (or cancelling) whose trainer's lease has expired: their worker is gone."""
         orphaned = []

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from .celery_app import app
 from .jobs import run_job
-from .recovery import Sweeper
+from .recovery import Sweeper, send_job
 from .settings import get_settings
 from .store import JobStore
 
@@ -22,7 +22,9 @@ def store() -> JobStore:
 
 @app.task(name="chainrule.train", bind=True)
 def train_job(self, job_id: str) -> str:
-    return run_job(store(), job_id, worker=self.request.hostname or "worker")
+    s = store()
+    return run_job(s, job_id, worker=self.request.hostname or "worker",
+                   requeue=lambda job: send_job(app, s, job_id, job))
 
 
 _sweeper: Sweeper | None = None
@@ -32,8 +34,16 @@ _sweeper: Sweeper | None = None
 def _start_sweeping(sender=None, **_: object) -> None:
     """Each worker sweeps for orphaned jobs at start and then periodically (worker/recovery.py)."""
     global _sweeper
-    _sweeper = Sweeper(JobStore.connect(get_settings()), app)
+    _sweeper = Sweeper(store(), app)
+    store().r.delete(store().worker_stopping_key(sender.hostname))  # a restarted node starts fresh
     _sweeper.start()
+
+
+@worker_shutting_down.connect
+def _hand_back_running_jobs(sender=None, **_: object) -> None:
+    """Warm shutdown (SIGTERM): tell this node's running jobs, in whatever pool process they
+    run, to checkpoint and go back to the queue instead of running to the end."""
+    store().r.set(store().worker_stopping_key(sender), "1", ex=3600)
 
 
 @worker_shutdown.connect

@@ -119,3 +119,40 @@ def test_a_live_trainer_is_not_an_orphan(store, celery_app):
     finally:
         store.release_lease(job_id, "token")
         store.transition(job_id, ["running"], "cancelled")
+
+
+def test_sigterm_hands_the_running_job_back_and_loses_no_work(store, celery_app, fault_env, tmp_path):
+    queue, env = fault_env
+    spec = {**SPEC, "steps": 16000, "report_every": 2}
+    graph = graphspec.load(SEED)
+    data = runtime.load_tensors(DATA)
+    graph_id = store.put_graph("tenant-a", graph)
+    job_id, _ = store.create_job("tenant-a", graph_id, spec, encode_tensors(data))
+
+    with run_worker(celery_app, env, queue=queue, hostname=f"faults-c-{job_id}@localhost",
+                    log_path=tmp_path / "c.log") as first:
+        celery_app.send_task("chainrule.train", args=[job_id], queue=queue)
+        _wait(lambda: int(store.get_job(job_id).get("step", 0)) > 1500, 60, "the job to be well under way")
+        first.proc.send_signal(signal.SIGTERM)  # a rolling deploy: warm shutdown
+        stopped = time.monotonic()
+        first.proc.wait(20)
+        assert time.monotonic() - stopped < 10, "the worker should hand the job back promptly, not finish it"
+    job = store.get_job(job_id)
+    assert job["state"] == "queued", job  # handed back, not running, not lost
+    handed_back_at = int(job["step"])
+    assert 1500 < handed_back_at < spec["steps"]
+
+    with run_worker(celery_app, env, queue=queue, hostname=f"faults-d-{job_id}@localhost",
+                    log_path=tmp_path / "d.log"):
+        job = _wait(lambda: (j := store.get_job(job_id))["state"] in ("succeeded", "failed") and j, 90,
+                    "the job to finish on the next worker")
+    assert job["state"] == "succeeded", job
+    assert job["attempts"] == "1"  # a graceful hand-back is not a lost attempt
+    steps = [r.step for r in store.read_steps(job_id, limit=spec["steps"])]
+    assert steps == list(range(2, spec["steps"] + 1, 2))
+    expected = runtime.Trainer(graph, runtime.SGD(lr=0.5), batch_size=16, seed=3).fit(
+        data, runtime.init_params(graph, seed=3), steps=spec["steps"])
+    result = graphspec.parse(store.get_blob(job_id, "result"), "msgpack", graphspec.Limits(max_bytes=10**7))
+    params = decode_tensors(graphspec.codec.pack(result["params"]))
+    for name, value in expected.params.items():
+        assert params[name].tobytes() == np.asarray(value).tobytes(), name
