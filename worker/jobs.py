@@ -150,7 +150,7 @@ def _hand_back(store: JobStore, job_id: str, job: dict[str, str], reporter: "_Re
     """Warm shutdown: save where training stopped, put the job back in the queue, send it again."""
     reporter.flush()
     store.put_blob(job_id, "checkpoint", result.checkpoint.to_bytes())
-    if not store.transition(job_id, ["running"], "queued", step=result.steps)[0]:
+    if not store.transition(job_id, ["running"], "queued", step=result.steps, requeued=repr(now()))[0]:
         return store.get_job(job_id)["state"]  # cancelled meanwhile: nothing to hand back
     store.r.hincrby(store.job_key(job_id), "attempts", -1)  # a graceful hand-back is not a lost attempt
     requeue(job)
@@ -163,12 +163,15 @@ def _hand_back(store: JobStore, job_id: str, job: dict[str, str], reporter: "_Re
 DEFAULT_CHECKPOINT_STEPS = 100
 
 
-def _checkpointing(store: JobStore, job_id: str, spec: dict[str, Any]):
+def _checkpointing(store: JobStore, job_id: str, spec: dict[str, Any], reporter: "_Reporter"):
     explicit = spec.get("checkpoint_every")
     last = [time.monotonic()]
 
     def save(checkpoint: runtime.Checkpoint) -> None:
         if explicit or time.monotonic() - last[0] >= store.settings.checkpoint_every_s:
+            # The history first: a checkpoint must never be ahead of the steps already written,
+            # or a resumed run would skip the buffered ones.
+            reporter.flush()
             store.put_blob(job_id, "checkpoint", checkpoint.to_bytes())
             last[0] = time.monotonic()
 
@@ -191,7 +194,7 @@ def _train(store: JobStore, job_id: str, job: dict[str, str], token: str, worker
     resume = runtime.Checkpoint.from_bytes(checkpoint_blob) if checkpoint_blob else None
     params = None if resume else runtime.init_params(graph, seed=spec.get("seed", 0))
     reporter = _Reporter(store, job_id, spec, token, store.worker_stopping_key(worker) if requeue else None)
-    checkpoint_every, save_checkpoint = _checkpointing(store, job_id, spec)
+    checkpoint_every, save_checkpoint = _checkpointing(store, job_id, spec, reporter)
     result = trainer.fit(
         data, params, steps=spec.get("steps"), epochs=spec.get("epochs"), callback=reporter,
         eval_data=eval_data, eval_every=spec.get("eval_every") if eval_data is not None else None, resume=resume,

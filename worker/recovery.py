@@ -50,7 +50,9 @@ def sweep(store: JobStore, celery: Celery) -> list[tuple[str, str]]:
             if ok:
                 done.append((job_id, "failed"))
             continue
-        if store.transition(job_id, ["running"], "queued")[0]:
+        # Queued first, then the message: a sweeper killed in between leaves the job in the
+        # index, and the next sweep sends it; a duplicate message finds the job leased or done.
+        if store.transition(job_id, ["running", "queued"], "queued", requeued=repr(now()))[0]:
             send_job(celery, store, job_id, job)
             done.append((job_id, "requeued"))
     for job_id, what in done:

@@ -229,7 +229,9 @@ class JobStore:
         previous = previous.decode() if isinstance(previous, bytes) else previous
         if ok:
             # the index of jobs that a worker is running, for the orphan sweep
-            if to in ("running", "cancelling"):
+            # A job sent back to the queue by a worker (requeued=True) stays in the index until
+            # a trainer picks it up, so a requeue interrupted before its message was sent is found.
+            if to in ("running", "cancelling") or (to == "queued" and fields.get("requeued")):
                 self.r.sadd(f"{self.ns}:active", job_id)
             else:
                 self.r.srem(f"{self.ns}:active", job_id)
@@ -242,12 +244,18 @@ class JobStore:
         return f"{self.ns}:worker:{worker}:stopping"
 
     def orphans(self) -> list[str]:
-        """Jobs marked running (or cancelling) whose trainer's lease has expired: their worker is gone."""
+        """Jobs in the index whose trainer's lease has expired: running (or cancelling) ones lost
+        their worker; requeued ones may have lost their message (resent after 3 lease TTLs)."""
         orphaned = []
+        stale = now() - 3 * self.settings.lease_ttl_s
         for raw in self.r.smembers(f"{self.ns}:active"):
             job_id = raw.decode()
-            if not self.r.exists(self.job_key(job_id, "lease")):
-                orphaned.append(job_id)
+            if self.r.exists(self.job_key(job_id, "lease")):
+                continue
+            state, requeued = self.r.hmget(self.job_key(job_id), "state", "requeued")
+            if state == b"queued" and requeued is not None and float(requeued) > stale:
+                continue  # its message is most likely still in the queue
+            orphaned.append(job_id)
         return orphaned
 
     def request_cancel(self, job_id: str) -> str | None:

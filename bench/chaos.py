@@ -1,0 +1,147 @@
+"""Chaos run: many jobs, workers killed at random, and a count of what was lost.
+
+    python bench/chaos.py [--jobs 200] [--workers 2] [--redis-url redis://127.0.0.1:6379/0]
+
+Starts real Celery workers (solo pool, a 2 s lease, a 0.5 s orphan sweep) on a queue and
+namespace of its own, submits --jobs seed-graph jobs (random step counts, every step
+reported, checkpoints every 250 steps), and while they run repeatedly kills a random worker
+(SIGKILL of its whole process group, or SIGTERM for a warm shutdown) and starts a
+replacement. Then it checks every job: finished, its step history exactly 1..steps (no
+gap, no duplicate), and its parameters bit for bit those of an uninterrupted local run.
+Prints jobs completed / lost / with missing or duplicated steps / with different params.
+Deletes its keys and stops its workers at the end. Figures, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import graphspec  # noqa: E402
+import runtime  # noqa: E402
+from worker.celery_app import make_celery  # noqa: E402
+from worker.settings import Settings  # noqa: E402
+from worker.store import JobStore, decode_tensors, encode_tensors  # noqa: E402
+
+
+def start_worker(env: dict, logdir: Path, n: int) -> subprocess.Popen:
+    log = open(logdir / f"worker-{n}.log", "wb")
+    return subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
+                             "-Q", env["CHAINRULE_QUEUE"], "-n", f"chaos{n}-{env['CHAINRULE_NAMESPACE']}@localhost",
+                             "--without-gossip", "--without-mingle", "--loglevel=WARNING"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--kill-every", type=float, default=1.5, help="mean seconds between kills")
+    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    namespace = "crchaos-" + uuid.uuid4().hex[:8]
+    env = {**os.environ, "CHAINRULE_REDIS_URL": args.redis_url, "REDIS_URL": args.redis_url,
+           "CHAINRULE_NAMESPACE": namespace, "CHAINRULE_QUEUE": f"{namespace}.train", "CHAINRULE_LEASE_TTL_S": "2",
+           "CHAINRULE_SWEEP_INTERVAL_S": "0.5", "CHAINRULE_MAX_ATTEMPTS": "1000"}
+    settings = Settings(redis_url=args.redis_url, namespace=namespace, queue=env["CHAINRULE_QUEUE"],
+                        max_attempts=1000)
+    store, celery = JobStore.connect(settings), make_celery(settings)
+    graph = graphspec.load(ROOT / "examples" / "logistic_regression.json")
+    data = runtime.load_tensors(ROOT / "examples" / "data" / "seed_data.json")
+    graph_id = store.put_graph("chaos", graph)
+    blob = encode_tensors(data)
+    logdir = Path(tempfile.mkdtemp(prefix="chainrule-chaos-"))
+    workers = [start_worker(env, logdir, n) for n in range(args.workers)]
+    started = args.workers
+    kills = {"SIGKILL": 0, "SIGTERM": 0}
+    jobs: dict[str, dict] = {}
+    try:
+        for i in range(args.jobs):
+            spec = {"optimizer": {"name": "sgd", "lr": 0.5}, "steps": rng.randint(1000, 3000), "batch_size": 16,
+                    "report_every": 1, "checkpoint_every": 250, "seed": rng.randint(0, 3)}
+            job_id, _ = store.create_job("chaos", graph_id, spec, blob)
+            celery.send_task("chainrule.train", args=[job_id], queue=settings.queue)
+            jobs[job_id] = spec
+        t0 = time.monotonic()
+        next_kill = t0 + rng.expovariate(1 / args.kill_every)
+        while time.monotonic() - t0 < args.timeout:
+            states = [store.r.hget(store.job_key(j), "state") for j in jobs]
+            if all(s in (b"succeeded", b"failed", b"cancelled") for s in states):
+                break
+            if time.monotonic() >= next_kill:
+                victim = rng.randrange(len(workers))
+                how = rng.choice(["SIGKILL", "SIGKILL", "SIGTERM"])
+                proc = workers[victim]
+                try:
+                    os.killpg(proc.pid, getattr(signal, how)) if how == "SIGKILL" else proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                kills[how] += 1
+                workers[victim] = start_worker(env, logdir, started)
+                started += 1
+                next_kill = time.monotonic() + rng.expovariate(1 / args.kill_every)
+            time.sleep(0.1)
+        elapsed = time.monotonic() - t0
+
+        completed = lost = bad_steps = bad_params = 0
+        expected_cache: dict[tuple[int, int], dict] = {}
+        for job_id, spec in jobs.items():
+            job = store.get_job(job_id) or {}
+            if job.get("state") != "succeeded":
+                lost += 1
+                continue
+            completed += 1
+            steps = [r.step for r in store.read_steps(job_id, limit=spec["steps"] + 100)]
+            if steps != list(range(1, spec["steps"] + 1)):
+                bad_steps += 1
+            key = (spec["steps"], spec["seed"])
+            if key not in expected_cache:
+                expected_cache[key] = runtime.Trainer(graph, runtime.SGD(lr=0.5), batch_size=16,
+                                                      seed=spec["seed"]).fit(
+                    data, runtime.init_params(graph, seed=spec["seed"]), steps=spec["steps"]).params
+            result = graphspec.parse(store.get_blob(job_id, "result"), "msgpack", graphspec.Limits(max_bytes=10**7))
+            params = decode_tensors(graphspec.codec.pack(result["params"]))
+            if any(params[k].tobytes() != np.asarray(v).tobytes() for k, v in expected_cache[key].items()):
+                bad_params += 1
+        attempts = [int((store.get_job(j) or {}).get("attempts", 0)) for j in jobs]
+        print(f"chaos: {len(jobs)} jobs, {args.workers} workers, {kills['SIGKILL']} SIGKILLs + {kills['SIGTERM']} "
+              f"SIGTERMs in {elapsed:.0f} s")
+        print(f"  completed {completed}, lost {lost}, with missing or duplicated steps {bad_steps}, "
+              f"with parameters different from an uninterrupted run {bad_params}")
+        print(f"  jobs that lost a worker at least once: {sum(a > 1 for a in attempts)} "
+              f"(max attempts {max(attempts, default=0)})")
+        return 0 if lost == bad_steps == bad_params == 0 else 1
+    finally:
+        for proc in workers:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        for key in store.r.scan_iter(f"{namespace}:*", count=1000):
+            store.r.delete(key)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
