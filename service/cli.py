@@ -139,17 +139,22 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _optimizer_from_args(args: argparse.Namespace):
-    from runtime import make_optimizer
-
-    hyper = {"lr": args.lr}
+def _optimizer_hyper(args: argparse.Namespace) -> dict:
+    """The optimizer hyperparameters given on the command line (besides the learning rate)."""
+    hyper: dict = {}
     if args.momentum is not None:
         hyper["momentum"] = args.momentum
     if args.nesterov:
         hyper["nesterov"] = True
     if args.weight_decay is not None:
         hyper["weight_decay"] = args.weight_decay
-    return make_optimizer(args.optimizer, **hyper)
+    return hyper
+
+
+def _optimizer_from_args(args: argparse.Namespace):
+    from runtime import make_optimizer
+
+    return make_optimizer(args.optimizer, lr=args.lr, **_optimizer_hyper(args))
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -325,13 +330,7 @@ def _save_result(client, job_id: str, out: Path) -> dict:
 
 
 def _submit(client, args: argparse.Namespace) -> int:
-    hyper = {}
-    if args.momentum is not None:
-        hyper["momentum"] = args.momentum
-    if args.nesterov:
-        hyper["nesterov"] = True
-    if args.weight_decay is not None:
-        hyper["weight_decay"] = args.weight_decay
+    hyper = _optimizer_hyper(args)
     graph = str(args.graph) if str(args.graph).startswith("sha256:") else args.graph
     job = client.submit(graph, args.data, optimizer=args.optimizer, lr=args.lr, steps=args.steps,
                         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,

@@ -45,12 +45,27 @@ def _wait(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def _stored_seed_job(store, spec):
+    graph, data = graphspec.load(SEED), runtime.load_tensors(DATA)
+    job_id, _ = store.create_job("tenant-a", store.put_graph("tenant-a", graph), spec, encode_tensors(data))
+    return graph, data, job_id
+
+
+def _assert_as_if_uninterrupted(store, job_id, graph, data, spec, every=1):
+    """Every reported step exactly once, and parameters bit for bit those of a local run."""
+    steps = [r.step for r in store.read_steps(job_id, limit=spec["steps"] + 10)]
+    assert steps == list(range(every, spec["steps"] + 1, every))  # no gap, no duplicate
+    expected = runtime.Trainer(graph, runtime.SGD(lr=0.5), batch_size=16, seed=spec["seed"]).fit(
+        data, runtime.init_params(graph, seed=spec["seed"]), steps=spec["steps"])
+    result = graphspec.parse(store.get_blob(job_id, "result"), "msgpack", graphspec.Limits(max_bytes=10**7))
+    params = decode_tensors(graphspec.codec.pack(result["params"]))
+    for name, value in expected.params.items():
+        assert params[name].tobytes() == np.asarray(value).tobytes(), name
+
+
 def test_a_killed_worker_costs_seconds_and_the_job_ends_as_if_uninterrupted(store, celery_app, fault_env, tmp_path):
     queue, env = fault_env
-    graph = graphspec.load(SEED)
-    data = runtime.load_tensors(DATA)
-    graph_id = store.put_graph("tenant-a", graph)
-    job_id, _ = store.create_job("tenant-a", graph_id, SPEC, encode_tensors(data))
+    graph, data, job_id = _stored_seed_job(store, SPEC)
 
     with run_worker(celery_app, env, queue=queue, hostname=f"faults-a-{job_id}@localhost",
                     log_path=tmp_path / "a.log") as first:
@@ -70,16 +85,7 @@ def test_a_killed_worker_costs_seconds_and_the_job_ends_as_if_uninterrupted(stor
     assert job["attempts"] == "2"
     assert recovered_in < 60  # the visibility timeout is hours; the lease makes it seconds
 
-    steps = [r.step for r in store.read_steps(job_id, limit=SPEC["steps"] + 10)]
-    assert steps == list(range(1, SPEC["steps"] + 1))  # no gap, no duplicate
-
-    expected = runtime.Trainer(graph, runtime.SGD(lr=0.5), batch_size=16, seed=3).fit(
-        data, runtime.init_params(graph, seed=3), steps=SPEC["steps"])
-    result = graphspec.parse(store.get_blob(job_id, "result"), "msgpack",
-                             graphspec.Limits(max_bytes=10**7))
-    params = decode_tensors(graphspec.codec.pack(result["params"]))
-    for name, value in expected.params.items():
-        assert params[name].tobytes() == np.asarray(value).tobytes(), name  # bit for bit
+    _assert_as_if_uninterrupted(store, job_id, graph, data, SPEC)
 
 
 def test_a_job_that_keeps_losing_its_worker_is_failed_as_poison(store, celery_app, settings):
@@ -124,10 +130,7 @@ def test_a_live_trainer_is_not_an_orphan(store, celery_app):
 def test_sigterm_hands_the_running_job_back_and_loses_no_work(store, celery_app, fault_env, tmp_path):
     queue, env = fault_env
     spec = {**SPEC, "steps": 16000, "report_every": 2}
-    graph = graphspec.load(SEED)
-    data = runtime.load_tensors(DATA)
-    graph_id = store.put_graph("tenant-a", graph)
-    job_id, _ = store.create_job("tenant-a", graph_id, spec, encode_tensors(data))
+    graph, data, job_id = _stored_seed_job(store, spec)
 
     with run_worker(celery_app, env, queue=queue, hostname=f"faults-c-{job_id}@localhost",
                     log_path=tmp_path / "c.log") as first:
@@ -148,11 +151,4 @@ def test_sigterm_hands_the_running_job_back_and_loses_no_work(store, celery_app,
                     "the job to finish on the next worker")
     assert job["state"] == "succeeded", job
     assert job["attempts"] == "1"  # a graceful hand-back is not a lost attempt
-    steps = [r.step for r in store.read_steps(job_id, limit=spec["steps"])]
-    assert steps == list(range(2, spec["steps"] + 1, 2))
-    expected = runtime.Trainer(graph, runtime.SGD(lr=0.5), batch_size=16, seed=3).fit(
-        data, runtime.init_params(graph, seed=3), steps=spec["steps"])
-    result = graphspec.parse(store.get_blob(job_id, "result"), "msgpack", graphspec.Limits(max_bytes=10**7))
-    params = decode_tensors(graphspec.codec.pack(result["params"]))
-    for name, value in expected.params.items():
-        assert params[name].tobytes() == np.asarray(value).tobytes(), name
+    _assert_as_if_uninterrupted(store, job_id, graph, data, spec, every=2)
