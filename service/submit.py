@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import redis.exceptions
 from celery import Celery
 
 import graphspec
@@ -79,7 +80,7 @@ def prepare_job(req: JobRequest, tenant: str, store: JobStore, settings: Setting
     try:
         runtime.make_optimizer(**optimizer)
         json.dumps(optimizer, allow_nan=False)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise unprocessable(f"invalid optimizer: {exc}", _issue("invalid_optimizer", "/optimizer", str(exc)),
                             kind="invalid-optimizer") from None
 
@@ -156,6 +157,12 @@ def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Cele
         _mark_enqueue_failed(store, tenant, job_id, idempotency_key, exc)
         raise unavailable("the job could not be queued (task broker unavailable); retry later",
                           kind="queue-unavailable", job_id=job_id) from None
+    try:
+        store.mark_sent(job_id)  # if this process dies before here, the sweep sends the job
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        # Sent but still in the outbox: the sweep sends it again, which is harmless; a 503
+        # here would make a client without an Idempotency-Key submit a second job.
+        log.warning("job %s sent; could not clear its outbox entry: %s", job_id, exc)
     return store.get_job(job_id) or {}, True
 
 

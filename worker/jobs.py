@@ -1,6 +1,12 @@
 """Running one training job: read it from Redis, train with the runtime, report as it goes.
 
 Kept free of Celery so it can be read (and tested) on its own; worker/tasks.py calls it.
+
+Every write a trainer makes (steps, progress, checkpoints, the result, state changes) is
+fenced by its lease token (worker/store.py): once another trainer holds the job or the sweep
+has requeued it, the write is refused with LeaseLost and this trainer stops at once.
+While Redis is unreachable (a restart) the trainer waits for it, up to
+``Settings.redis_outage_s``; past that the job is left to the orphan sweep.
 """
 
 from __future__ import annotations
@@ -9,9 +15,10 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
+import redis.exceptions
 from celery.exceptions import SoftTimeLimitExceeded
 
 import graphspec
@@ -19,22 +26,50 @@ import runtime
 from graphspec.codec import pack
 from graphspec.tensors import encode_tensor_raw
 
-from .store import TERMINAL, JobStore, StepRecord, decode_tensors, encode_tensors, now
+from .store import TERMINAL, JobStore, LeaseLost, StepRecord, decode_tensors, encode_tensors, now
 
 log = logging.getLogger(__name__)
 
 # Sampled steps are written at most this long after they happen (and the first at once):
-# one pipelined round trip per interval instead of one per step.
+# one round trip per interval instead of one per step.
 FLUSH_INTERVAL_S = 0.05
 # Between writes the worker still looks at the cancel flag this often.
 CANCEL_POLL_S = 0.25
 
+# BusyLoadingError (Redis restarting, loading its AOF) is a ConnectionError.
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+T = TypeVar("T")
+
+
+def patiently(store: JobStore, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``call`` retried through a Redis outage for up to ``redis_outage_s`` (then it raises).
+    Only for writes that are safe to repeat: fenced, keyed by step, or plain sets."""
+    deadline = time.monotonic() + store.settings.redis_outage_s
+    delay = 0.05
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except REDIS_DOWN as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("redis unavailable (%s); retrying in %.2f s", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+def _quietly(call: Callable[..., T], default: T) -> T:
+    """A best-effort read: while Redis is down the next flush waits for it instead."""
+    try:
+        return call()
+    except REDIS_DOWN:
+        return default
+
 
 class _Reporter:
-    """Samples every report_every-th step and writes the samples in one pipelined round trip
+    """Samples every report_every-th step and writes the samples in one fenced round trip
     at most every FLUSH_INTERVAL_S; each write also reads the job's state (cancel requests)."""
 
-    def __init__(self, store: JobStore, job_id: str, spec: dict[str, Any], token: str | None = None,
+    def __init__(self, store: JobStore, job_id: str, spec: dict[str, Any], token: str,
                  stopping_key: str | None = None):
         self.store, self.job_id, self.token, self.stopping_key = store, job_id, token, stopping_key
         self.handing_back = False
@@ -51,17 +86,19 @@ class _Reporter:
         if report.step % self.every == 0:
             self._sample(report)
         clock = time.monotonic()
-        if self.token is not None and clock - self.last_renew >= self.store.settings.lease_ttl_s / 3:
-            self.store.renew_lease(self.job_id, self.token)  # alive, even between sparse reports
+        if clock - self.last_renew >= self.store.settings.lease_ttl_s / 3:
+            # alive, even between sparse reports; False means another trainer or the sweep has the job
+            if not _quietly(lambda: self.store.renew_lease(self.job_id, self.token), True):
+                raise LeaseLost(self.job_id)
             self.last_renew = clock
         if self.stopping_key is not None and clock - self.last_stop_check >= CANCEL_POLL_S:
             self.last_stop_check = clock
-            self.handing_back = bool(self.store.r.exists(self.stopping_key))
+            self.handing_back = _quietly(lambda: bool(self.store.r.exists(self.stopping_key)), self.handing_back)
         if self.buffer and clock - self.last_flush >= FLUSH_INTERVAL_S:
             self.flush()
         elif clock - self.last_poll >= CANCEL_POLL_S:
             self.last_poll = clock
-            self.cancelled = self.store.cancel_requested(self.job_id)
+            self.cancelled = _quietly(lambda: self.store.cancel_requested(self.job_id), self.cancelled)
         return "stop" if self.cancelled or self.handing_back else None
 
     def _sample(self, report: runtime.StepReport) -> None:
@@ -80,7 +117,7 @@ class _Reporter:
         progress: dict[str, Any] = {"updated": repr(now())}
         if self.last is not None:
             progress.update(step=self.last.step, loss=repr(float(self.last.loss)), epoch=self.last.epoch)
-        _, state = self.store.report_steps(self.job_id, self.buffer, progress)
+        _, state = patiently(self.store, self.store.report_steps, self.job_id, self.token, self.buffer, progress)
         self.buffer = []
         self.cancelled = self.cancelled or state in ("cancelling", "cancelled")
         self.last_flush = self.last_poll = time.monotonic()
@@ -92,68 +129,78 @@ def run_job(store: JobStore, job_id: str, *, worker: str, requeue: Callable[[dic
 
     When the worker begins a warm shutdown the job is checkpointed, put back to ``queued``
     and sent again with ``requeue(job)``, so a rolling deploy loses no work."""
-    job = store.get_job(job_id)
+    job = patiently(store, store.get_job, job_id)
     if job is None:
         log.warning("job %s no longer exists (expired?)", job_id)
         return "missing"
     if job["state"] in TERMINAL:
         return job["state"]  # a redelivery of a finished job: nothing to do
-    if job["state"] == "cancelling":
-        store.transition(job_id, ["cancelling"], "cancelled", finished=repr(now()))
-        return "cancelled"
     token = f"{worker}:{uuid.uuid4().hex}"
-    if not store.acquire_lease(job_id, token):
+    if not patiently(store, store.acquire_lease, job_id, token):
         log.info("job %s is held by a live trainer: this delivery does nothing", job_id)
         return "duplicate"
     try:
-        ok, previous = store.transition(job_id, ["queued", "running"], "running", started=repr(now()),
-                                        worker=worker)
-        if not ok:
-            return previous
-        attempts = store.r.hincrby(store.job_key(job_id), "attempts", 1)
-        if attempts > store.settings.max_attempts:
-            return _fail(store, job_id, "PoisonJob", f"the job was started {attempts - 1} times without finishing "
-                                                      f"(max_attempts {store.settings.max_attempts})")
         return _run_leased(store, job_id, job, token, worker, requeue)
+    except LeaseLost:
+        log.warning("job %s: lease lost (the sweep requeued it or another trainer holds it); stopped", job_id)
+        return "lease lost"
     finally:
-        store.release_lease(job_id, token)
+        _quietly(lambda: store.release_lease(job_id, token), None)  # else it expires by itself
 
 
 def _run_leased(store: JobStore, job_id: str, job: dict[str, str], token: str, worker: str,
                 requeue: Callable[[dict[str, str]], None] | None) -> str:
+    ok, previous = store.transition(job_id, ["queued", "running"], "running", token=token, started=repr(now()),
+                                    worker=worker, lease=token)
+    if not ok:
+        if previous == "cancelling":  # cancelled while its worker was lost: nobody else will finish it
+            store.transition(job_id, ["cancelling"], "cancelled", token=token, finished=repr(now()))
+            return "cancelled"
+        return previous
+    attempts = store.r.hincrby(store.job_key(job_id), "attempts", 1)
+    if attempts > store.settings.max_attempts:
+        return _fail(store, job_id, token, "PoisonJob", f"the job was started {attempts - 1} times without "
+                                                         f"finishing (max_attempts {store.settings.max_attempts})")
     try:
         state = _train(store, job_id, job, token, worker, requeue)
+    except (LeaseLost, *REDIS_DOWN):
+        raise  # not the job's fault: the sweep (or the trainer that holds the lease) carries on
     except SoftTimeLimitExceeded:
-        state = _fail(store, job_id, "TimeLimitExceeded", "the job ran past its time limit")
+        state = _fail(store, job_id, token, "TimeLimitExceeded", "the job ran past its time limit")
     except runtime.NonFiniteError as exc:
-        state = _fail(store, job_id, "NonFiniteError", str(exc), node=exc.node)
+        state = _fail(store, job_id, token, "NonFiniteError", str(exc), node=exc.node)
     except runtime.ExecutionError as exc:
-        state = _fail(store, job_id, "ExecutionError", str(exc), node=exc.node)
+        state = _fail(store, job_id, token, "ExecutionError", str(exc), node=exc.node)
     except (runtime.ChainruleRuntimeError, graphspec.GraphSpecError, ValueError, TypeError) as exc:
-        state = _fail(store, job_id, type(exc).__name__, str(exc))
+        state = _fail(store, job_id, token, type(exc).__name__, str(exc))
     except Exception as exc:  # a bug must fail the job visibly, not leave it "running" forever
         log.exception("job %s crashed", job_id)
-        state = _fail(store, job_id, "InternalError", f"{type(exc).__name__}: {exc}")
+        state = _fail(store, job_id, token, "InternalError", f"{type(exc).__name__}: {exc}")
     return state
 
 
-def _fail(store: JobStore, job_id: str, kind: str, message: str, node: str | None = None) -> str:
+def _fail(store: JobStore, job_id: str, token: str, kind: str, message: str, node: str | None = None) -> str:
     fields = {"finished": repr(now()), "error_type": kind, "error_message": message[:2000]}
     if node:
         fields["error_node"] = node
-    store.transition(job_id, ["running", "cancelling"], "failed", **fields)
+    patiently(store, store.transition, job_id, ["running", "cancelling"], "failed", token=token, **fields)
     return "failed"
 
 
-def _hand_back(store: JobStore, job_id: str, job: dict[str, str], reporter: "_Reporter",
+def _hand_back(store: JobStore, job_id: str, job: dict[str, str], token: str, reporter: "_Reporter",
                result: runtime.TrainResult, requeue: Callable[[dict[str, str]], None]) -> str:
     """Warm shutdown: save where training stopped, put the job back in the queue, send it again."""
     reporter.flush()
-    store.put_blob(job_id, "checkpoint", result.checkpoint.to_bytes())
-    if not store.transition(job_id, ["running"], "queued", step=result.steps, requeued=repr(now()))[0]:
-        return store.get_job(job_id)["state"]  # cancelled meanwhile: nothing to hand back
+    patiently(store, store.put_blob, job_id, "checkpoint", result.checkpoint.to_bytes(), token=token)
+    moved, previous = patiently(store, store.transition, job_id, ["running"], "queued", token=token, enqueue=True,
+                                step=result.steps, requeued=repr(now()))
+    if not moved:
+        return previous  # cancelled meanwhile: nothing to hand back
     store.r.hincrby(store.job_key(job_id), "attempts", -1)  # a graceful hand-back is not a lost attempt
+    # Let go before sending: the next worker may receive the message within a millisecond.
+    store.release_lease(job_id, token)
     requeue(job)
+    store.mark_sent(job_id)
     log.info("job %s handed back at step %d (worker shutting down)", job_id, result.steps)
     return "handed back"
 
@@ -163,7 +210,7 @@ def _hand_back(store: JobStore, job_id: str, job: dict[str, str], reporter: "_Re
 DEFAULT_CHECKPOINT_STEPS = 100
 
 
-def _checkpointing(store: JobStore, job_id: str, spec: dict[str, Any], reporter: "_Reporter"):
+def _checkpointing(store: JobStore, job_id: str, token: str, spec: dict[str, Any], reporter: "_Reporter"):
     explicit = spec.get("checkpoint_every")
     last = [time.monotonic()]
 
@@ -172,7 +219,7 @@ def _checkpointing(store: JobStore, job_id: str, spec: dict[str, Any], reporter:
             # The history first: a checkpoint must never be ahead of the steps already written,
             # or a resumed run would skip the buffered ones.
             reporter.flush()
-            store.put_blob(job_id, "checkpoint", checkpoint.to_bytes())
+            patiently(store, store.put_blob, job_id, "checkpoint", checkpoint.to_bytes(), token=token)
             last[0] = time.monotonic()
 
     return explicit or DEFAULT_CHECKPOINT_STEPS, save
@@ -183,7 +230,7 @@ def _train(store: JobStore, job_id: str, job: dict[str, str], token: str, worker
     spec = json.loads(job["spec"])
     graph = store.get_graph(job["tenant"], job["graph_id"])
     if graph is None:
-        return _fail(store, job_id, "MissingGraph", f"graph {job['graph_id']} is no longer stored")
+        return _fail(store, job_id, token, "MissingGraph", f"graph {job['graph_id']} is no longer stored")
     data = decode_tensors(store.get_blob(job_id, "data") or b"\x80")
     eval_blob = store.get_blob(job_id, "eval_data")
     eval_data = decode_tensors(eval_blob) if eval_blob else None
@@ -194,28 +241,28 @@ def _train(store: JobStore, job_id: str, job: dict[str, str], token: str, worker
     resume = runtime.Checkpoint.from_bytes(checkpoint_blob) if checkpoint_blob else None
     params = None if resume else runtime.init_params(graph, seed=spec.get("seed", 0))
     reporter = _Reporter(store, job_id, spec, token, store.worker_stopping_key(worker) if requeue else None)
-    checkpoint_every, save_checkpoint = _checkpointing(store, job_id, spec, reporter)
+    checkpoint_every, save_checkpoint = _checkpointing(store, job_id, token, spec, reporter)
     result = trainer.fit(
         data, params, steps=spec.get("steps"), epochs=spec.get("epochs"), callback=reporter,
         eval_data=eval_data, eval_every=spec.get("eval_every") if eval_data is not None else None, resume=resume,
         checkpoint_every=checkpoint_every,
         on_checkpoint=save_checkpoint)
     if reporter.handing_back and not reporter.cancelled:
-        return _hand_back(store, job_id, job, reporter, result, requeue)
+        return _hand_back(store, job_id, job, token, reporter, result, requeue)
     reporter.finish()
     if reporter.cancelled:
-        store.transition(job_id, ["cancelling", "running"], "cancelled", finished=repr(now()),
-                         step=result.steps)
+        patiently(store, store.transition, job_id, ["cancelling", "running"], "cancelled", token=token,
+                  finished=repr(now()), step=result.steps)
         return "cancelled"
     final_loss = float(result.losses[-1]) if result.losses else float("nan")
-    store.put_blob(job_id, "result", pack({
+    patiently(store, store.put_blob, job_id, "result", pack({
         "params": {k: encode_tensor_raw(np.asarray(v)) for k, v in result.params.items()},
         "loss": final_loss, "steps": result.steps, "epochs": result.epochs,
         "eval_loss": result.eval_losses[-1][1] if result.eval_losses else None,
-    }))
-    ok, previous = store.transition(job_id, ["running"], "succeeded", finished=repr(now()), step=result.steps,
-                                    loss=repr(final_loss))
+    }), token=token)
+    ok, previous = patiently(store, store.transition, job_id, ["running"], "succeeded", token=token,
+                             finished=repr(now()), step=result.steps, loss=repr(final_loss))
     if not ok and previous == "cancelling":  # cancel arrived after the last step: honour it
-        store.transition(job_id, ["cancelling"], "cancelled", finished=repr(now()))
+        patiently(store, store.transition, job_id, ["cancelling"], "cancelled", token=token, finished=repr(now()))
         return "cancelled"
-    return "succeeded"
+    return previous if not ok else "succeeded"

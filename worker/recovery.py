@@ -1,11 +1,19 @@
-"""Recovering jobs whose worker died, in seconds rather than after Celery's visibility timeout.
+"""Recovering jobs whose worker died, in seconds rather than after Celery's visibility timeout,
+and jobs whose task message was never sent.
 
 A trainer holds its job's lease (SET NX PX, renewed while it trains). A job still marked
 ``running`` whose lease has expired was lost with its worker (SIGKILL, OOM, a lost host).
 Every worker sweeps at start and every ``sweep_interval_s``: such a job is moved back to
 ``queued`` and sent again (it resumes from its checkpoint), or failed as a poison job after
-``max_attempts``. The moves are compare-and-set transitions, so when several workers sweep
-at once exactly one requeues a given job.
+``max_attempts``. The moves are compare-and-set transitions that only happen while no lease
+exists, so when several workers sweep at once exactly one requeues a given job, and never
+one whose trainer came back.
+
+Every path that queues a job (the API, a warm-shutdown hand-back, this sweep) puts it in
+the outbox in the same atomic step and takes it out once the message is in the broker. An
+entry older than ``unsent_grace_s`` means its sender died in between (an API process killed
+after storing the job): the sweep sends it. A message sent twice is harmless: the second
+delivery finds the job leased or finished.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import threading
 
 from celery import Celery
 
+from .jobs import REDIS_DOWN
 from .store import JobStore, now
 
 log = logging.getLogger(__name__)
@@ -30,33 +39,42 @@ def send_job(celery: Celery, store: JobStore, job_id: str, job: dict[str, str]) 
 
 
 def sweep(store: JobStore, celery: Celery) -> list[tuple[str, str]]:
-    """Requeue or fail every orphaned job; returns (job id, what was done)."""
+    """Requeue or fail every orphaned job and send every job stuck in the outbox;
+    returns (job id, what was done)."""
     done = []
     for job_id in store.orphans():
         job = store.get_job(job_id)
         if job is None:
-            store.r.srem(f"{store.ns}:active", job_id)
+            store.r.srem(store.active_key, job_id)
             continue
         if job["state"] == "cancelling":
-            if store.transition(job_id, ["cancelling"], "cancelled", finished=repr(now()))[0]:
+            if store.transition(job_id, ["cancelling"], "cancelled", token="!", finished=repr(now()))[0]:
                 done.append((job_id, "cancelled"))
             continue
         attempts = int(job.get("attempts", 0))
         if attempts >= store.settings.max_attempts:
             ok, _ = store.transition(
-                job_id, ["running"], "failed", finished=repr(now()), error_type="PoisonJob",
+                job_id, ["running"], "failed", token="!", finished=repr(now()), error_type="PoisonJob",
                 error_message=f"the job's worker was lost {attempts} times (max_attempts "
                               f"{store.settings.max_attempts}); last worker: {job.get('worker', '?')}")
             if ok:
                 done.append((job_id, "failed"))
             continue
-        # Queued first, then the message: a sweeper killed in between leaves the job in the
-        # index, and the next sweep sends it; a duplicate message finds the job leased or done.
-        if store.transition(job_id, ["running", "queued"], "queued", requeued=repr(now()))[0]:
+        # Queued and in the outbox first, then the message: a sweeper killed in between
+        # leaves the outbox entry, and a later sweep sends it.
+        if store.transition(job_id, ["running"], "queued", token="!", enqueue=True, requeued=repr(now()))[0]:
             send_job(celery, store, job_id, job)
+            store.mark_sent(job_id)
             done.append((job_id, "requeued"))
+    for job_id, claimed_at in store.claim_unsent(store.settings.unsent_grace_s):
+        job = store.get_job(job_id)
+        if job is not None and job["state"] == "queued":
+            send_job(celery, store, job_id, job)
+            done.append((job_id, "sent"))
+        store.mark_sent(job_id, claimed_at)
     for job_id, what in done:
-        log.warning("orphaned job %s (its worker was lost): %s", job_id, what)
+        log.warning("job %s: %s by the sweep", job_id, {"requeued": "worker lost, requeued",
+                                                        "sent": "never sent, sent"}.get(what, what))
     return done
 
 
@@ -72,6 +90,8 @@ class Sweeper(threading.Thread):
         while not self.stopping.is_set():
             try:
                 sweep(self.store, self.celery)
-            except Exception:  # noqa: BLE001 - Redis down now: the next round retries
+            except REDIS_DOWN as exc:  # the next round retries
+                log.warning("orphan sweep skipped: redis unavailable (%s)", exc)
+            except Exception:  # noqa: BLE001 - a bug here must not stop future sweeps
                 log.exception("orphan sweep failed")
             self.stopping.wait(self.store.settings.sweep_interval_s)

@@ -6,6 +6,7 @@ the key namespace and the limits. ``REDIS_URL`` is also accepted without the pre
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from pydantic import AliasChoices, Field, model_validator
@@ -31,6 +32,12 @@ class Settings(BaseSettings):
     # and every sweep_interval_s in every worker) requeues it, or fails it after max_attempts.
     sweep_interval_s: float = 10.0
     max_attempts: int = 3
+    # A job stored but not confirmed sent to the broker after this long (its sender died in
+    # between) is sent by the sweep.
+    unsent_grace_s: float = 15.0
+    # How long a trainer waits for Redis to come back (a restart) before leaving its job to
+    # the sweep; the job then resumes from its last checkpoint.
+    redis_outage_s: float = 120.0
 
     # API keys "key:tenant" pairs, comma-separated. Empty + auth_disabled=False refuses all.
     api_keys: str = ""
@@ -58,6 +65,15 @@ class Settings(BaseSettings):
             raise ValueError(f"CHAINRULE_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed "
                              f"CHAINRULE_MAX_TIME_LIMIT_S ({self.max_time_limit_s}) by more than a minute: "
                              "otherwise Celery redelivers jobs that are still running")
+        return self
+
+    @model_validator(mode="after")
+    def _tenant_names_are_safe_in_keys(self) -> "Settings":
+        # Tenant names go into Redis keys ({ns}:tenant:{t}:...): a ':' could alias another's keys.
+        for tenant in self.tenants_by_key().values():
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", tenant):
+                raise ValueError(f"CHAINRULE_API_KEYS: tenant name {tenant!r} must be 1 to 64 letters, digits, "
+                                 "'.', '-' or '_'")
         return self
 
     def tenants_by_key(self) -> dict[str, str]:

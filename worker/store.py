@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -39,29 +40,113 @@ from .settings import Settings
 STATES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
-# Compare-and-set of a job's state: move only from an allowed state, and set fields with it.
-_TRANSITION = """
-local state = redis.call('HGET', KEYS[1], 'state')
+# The fence: a trainer may write only while it holds the job's lease. A lease that lapsed
+# while nobody took over (Redis restarted, a long pause) is taken back, so an outage costs
+# a pause, not a rollback to the last checkpoint; once the sweep has requeued the job
+# (state no longer running) or another trainer holds the lease, the writer is refused.
+# KEYS[1] = lease, KEYS[2] = job hash; ARGV[1] = token; ARGV[2] = lease TTL (ms).
+_FENCE = """
+local function fenced(token, ttl)
+  local holder = redis.call('GET', KEYS[1])
+  if holder == token then return true end
+  if holder then return false end
+  local state = redis.call('HGET', KEYS[2], 'state')
+  if (state == 'running' or state == 'cancelling') and redis.call('HGET', KEYS[2], 'lease') == token then
+    redis.call('SET', KEYS[1], token, 'PX', ttl)
+    return true
+  end
+  return false
+end
+"""
+
+# Compare-and-set of a job's state: move only from an allowed state, set fields with it, and
+# keep the indexes in the same atomic step (a crash in between would lose a job from them).
+# KEYS: lease, job hash, active set, outbox zset.
+# ARGV: token ('' = unfenced, '!' = only while no lease exists: the sweep), lease TTL (ms),
+#       job id, now, enqueue ('1': the job's message must be (re)sent), n, allowed x n, to, field, value...
+_TRANSITION = _FENCE + """
+local token = ARGV[1]
+if token == '!' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return {0, 'leased'} end
+elseif token ~= '' and not fenced(token, ARGV[2]) then
+  return {-1, ''}
+end
+local state = redis.call('HGET', KEYS[2], 'state')
 if not state then return {0, ''} end
-for i = 1, tonumber(ARGV[1]) do
-  if ARGV[1 + i] == state then
-    redis.call('HSET', KEYS[1], 'state', ARGV[2 + tonumber(ARGV[1])], unpack(ARGV, 3 + tonumber(ARGV[1])))
+local n = tonumber(ARGV[6])
+for i = 1, n do
+  if ARGV[6 + i] == state then
+    local to = ARGV[7 + n]
+    redis.call('HSET', KEYS[2], 'state', to, unpack(ARGV, 8 + n))
+    if to == 'running' or to == 'cancelling' then
+      redis.call('SADD', KEYS[3], ARGV[3])
+    else
+      redis.call('SREM', KEYS[3], ARGV[3])
+    end
+    if ARGV[5] == '1' then
+      redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+    elseif to == 'succeeded' or to == 'failed' or to == 'cancelled' then
+      redis.call('ZREM', KEYS[4], ARGV[3])
+    end
     return {1, state}
   end
 end
 return {0, state}
 """
 
+# Step entries, progress and a read of the state in one fenced round trip.
+# KEYS: lease, job hash, steps stream. ARGV: token, lease TTL, maxlen, records,
+#       then per record: entry id, field count, field, value...; then progress field, value...
+_REPORT = _FENCE + """
+if not fenced(ARGV[1], ARGV[2]) then return {-1, '', {}} end
+local i = 5
+local refused = {}
+for r = 1, tonumber(ARGV[4]) do
+  local nf = tonumber(ARGV[i + 1])
+  local added = redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], ARGV[i], unpack(ARGV, i + 2, i + 1 + 2 * nf))
+  if type(added) == 'table' and added.err then refused[#refused + 1] = ARGV[i] end
+  i = i + 2 + 2 * nf
+end
+if i < #ARGV then redis.call('HSET', KEYS[2], unpack(ARGV, i)) end
+return {1, redis.call('HGET', KEYS[2], 'state') or '', refused}
+"""
 
-# The lease is renewed or released only by the trainer whose token it holds.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
+# KEYS: lease, job hash, blob key. ARGV: token, lease TTL, blob.
+_PUT_FENCED = _FENCE + """
+if not fenced(ARGV[1], ARGV[2]) then return 0 end
+redis.call('SET', KEYS[3], ARGV[3])
+return 1
+"""
+
+# KEYS: lease, job hash. ARGV: token, lease TTL.
+_RENEW = _FENCE + """
+if not fenced(ARGV[1], ARGV[2]) then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# Claim an outbox entry that has waited past the grace period: re-score it to now, so other
+# sweepers leave it alone while this one sends (a sweeper that dies mid-way leaves it due again).
+_CLAIM_UNSENT = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) <= tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  return 1
+end
+return 0
+"""
+# Remove an outbox entry only if nobody re-added it since (a later hand-back needs its own send).
+_SENT = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+
+JOB_ID = re.compile(r"job_[0-9a-f]{32}")
 
 
 def now() -> float:
@@ -77,6 +162,15 @@ def decode_tensors(blob: bytes, limits: graphspec.Limits | None = None) -> dict[
 
     limits = limits or graphspec.Limits(max_bytes=max(len(blob), 1), max_tensor_elements=2**40)
     return tensors_from_tree(graphspec.parse(blob, "msgpack", limits), "stored tensors", limits=limits)
+
+
+class LeaseLost(Exception):
+    """A trainer's write was refused: the job's lease is held by another trainer, or the
+    sweep has already given the job back to the queue. The trainer must stop at once."""
+
+    def __init__(self, job_id: str):
+        super().__init__(f"job {job_id}: this trainer no longer holds the job's lease")
+        self.job_id = job_id
 
 
 class IdempotencyConflict(Exception):
@@ -129,8 +223,14 @@ class JobStore:
         self.settings = settings
         self.ns = settings.namespace
         self._transition = client.register_script(_TRANSITION)
+        self._report = client.register_script(_REPORT)
+        self._put_fenced = client.register_script(_PUT_FENCED)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._claim_unsent = client.register_script(_CLAIM_UNSENT)
+        self._sent = client.register_script(_SENT)
+        self.active_key = f"{self.ns}:active"
+        self.outbox_key = f"{self.ns}:outbox"
 
     @classmethod
     def connect(cls, settings: Settings) -> "JobStore":
@@ -160,10 +260,11 @@ class JobStore:
     # -- jobs --------------------------------------------------------------------------
     def create_job(self, tenant: str, graph_id: str, spec: dict[str, Any], data: bytes,
                    eval_data: bytes | None = None, idempotency_key: str | None = None) -> tuple[str, bool]:
-        """Store a queued job; returns (job id, created). With an Idempotency-Key already used
+        """Store a queued job, in the outbox until :meth:`mark_sent` (a job whose sender died
+        before sending is sent by the sweep); returns (job id, created). With an Idempotency-Key already used
         by this tenant for the same request, returns the existing job instead (created=False);
         the same key with a different request raises :class:`IdempotencyConflict`."""
-        job_id = "job_" + uuid.uuid4().hex
+        job_id = "job_" + uuid.uuid4().hex  # JOB_ID
         if idempotency_key is not None:
             idem = self.tenant_key(tenant, f"idem:{idempotency_key}")
             fingerprint = request_fingerprint(graph_id, spec, data, eval_data)
@@ -182,6 +283,7 @@ class JobStore:
         if eval_data is not None:
             pipe.set(self.job_key(job_id, "eval_data"), eval_data)
         pipe.zadd(self.tenant_key(tenant, "jobs"), {job_id: created})
+        pipe.zadd(self.outbox_key, {job_id: created})
         pipe.execute()
         return job_id, True
 
@@ -190,6 +292,8 @@ class JobStore:
         self.r.delete(self.tenant_key(tenant, f"idem:{key}"))
 
     def get_job(self, job_id: str) -> dict[str, str] | None:
+        if not JOB_ID.fullmatch(job_id):
+            return None  # not ours: and "job_x:data" must not reach another key of job_x
         raw = self.r.hgetall(self.job_key(job_id))
         return {k.decode(): v.decode() for k, v in raw.items()} if raw else None
 
@@ -219,44 +323,57 @@ class JobStore:
                         return out, score
         return out, None
 
-    def transition(self, job_id: str, allowed: Iterable[str], to: str, **fields: Any) -> tuple[bool, str]:
-        """Atomically move ``job_id`` to state ``to`` if it is in one of ``allowed``."""
+    def transition(self, job_id: str, allowed: Iterable[str], to: str, *, token: str | None = None,
+                   enqueue: bool = False, **fields: Any) -> tuple[bool, str]:
+        """Atomically move ``job_id`` to state ``to`` if it is in one of ``allowed``; returns
+        (moved, the state before). With ``token`` (a trainer's) the move is fenced: refused
+        with :class:`LeaseLost` unless that trainer holds the lease; ``token="!"`` (the sweep)
+        moves only while no trainer holds it. ``enqueue`` puts the job in the outbox: its
+        message is to be sent, and the sweep sends it if the sender dies first."""
         allowed = list(allowed)
         flat: list[Any] = []
         for k, v in fields.items():
             flat += [k, v]
-        ok, previous = self._transition(keys=[self.job_key(job_id)], args=[len(allowed), *allowed, to, *flat])
+        moved, previous = self._transition(
+            keys=[self.job_key(job_id, "lease"), self.job_key(job_id), self.active_key, self.outbox_key],
+            args=[token or "", self._lease_ms(), job_id, repr(now()), "1" if enqueue else "0", len(allowed), *allowed,
+                  to, *flat])
+        if moved == -1:
+            raise LeaseLost(job_id)
         previous = previous.decode() if isinstance(previous, bytes) else previous
-        if ok:
-            # the index of jobs that a worker is running, for the orphan sweep
-            # A job sent back to the queue by a worker (requeued=True) stays in the index until
-            # a trainer picks it up, so a requeue interrupted before its message was sent is found.
-            if to in ("running", "cancelling") or (to == "queued" and fields.get("requeued")):
-                self.r.sadd(f"{self.ns}:active", job_id)
-            else:
-                self.r.srem(f"{self.ns}:active", job_id)
-            if to in TERMINAL:
-                self.expire_job(job_id)
-        return bool(ok), previous
+        if moved and to in TERMINAL:
+            self.expire_job(job_id)
+        return bool(moved), previous
+
+    # -- the outbox: jobs whose task message is not yet known to be sent -------------------
+    def mark_sent(self, job_id: str, enqueued_at: float | None = None) -> None:
+        """The job's message is in the broker: drop it from the outbox (unless re-added since)."""
+        score = enqueued_at if enqueued_at is not None else self.r.zscore(self.outbox_key, job_id)
+        if score is not None:
+            self._sent(keys=[self.outbox_key], args=[job_id, repr(score)])
+
+    def outbox_entry(self, job_id: str) -> float | None:
+        return self.r.zscore(self.outbox_key, job_id)
+
+    def claim_unsent(self, grace_s: float) -> list[tuple[str, float]]:
+        """Outbox entries older than ``grace_s`` (their sender died or failed), each claimed by
+        this caller alone; returns (job id, claim score) to pass to :meth:`mark_sent`."""
+        claimed = []
+        due = now() - grace_s
+        for raw, _ in self.r.zrangebyscore(self.outbox_key, "-inf", due, withscores=True):
+            stamp = now()
+            if self._claim_unsent(keys=[self.outbox_key], args=[raw, repr(due), repr(stamp)]):
+                claimed.append((raw.decode(), stamp))
+        return claimed
 
     def worker_stopping_key(self, worker: str) -> str:
         """Set by a worker's main process when it begins a warm shutdown (any pool)."""
         return f"{self.ns}:worker:{worker}:stopping"
 
     def orphans(self) -> list[str]:
-        """Jobs in the index whose trainer's lease has expired: running (or cancelling) ones lost
-        their worker; requeued ones may have lost their message (resent after 3 lease TTLs)."""
-        orphaned = []
-        stale = now() - 3 * self.settings.lease_ttl_s
-        for raw in self.r.smembers(f"{self.ns}:active"):
-            job_id = raw.decode()
-            if self.r.exists(self.job_key(job_id, "lease")):
-                continue
-            state, requeued = self.r.hmget(self.job_key(job_id), "state", "requeued")
-            if state == b"queued" and requeued is not None and float(requeued) > stale:
-                continue  # its message is most likely still in the queue
-            orphaned.append(job_id)
-        return orphaned
+        """Running (or cancelling) jobs whose trainer's lease has expired: their worker was lost."""
+        return [raw.decode() for raw in self.r.smembers(self.active_key)
+                if not self.r.exists(self.job_key(raw.decode(), "lease"))]
 
     def request_cancel(self, job_id: str) -> str | None:
         """Queued jobs are cancelled at once; running ones move to cancelling and the worker
@@ -275,11 +392,15 @@ class JobStore:
                                px=int(self.settings.lease_ttl_s * 1000)))
 
     def renew_lease(self, job_id: str, token: str) -> bool:
-        return bool(self._renew(keys=[self.job_key(job_id, "lease")],
-                                args=[token, int(self.settings.lease_ttl_s * 1000)]))
+        """False once the lease is lost for good (another trainer, or the job was requeued)."""
+        return bool(self._renew(keys=[self.job_key(job_id, "lease"), self.job_key(job_id)],
+                                args=[token, self._lease_ms()]))
 
     def release_lease(self, job_id: str, token: str) -> None:
         self._release(keys=[self.job_key(job_id, "lease")], args=[token])
+
+    def _lease_ms(self) -> int:
+        return int(self.settings.lease_ttl_s * 1000)
 
     def expire_job(self, job_id: str) -> None:
         ttl = self.settings.retention_s
@@ -289,21 +410,26 @@ class JobStore:
         pipe.execute()
 
     # -- progress (worker side) ---------------------------------------------------------
-    def report_steps(self, job_id: str, records: list[StepRecord], progress: dict[str, Any]) -> tuple[list[int], str]:
-        """Append step entries, update the job hash and read the job's state, in one round trip.
+    def report_steps(self, job_id: str, token: str, records: list[StepRecord],
+                     progress: dict[str, Any]) -> tuple[list[int], str]:
+        """Append step entries, update the job hash and read the job's state, in one fenced
+        round trip (:class:`LeaseLost` if ``token`` no longer holds the job).
 
         Returns the steps Redis refused as already written (a replay after a redelivery)
         and the state (so the worker sees a cancel request without another round trip)."""
-        pipe = self.r.pipeline(transaction=False)
+        args: list[Any] = [token, self._lease_ms(), self.settings.stream_maxlen, len(records)]
         for rec in records:
-            pipe.xadd(self.job_key(job_id, "steps"), rec.to_fields(), id=f"{rec.step}-0",
-                      maxlen=self.settings.stream_maxlen, approximate=True)
-        pipe.hset(self.job_key(job_id), mapping=progress)
-        pipe.hget(self.job_key(job_id), "state")
-        results = pipe.execute(raise_on_error=False)
-        refused = [rec.step for rec, res in zip(records, results) if isinstance(res, redis.ResponseError)]
-        state = results[-1].decode() if isinstance(results[-1], bytes) else ""
-        return refused, state
+            fields = rec.to_fields()
+            args += [f"{rec.step}-0", len(fields)]
+            for k, v in fields.items():
+                args += [k, v]
+        for k, v in progress.items():
+            args += [k, v]
+        ok, state, refused = self._report(
+            keys=[self.job_key(job_id, "lease"), self.job_key(job_id), self.job_key(job_id, "steps")], args=args)
+        if ok == -1:
+            raise LeaseLost(job_id)
+        return [int(r.decode().partition("-")[0]) for r in refused], state.decode()
 
     def read_steps(self, job_id: str, *, after: int = 0, limit: int = 100) -> list[StepRecord]:
         entries = self.r.xrange(self.job_key(job_id, "steps"), min=f"({after}-0" if after else "-", max="+",
@@ -316,5 +442,8 @@ class JobStore:
     def get_blob(self, job_id: str, part: str) -> bytes | None:
         return self.r.get(self.job_key(job_id, part))
 
-    def put_blob(self, job_id: str, part: str, blob: bytes) -> None:
-        self.r.set(self.job_key(job_id, part), blob)
+    def put_blob(self, job_id: str, part: str, blob: bytes, *, token: str) -> None:
+        """A trainer's write of a checkpoint or result, fenced by its lease token."""
+        if not self._put_fenced(keys=[self.job_key(job_id, "lease"), self.job_key(job_id), self.job_key(job_id, part)],
+                                args=[token, self._lease_ms(), blob]):
+            raise LeaseLost(job_id)

@@ -51,6 +51,7 @@ def submit(store, celery_app, settings, celery_worker):
 
     def send_message(job_id: str) -> None:
         celery_app.send_task("chainrule.train", args=[job_id], queue=settings.queue)
+        store.mark_sent(job_id)  # as the API does: else the sweep sends it again after unsent_grace_s
 
     submit.send = send_message
     return submit
@@ -211,6 +212,7 @@ def test_time_limit_fails_the_job_on_a_prefork_worker(store, celery_app, setting
     with run_worker(celery_app, env, queue=queue, hostname=f"{settings.namespace}-prefork@localhost",
                     log_path=tmp_path / "prefork.log", pool="prefork") as worker:
         celery_app.send_task("chainrule.train", args=[job_id], queue=queue, soft_time_limit=1, time_limit=30)
+        store.mark_sent(job_id)
         try:
             job, _ = wait_for_state(store, job_id, {"succeeded", "failed", "cancelled"}, timeout=20)
         except AssertionError:
@@ -252,13 +254,16 @@ def test_redelivered_job_resumes_from_its_checkpoint(store, submit, seed_graph, 
     by_step = {r.step: r for r in reports}
 
     job_id = submit(seed_graph, seed_data, spec, send=False)
-    # The first attempt, as it was when its worker died.
-    assert store.transition(job_id, ["queued"], "running", started="1.0", worker="dead@host")[0]
+    # The first attempt, as it was when its worker died (its lease then expired).
+    assert store.acquire_lease(job_id, "dead")
+    assert store.transition(job_id, ["queued"], "running", token="dead", started="1.0", worker="dead@host",
+                            lease="dead")[0]
     store.r.hincrby(store.job_key(job_id), "attempts", 1)
-    store.put_blob(job_id, "checkpoint", checkpoints[0].to_bytes())
+    store.put_blob(job_id, "checkpoint", checkpoints[0].to_bytes(), token="dead")
     assert checkpoints[0].step == 20
     first = [StepRecord(step, by_step[step].loss, by_step[step].grad_norms, time.time()) for step in range(5, 26, 5)]
-    assert store.report_steps(job_id, first, {"step": 25})[0] == []
+    assert store.report_steps(job_id, "dead", first, {"step": 25})[0] == []
+    store.r.delete(store.job_key(job_id, "lease"))
     written_before = {s.step: s.time for s in all_steps(store, job_id)}
 
     submit.send(job_id)
@@ -284,11 +289,13 @@ def test_replayed_step_is_refused_not_duplicated(store, submit, seed_graph, seed
     def rec(step: int, loss: float) -> StepRecord:
         return StepRecord(step=step, loss=loss, grad_norms={"w1": 0.1}, time=time.time())
 
+    assert store.acquire_lease(job_id, "t")
     # report_steps returns (refused steps, the job's state).
-    assert store.report_steps(job_id, [rec(1, 0.9), rec(2, 0.8)], {"step": 2}) == ([], "queued")
+    assert store.report_steps(job_id, "t", [rec(1, 0.9), rec(2, 0.8)], {"step": 2}) == ([], "queued")
     # A redelivered task replays steps 2 and 3 from a checkpoint: 2 is refused, 3 is new.
-    assert store.report_steps(job_id, [rec(2, 0.5), rec(3, 0.7)], {"step": 3}) == ([2], "queued")
-    assert store.report_steps(job_id, [rec(3, 0.1), rec(1, 0.2)], {"step": 3}) == ([3, 1], "queued")
+    assert store.report_steps(job_id, "t", [rec(2, 0.5), rec(3, 0.7)], {"step": 3}) == ([2], "queued")
+    assert store.report_steps(job_id, "t", [rec(3, 0.1), rec(1, 0.2)], {"step": 3}) == ([3, 1], "queued")
+    store.release_lease(job_id, "t")
     steps = all_steps(store, job_id)
     assert [(s.step, s.loss) for s in steps] == [(1, 0.9), (2, 0.8), (3, 0.7)]
     assert store.get_job(job_id)["step"] == "3"
