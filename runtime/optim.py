@@ -126,7 +126,10 @@ class Optimizer:
 def _number(owner: str, key: str, value: Any, *, minimum: float = 0.0, below: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ValueError(f"{owner}: {key} must be a number, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond the float range (JSON allows any)
+        value = math.inf
     if not math.isfinite(value) or value < minimum or (below is not None and value >= below):
         bound = f"in [{minimum}, {below})" if below is not None else f">= {minimum}"
         raise ValueError(f"{owner}: {key} must be a finite number {bound}, got {value!r}")

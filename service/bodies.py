@@ -11,6 +11,7 @@ import json
 import math
 from typing import Any, Literal, TypeVar
 
+import msgpack
 import numpy as np
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
@@ -48,12 +49,42 @@ async def read_tree(request: Request, limits: graphspec.Limits) -> Any:
     encoding = request_encoding(request.headers.get("content-type"))
     body = await request.body()
     try:
-        return await run_in_threadpool(graphspec.parse, body, encoding, limits)
+        return await run_in_threadpool(_parse, body, encoding, limits)
     except graphspec.GraphSpecError as exc:
         parse_failure = any(i.code == "parse_error" for i in exc.issues)
         raise ProblemError(400 if parse_failure else 422,
                            f"the body is not a readable {encoding} document: {exc.issues[0].message}",
                            kind="malformed-body", errors=exc.issues) from None
+
+
+def _parse(body: bytes, encoding: Encoding, limits: graphspec.Limits) -> Any:
+    if encoding == "msgpack" and body.strip() and len(body) <= limits.max_bytes:  # else parse says too large
+        _check_msgpack_structure(body)
+    return graphspec.parse(body, encoding, limits)
+
+
+def _check_msgpack_structure(body: bytes) -> None:
+    """Walk the msgpack body once without building anything (msgpack's ``skip``, in C).
+
+    The building parse preallocates room for each container it opens, up to 10,000 slots
+    (80 KB) per container before a single element has arrived: five bytes that declare a
+    big array, repeated a thousand levels deep, would cost some 80 MB. A body that holds
+    every element it declares cannot do that (each slot is then at least a byte of the
+    body), so truncated and too-deep structures are refused here, before the parse.
+    """
+    unpacker = msgpack.Unpacker(max_buffer_size=len(body))
+    unpacker.feed(body)
+    try:
+        unpacker.skip()
+    except msgpack.StackError:
+        issue = graphspec.Issue("too_deep", "", "document nesting exceeds msgpack's limit")
+    except msgpack.OutOfData:
+        issue = graphspec.Issue("parse_error", "", "not valid msgpack: it ends before the elements it declares")
+    except (ValueError, msgpack.UnpackException) as exc:
+        issue = graphspec.Issue("parse_error", "", f"not valid msgpack: {str(exc) or type(exc).__name__}"[:300])
+    else:
+        return
+    raise graphspec.GraphSpecError([issue])
 
 
 def validate_model(model: type[M], tree: Any) -> M:

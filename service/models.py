@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from graphspec import DTYPES
 from runtime import OPTIMIZERS
@@ -76,14 +76,37 @@ class GraphCreated(BaseModel):
 
 # -- jobs ---------------------------------------------------------------------------------
 
+def _float_sized(value: Any) -> Any:
+    """Hyperparameters become floats: a JSON integer beyond the float range (``1`` and 400 zeros)
+    is refused here, with its location, rather than overflowing in the optimizer's ``float()``."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, int) and not isinstance(item, bool):
+            try:
+                float(item)
+            except OverflowError:
+                raise ValueError("the number is too large to be a hyperparameter") from None
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+    return value
+
+
+Hyperparameter = Annotated[Any, AfterValidator(_float_sized)]
+
+
 class OptimizerSpec(BaseModel):
     """An optimizer by name with its hyperparameters (checked by runtime.make_optimizer): ``lr``
     and e.g. ``momentum``, ``nesterov``, ``weight_decay`` (SGD) or ``betas``, ``eps``, ``weight_decay`` (Adam)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": True})
+    __pydantic_extra__: dict[str, Hyperparameter] = Field(init=False)  # validates the other hyperparameters
     name: Annotated[str, WithJsonSchema({"type": "string", "enum": list(OPTIMIZERS)})]
-    lr: Annotated[Any, WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0}, {"type": "null"}],
-                                       "description": "learning rate (required for sgd and momentum)"})] = None
+    lr: Annotated[Hyperparameter, WithJsonSchema({
+        "anyOf": [{"type": "number", "minimum": 0}, {"type": "null"}],
+        "description": "learning rate (required for sgd and momentum)"})] = None
 
     def as_kwargs(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from graphspec import GraphSpecError, Issue
 from graphspec.errors import pointer
@@ -134,6 +135,16 @@ def problem_response(exc: ProblemError, path: str | None) -> JSONResponse:
                         media_type=PROBLEM_MEDIA_TYPE)
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app fully matches on the request's path, for a 405's ``Allow``."""
+    return [method for method in _METHODS
+            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL
+                   for route in request.app.router.routes)]
+
+
 # -- the one place where exceptions become responses ----------------------------------------
 
 def register_exception_handlers(app: FastAPI) -> None:
@@ -149,8 +160,12 @@ def register_exception_handlers(app: FastAPI) -> None:
         else:
             detail = str(exc.detail) if exc.detail else HTTPStatus(status).phrase
         kind = {404: "not-found", 405: "method-not-allowed"}.get(status)
-        return problem_response(ProblemError(status, detail, kind=kind, headers=dict(exc.headers or {})),
-                                request.url.path)
+        headers = dict(exc.headers or {})
+        if status == 405 and (allowed := allowed_methods(request)):
+            # Starlette names only the methods of the first route that matched the path; other
+            # routes may serve the same path (GET and POST /v1/jobs are two), and RFC 9110 wants all.
+            headers["Allow"] = ", ".join(allowed)
+        return problem_response(ProblemError(status, detail, kind=kind, headers=headers), request.url.path)
 
     async def on_request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         issues = validation_issues(exc.errors())

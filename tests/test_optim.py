@@ -291,3 +291,9 @@ def test_step_never_writes_to_gradients(kind, hyper):
     assert params["p"].tobytes() == params["q"].tobytes()
     for buffers in opt.state.values():
         assert not any(np.shares_memory(buf, g) for buf in buffers.values())
+
+
+def test_a_hyperparameter_beyond_the_float_range_is_a_value_error():
+    """JSON allows integers of any size; float() of one overflows: a ValueError, never an OverflowError."""
+    with pytest.raises(ValueError, match="finite"):
+        make_optimizer(name="sgd", lr=10**400)
