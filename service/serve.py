@@ -18,7 +18,10 @@ process group after 10 s), then Redis, removes the temporary directory and exits
 
 Every child runs in its own session (so a terminal's Ctrl-C reaches only this process,
 which stops the children in order) and, on Linux, gets SIGTERM if this process dies.
-Without ``CHAINRULE_API_KEYS`` authentication is disabled: local development only.
+Without ``CHAINRULE_API_KEYS`` authentication is disabled: local development only. That is
+refused when the API would listen on a non-loopback interface (``--host 0.0.0.0``), unless
+``CHAINRULE_AUTH_DISABLED=true`` asks for it explicitly: an unauthenticated API is never
+exposed to the network by default.
 """
 
 from __future__ import annotations
@@ -92,7 +95,9 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 # -- arguments ---------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``chainrule serve``; also sets ``func=serve`` as the parser's default."""
-    parser.add_argument("--host", default="127.0.0.1", help="interface the API listens on (default 127.0.0.1)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface the API listens on (default 127.0.0.1; any other interface needs "
+                             "CHAINRULE_API_KEYS)")
     parser.add_argument("--port", type=int, default=8000, help="API port (default 8000; 0 = any free port)")
     parser.add_argument("--workers-count", type=int, default=1, metavar="N",
                         help="training jobs run at once: the worker's prefork pool size (default 1)")
@@ -158,6 +163,24 @@ def _local_url_host(host: str) -> str:
 
 def _is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _auth_disabled_explicitly(env: dict[str, str]) -> bool:
+    return env.get("CHAINRULE_AUTH_DISABLED", "").strip().lower() in _TRUE
+
+
+def auth_exposure_problem(host: str, env: dict[str, str]) -> str | None:
+    """Why serving on ``host`` with environment ``env`` must be refused, or None.
+
+    Without CHAINRULE_API_KEYS ``serve`` disables authentication, which is only acceptable on
+    a loopback interface: anywhere else anyone who can reach the port could train on this
+    machine and read every job. CHAINRULE_AUTH_DISABLED=true is the explicit opt-in."""
+    if env.get("CHAINRULE_API_KEYS", "").strip() or _is_loopback(host) or _auth_disabled_explicitly(env):
+        return None
+    return (f"refusing to serve without authentication on {host or 'every interface'}: CHAINRULE_API_KEYS is "
+            "unset, so every request would be accepted from any machine that reaches the port. Set "
+            "CHAINRULE_API_KEYS=key:tenant (comma-separated pairs), or listen on 127.0.0.1 (the default), or set "
+            "CHAINRULE_AUTH_DISABLED=true to run without authentication on purpose")
 
 
 def _redact(url: str) -> str:
@@ -445,6 +468,10 @@ class Stack:
         env["PYTHONUNBUFFERED"] = "1"
         external = env.get("CHAINRULE_REDIS_URL") or env.get("REDIS_URL")  # Settings' order of precedence
 
+        exposure = auth_exposure_problem(args.host, env)  # before anything is started
+        if exposure is not None:
+            raise ServeError(exposure)
+
         port = args.port or free_port("127.0.0.1" if args.host in ("", "0.0.0.0") else args.host)
         if not _port_is_free(args.host, port):
             raise ServeError(f"{args.host}:{port} is already in use: pick another --port")
@@ -499,7 +526,7 @@ class Stack:
             env["CHAINRULE_AUTH_DISABLED"] = "true"
             line = ("auth is DISABLED (CHAINRULE_API_KEYS is unset): every request is tenant 'local'. "
                     "For local development only.")
-        elif env.get("CHAINRULE_AUTH_DISABLED", "").strip().lower() in _TRUE:
+        elif _auth_disabled_explicitly(env):
             line = "auth is DISABLED (CHAINRULE_AUTH_DISABLED is set): every request is tenant 'local'."
         else:
             count = len([k for k in keys.split(",") if k.strip()])

@@ -36,13 +36,16 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A throwaway ``redis-server`` on 127.0.0.1; use as a context manager."""
 
-    def __init__(self, binary: str | None = None, startup_timeout: float = 10.0):
+    def __init__(self, binary: str | None = None, startup_timeout: float = 10.0, *, appendonly: bool = False):
         self.binary = binary or shutil.which("redis-server")
         if self.binary is None:
             raise RuntimeError(
                 "no Redis answers and there is no `redis-server` on PATH to start one: install Redis "
                 "(e.g. `apt-get install redis-server`) or point CHAINRULE_REDIS_URL at a running server")
         self.startup_timeout = startup_timeout
+        # AOF with fsync on every write, as a durable deployment (docker-compose.yml) runs it:
+        # what the fault tests restart must come back with every acknowledged write.
+        self.appendonly = appendonly
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
         self.tmpdir: tempfile.TemporaryDirectory | None = None
@@ -62,23 +65,40 @@ class EmbeddedRedis:
         last_error = ""
         for _ in range(5):  # a port picked as free can be taken before redis binds it: retry
             self.port = free_port()
-            self.proc = subprocess.Popen(
-                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", self.tmpdir.name, "--logfile", "redis.log", "--daemonize", "no"],
-                cwd=self.tmpdir.name, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL)
-            deadline = time.monotonic() + self.startup_timeout
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    break
-                if answers(self.url, timeout=0.5):
-                    return self
-                time.sleep(0.05)
+            if self._spawn():
+                return self
             last_error = self.log()[-2000:]
             self._terminate()
         self.tmpdir.cleanup()
         self.tmpdir = None
         raise RuntimeError(f"could not start {self.binary}; its log:\n{last_error}")
+
+    def _spawn(self) -> bool:
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence,
+             "--dir", self.tmpdir.name, "--logfile", "redis.log", "--daemonize", "no"],
+            cwd=self.tmpdir.name, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            if answers(self.url, timeout=0.5):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def shutdown(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the server, keeping its data directory (SIGTERM: a clean restart; SIGKILL: a crash)."""
+        if self.proc is not None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+    def restart_after_shutdown(self) -> None:
+        """Start again on the same port and directory: with appendonly, from its AOF."""
+        if not self._spawn():
+            raise RuntimeError(f"redis did not come back; its log:\n{self.log()[-2000:]}")
 
     def _terminate(self) -> None:
         if self.proc is None:

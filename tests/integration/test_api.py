@@ -458,7 +458,8 @@ def test_cancel_mid_run(api):
 
 # -- tenancy ---------------------------------------------------------------------------------
 def test_tenant_isolation(api):
-    graph_id = stored_graph_id(api, tenant="tenant-a")
+    # A graph only tenant-a has stored (graphs are content-addressed per tenant: B may hold the seed too).
+    graph_id = stored_graph_id(api, {**SEED_DOC, "name": f"only-a-{uuid.uuid4().hex}"}, tenant="tenant-a")
     job = submit(api, tenant="tenant-a", graph=None, graph_id=graph_id, steps=5)
     wait_job(api, job["id"])
     job_id = job["id"]
@@ -628,6 +629,24 @@ def test_explain(api, settings):
     problem = assert_problem(api.post(f"/v1/graphs/{graph_id}/explain", json={"inputs": {}}), 422)
     assert problem.get("errors"), problem
 
+
+
+def test_explain_counts_the_values_it_would_compute_not_only_the_inputs(api, settings):
+    """One input element broadcast against an [n] and an [n, 1] parameter is n*n values per
+    node: refused before anything is computed, though every tensor sent is small."""
+    n = 64
+    assert n * n > settings.max_explain_elements and 2 * n < settings.max_explain_elements
+    doc = {"format": "chainrule.graph", "version": "1.0", "name": "broadcast_bomb",
+           "inputs": {"x": {"dtype": "float64", "shape": [1]}},
+           "parameters": {"a": {"dtype": "float64", "shape": [n], "init": {"kind": "zeros"}},
+                          "b": {"dtype": "float64", "shape": [n, 1], "init": {"kind": "zeros"}}},
+           "nodes": [{"id": "xa", "op": "mul", "inputs": ["x", "a"]}, {"id": "outer", "op": "add", "inputs": ["xa", "b"]},
+                     {"id": "loss", "op": "sum", "inputs": ["outer"]}],
+           "outputs": {"loss": "loss"}, "loss": "loss"}
+    graph_id = stored_graph_id(api, doc)
+    problem = assert_problem(api.post(f"/v1/graphs/{graph_id}/explain",
+                                      json={"inputs": {"x": {"dtype": "float64", "shape": [1], "data": [1.0]}}}), 413)
+    assert "would show" in problem["detail"] and problem["errors"][0]["location"] == "/inputs"
 
 # -- malformed bodies -------------------------------------------------------------------------
 @pytest.mark.parametrize("url", ["/v1/jobs", "/v1/graphs"])
