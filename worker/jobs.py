@@ -54,7 +54,7 @@ def patiently(store: JobStore, call: Callable[..., T], *args: Any, **kwargs: Any
                 raise
             log.warning("redis unavailable (%s); retrying in %.2f s", exc, delay)
             time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            delay = min(delay * 2, 0.5)
 
 
 def _quietly(call: Callable[..., T], default: T) -> T:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 
 from celery import Celery
 
@@ -38,11 +39,11 @@ def send_job(celery: Celery, store: JobStore, job_id: str, job: dict[str, str]) 
                      time_limit=limit + 30)
 
 
-def sweep(store: JobStore, celery: Celery) -> list[tuple[str, str]]:
-    """Requeue or fail every orphaned job and send every job stuck in the outbox;
-    returns (job id, what was done)."""
+def sweep(store: JobStore, celery: Celery, *, orphans: bool = True) -> list[tuple[str, str]]:
+    """Requeue or fail every orphaned job (unless ``orphans`` is False) and send every job
+    stuck in the outbox; returns (job id, what was done)."""
     done = []
-    for job_id in store.orphans():
+    for job_id in store.orphans() if orphans else ():
         job = store.get_job(job_id)
         if job is None:
             store.r.srem(store.active_key, job_id)
@@ -79,18 +80,30 @@ def sweep(store: JobStore, celery: Celery) -> list[tuple[str, str]]:
 
 
 class Sweeper(threading.Thread):
-    """Runs :func:`sweep` every ``sweep_interval_s`` in a worker's main process."""
+    """Runs :func:`sweep` every ``sweep_interval_s`` in a worker's main process.
+
+    After Redis was unreachable, orphans are left alone for one lease TTL: every lease may
+    have lapsed during the outage while its trainer is alive and waiting to write; given
+    that time it takes its lease back and carries on, instead of being requeued and
+    resuming from its last checkpoint."""
 
     def __init__(self, store: JobStore, celery: Celery):
         super().__init__(name="chainrule-orphan-sweep", daemon=True)
         self.store, self.celery = store, celery
         self.stopping = threading.Event()
+        self.redis_was_down = False
+        self.orphans_after = 0.0
 
     def run(self) -> None:
         while not self.stopping.is_set():
             try:
-                sweep(self.store, self.celery)
+                if self.redis_was_down:
+                    self.store.r.ping()
+                    self.redis_was_down = False
+                    self.orphans_after = time.monotonic() + self.store.settings.lease_ttl_s
+                sweep(self.store, self.celery, orphans=time.monotonic() >= self.orphans_after)
             except REDIS_DOWN as exc:  # the next round retries
+                self.redis_was_down = True
                 log.warning("orphan sweep skipped: redis unavailable (%s)", exc)
             except Exception:  # noqa: BLE001 - a bug here must not stop future sweeps
                 log.exception("orphan sweep failed")
