@@ -240,6 +240,8 @@ def test_redis_has_aof_a_healthcheck_and_no_public_port(config):
     command = redis["command"]
     assert command[0] == "redis-server"
     assert "--appendonly" in command and command[command.index("--appendonly") + 1] == "yes", command
+    # what tests/integration/test_redis_restart.py proves survives a Redis crash
+    assert command[command.index("--appendfsync") + 1] == "always", command
     health = redis["healthcheck"]
     assert not health.get("disable") and health["test"][0] in ("CMD", "CMD-SHELL") and "ping" in health["test"]
     assert any(v["target"] == "/data" and v["type"] == "volume" for v in redis.get("volumes", [])), \
