@@ -52,23 +52,25 @@ async def job_events(store: JobStore, settings: Settings, path: str, job_id: str
     last = after
     try:
         while True:
-            entries = await _read(client, key, last, block=True)
+            entries = await _read(client, key, last, block=False)
+            if not entries:
+                # Nothing new: a finished job ends the stream at once, a live one is waited on.
+                raw = await client.hgetall(store.job_key(job_id))
+                job = {k.decode(): v.decode() for k, v in raw.items()} if raw else None
+                if job is None:  # expired or removed while streaming
+                    return
+                if job["state"] in TERMINAL:
+                    # steps are written before the final state: whatever came in between is here now
+                    while entries := await _read(client, key, last, block=False):
+                        for record in entries:
+                            last = record.step
+                            yield ServerSentEvent(step_json(record), event="step", id=str(record.step))
+                    yield ServerSentEvent(job_resource(job).model_dump_json(), event="end")
+                    return
+                entries = await _read(client, key, last, block=True)
             for record in entries:
                 last = record.step
                 yield ServerSentEvent(step_json(record), event="step", id=str(record.step))
-            if entries:
-                continue
-            raw = await client.hgetall(store.job_key(job_id))
-            job = {k.decode(): v.decode() for k, v in raw.items()} if raw else None
-            if job is None:  # expired or removed while streaming
-                return
-            if job["state"] in TERMINAL:
-                while entries := await _read(client, key, last, block=False):
-                    for record in entries:
-                        last = record.step
-                        yield ServerSentEvent(step_json(record), event="step", id=str(record.step))
-                yield ServerSentEvent(job_resource(job).model_dump_json(), event="end")
-                return
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         log.warning("event stream of %s lost Redis: %s", job_id, exc)
         problem: ProblemError = unavailable("the job store (Redis) is not reachable; reconnect later",
