@@ -301,27 +301,32 @@ class JobStore:
         job = self.get_job(job_id)
         return job if job is not None and job.get("tenant") == tenant else None
 
-    def list_jobs(self, tenant: str, *, state: str | None = None, before: float | None = None,
-                  limit: int = 50) -> tuple[list[dict[str, str]], float | None]:
-        """Newest first; ``before`` is the cursor (a creation time) from the previous page."""
+    def list_jobs(self, tenant: str, *, state: str | None = None, before: tuple[float, str] | None = None,
+                  limit: int = 50) -> tuple[list[dict[str, str]], tuple[float, str] | None]:
+        """Newest first. ``before`` is the cursor from the previous page: (creation time, job id)
+        of its last job; jobs created in the same instant are ordered by id, so none is skipped."""
         key = self.tenant_key(tenant, "jobs")
         out: list[dict[str, str]] = []
-        cursor = "+inf" if before is None else f"({before!r}"
-        while len(out) < limit:
-            ids = self.r.zrevrangebyscore(key, cursor, "-inf", start=0, num=limit * 2, withscores=True)
-            if not ids:
+        offset = 0
+        while True:
+            rows = self.r.zrevrangebyscore(key, "+inf" if before is None else repr(before[0]), "-inf",
+                                           start=offset, num=limit * 2, withscores=True)
+            if not rows:
                 return out, None
-            for job_id, score in ids:
-                job = self.get_job(job_id.decode())
-                cursor = f"({score!r}"
+            offset += len(rows)
+            for raw, score in rows:
+                job_id = raw.decode()
+                if before is not None and score == before[0] and job_id >= before[1]:
+                    continue  # the cursor's own job, or one listed before it in the same instant
+                job = self.get_job(job_id)
                 if job is None:
-                    self.r.zrem(key, job_id)  # expired by retention
+                    self.r.zrem(key, raw)  # expired by retention
+                    offset -= 1
                     continue
                 if state is None or job["state"] == state:
                     out.append(job)
                     if len(out) == limit:
-                        return out, score
-        return out, None
+                        return out, (score, job_id)
 
     def transition(self, job_id: str, allowed: Iterable[str], to: str, *, token: str | None = None,
                    enqueue: bool = False, **fields: Any) -> tuple[bool, str]:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from worker.store import STATES, TERMINAL
+from worker.store import JOB_ID, STATES, TERMINAL
 
 from ..bodies import MsgpackResponse, negotiated, wants_msgpack
 from ..deps import CeleryDep, JobRequestBody, SettingsDep, StoreDep, TenantDep, get_tenant
@@ -69,7 +69,7 @@ def create_job(body: JobRequestBody, tenant: TenantDep, store: StoreDep, celery:
     "", response_model=JobList,
     summary="List jobs",
     description="The caller's jobs, newest first, optionally only those in one state. Pages are linked by "
-                "`next_cursor` (the creation time of the last job on the page), passed back as `?cursor=`.",
+                "`next_cursor` (an opaque position after the last job on the page), passed back as `?cursor=`.",
     responses=problem_responses(401, 422, 503),
 )
 def list_jobs(tenant: TenantDep, store: StoreDep,
@@ -79,21 +79,24 @@ def list_jobs(tenant: TenantDep, store: StoreDep,
               ) -> JobList:
     before = _cursor(cursor)
     jobs, last = store.list_jobs(tenant, state=state, before=before, limit=limit)
-    return JobList(jobs=[job_resource(j) for j in jobs], next_cursor=None if last is None else repr(last))
+    return JobList(jobs=[job_resource(j) for j in jobs],
+                   next_cursor=None if last is None else f"{last[0]!r}/{last[1]}")
 
 
-def _cursor(cursor: str | None) -> float | None:
+def _cursor(cursor: str | None) -> tuple[float, str] | None:
+    """``next_cursor`` is "<creation time>/<job id>" of the last job on the previous page."""
     if cursor is None:
         return None
+    when, _, job_id = cursor.partition("/")
     try:
-        value = float(cursor)
+        value = float(when)
     except ValueError:
         value = float("nan")
-    if value != value or value in (float("inf"), float("-inf")):
+    if value != value or value in (float("inf"), float("-inf")) or (job_id and not JOB_ID.fullmatch(job_id)):
         raise ProblemError(422, "cursor must be a next_cursor value from a previous page", kind="invalid-request",
                            errors=[{"code": "invalid_cursor", "location": "/query/cursor",
                                     "message": "not a cursor returned by this API"}])
-    return value
+    return value, job_id
 
 
 @router.get(

@@ -364,3 +364,21 @@ def test_pickled_message_is_refused(store, submit, celery_app, celery_worker, se
     assert store.r.llen(f"{settings.namespace}:celery:{settings.queue}") == 0  # refused, not requeued
     log = celery_worker.log()
     assert "untrusted content" in log or "ContentDisallowed" in log, log[-3000:]
+
+
+def test_listing_pages_never_skip_jobs_created_in_the_same_instant(store):
+    """The cursor is (creation time, id): a page boundary inside a group of equal creation
+    times (a busy API, a coarse clock) neither skips nor repeats a job."""
+    tenant = f"ties-{uuid.uuid4().hex[:8]}"
+    ids = [store.create_job(tenant, "g", {"steps": 1}, b"")[0] for _ in range(7)]
+    store.r.zadd(store.tenant_key(tenant, "jobs"), {job_id: 1000.0 for job_id in ids[2:6]})  # four ties
+    for limit in (1, 2, 3):
+        seen, cursor = [], None
+        while True:
+            page, cursor = store.list_jobs(tenant, before=cursor, limit=limit)
+            seen += [job["id"] for job in page]
+            if cursor is None:
+                break
+        assert sorted(seen) == sorted(ids) and len(seen) == len(ids), limit
+    for job_id in ids:
+        store.request_cancel(job_id)
