@@ -37,6 +37,10 @@ def tenant_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> dict[str, s
 TenantJob = Annotated[dict[str, str], Depends(tenant_job)]
 
 
+# Every job route answers msgpack too when asked (Accept: application/msgpack).
+MSGPACK_TOO = {"content": {"application/msgpack": {}}}
+
+
 @router.post(
     "", status_code=202, response_model=JobResource,
     summary="Submit a training job",
@@ -45,24 +49,23 @@ TenantJob = Annotated[dict[str, str], Depends(tenant_job)]
                 "step budget (max_steps) and the data size (max_job_data_bytes, 413). Then stores the job and "
                 "queues it. With an `Idempotency-Key` header a repeated request returns the first job "
                 "(200, `Idempotent-Replayed: true`) instead of submitting another.",
-    responses={202: {"description": "Queued; Location is the job's URL"},
+    responses={202: {"description": "Queued; Location is the job's URL", **MSGPACK_TOO},
                200: {"description": "Replay of an earlier request with the same Idempotency-Key",
-                     "model": JobResource},
+                     "model": JobResource, **MSGPACK_TOO},
                **problem_responses(400, 401, 409, 413, 415, 422, 503)},
     openapi_extra=request_body("JobRequest", JOB_EXAMPLE, "the job: graph, data, optimizer and schedule"),
 )
 def create_job(body: JobRequestBody, tenant: TenantDep, store: StoreDep, celery: CeleryDep, settings: SettingsDep,
-               response: Response,
+               request: Request,
                idempotency_key: Annotated[str | None, Header(description="repeat-safe submission key")] = None,
-               ) -> JobResource:
+               ) -> Response:
     key = check_idempotency_key(idempotency_key)
     prepared = prepare_job(body, tenant, store, settings)
     job, created = submit_job(prepared, tenant, store, celery, settings, key)
-    response.headers["Location"] = f"/v1/jobs/{job['id']}"
+    headers = {"Location": f"/v1/jobs/{job['id']}"}
     if not created:
-        response.status_code = 200
-        response.headers["Idempotent-Replayed"] = "true"
-    return job_resource(job)
+        headers["Idempotent-Replayed"] = "true"
+    return negotiated(request, job_resource(job), status_code=202 if created else 200, headers=headers)
 
 
 @router.get(
@@ -70,17 +73,17 @@ def create_job(body: JobRequestBody, tenant: TenantDep, store: StoreDep, celery:
     summary="List jobs",
     description="The caller's jobs, newest first, optionally only those in one state. Pages are linked by "
                 "`next_cursor` (an opaque position after the last job on the page), passed back as `?cursor=`.",
-    responses=problem_responses(401, 422, 503),
+    responses={200: MSGPACK_TOO, **problem_responses(401, 422, 503)},
 )
-def list_jobs(tenant: TenantDep, store: StoreDep,
+def list_jobs(tenant: TenantDep, store: StoreDep, request: Request,
               state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 50,
               cursor: Annotated[str | None, Query(description="next_cursor from the previous page")] = None,
-              ) -> JobList:
+              ) -> Response:
     before = _cursor(cursor)
     jobs, last = store.list_jobs(tenant, state=state, before=before, limit=limit)
-    return JobList(jobs=[job_resource(j) for j in jobs],
-                   next_cursor=None if last is None else f"{last[0]!r}/{last[1]}")
+    return negotiated(request, JobList(jobs=[job_resource(j) for j in jobs],
+                                       next_cursor=None if last is None else f"{last[0]!r}/{last[1]}"))
 
 
 def _cursor(cursor: str | None) -> tuple[float, str] | None:
@@ -103,10 +106,10 @@ def _cursor(cursor: str | None) -> tuple[float, str] | None:
     "/{job_id}", response_model=JobResource,
     summary="Read a job",
     description="The job's state, progress (step, epoch, latest loss), timestamps, error and links.",
-    responses=problem_responses(401, 404, 503),
+    responses={200: MSGPACK_TOO, **problem_responses(401, 404, 503)},
 )
-def read_job(job: TenantJob) -> JobResource:
-    return job_resource(job)
+def read_job(job: TenantJob, request: Request) -> Response:
+    return negotiated(request, job_resource(job))
 
 
 @router.get(
@@ -160,16 +163,16 @@ async def stream_events(job_id: JobId, tenant: TenantDep, store: StoreDep, setti
     summary="Cancel a job",
     description="A queued job is cancelled at once; a running one moves to `cancelling` and its worker stops "
                 "at the next step. Cancelling a finished job is a 409.",
-    responses=problem_responses(401, 404, 409, 503),
+    responses={202: MSGPACK_TOO, **problem_responses(401, 404, 409, 503)},
 )
-def cancel_job(job: TenantJob, store: StoreDep) -> JobResource:
+def cancel_job(job: TenantJob, store: StoreDep, request: Request) -> Response:
     if job["state"] in TERMINAL:
         raise conflict(f"job {job['id']} has already finished ({job['state']})", state=job["state"])
     state = store.request_cancel(job["id"])
     current = store.get_job(job["id"]) or job
     if state in TERMINAL and state != "cancelled":
         raise conflict(f"job {job['id']} finished ({state}) before it could be cancelled", state=state)
-    return job_resource(current)
+    return negotiated(request, job_resource(current), status_code=202)
 
 
 @router.get(

@@ -723,6 +723,21 @@ def test_msgpack_job_submission(api):
     expected, _ = local_run({"optimizer": OPTIMIZER, "steps": 10, "batch_size": 16})
     assert done["loss"] == pytest.approx(expected.losses[-1], rel=1e-12)
 
+    # Every job route answers msgpack when asked, with the same content as its JSON.
+    msgpack_only = {"Accept": "application/msgpack"}
+    job_id = done["id"]
+    resp = api.get(f"/v1/jobs/{job_id}", headers=msgpack_only)
+    assert resp.headers["content-type"].startswith("application/msgpack") and "Accept" in resp.headers["vary"]
+    assert msgpack.unpackb(resp.content) == api.get(f"/v1/jobs/{job_id}").json()  # finished: it cannot change
+    listed = msgpack.unpackb(api.get("/v1/jobs?limit=3", headers=msgpack_only).content)
+    assert job_id in [j["id"] for j in listed["jobs"]] and "next_cursor" in listed
+    replay = api.post("/v1/jobs", content=body, headers={"Content-Type": "application/msgpack",
+                                                         "Idempotency-Key": f"mp-{job_id}", **msgpack_only})
+    assert replay.status_code == 202 and msgpack.unpackb(replay.content)["state"] == "queued"
+    assert replay.headers["location"] == f"/v1/jobs/{msgpack.unpackb(replay.content)['id']}"
+    cancelled = api.post(f"/v1/jobs/{msgpack.unpackb(replay.content)['id']}/cancel", headers=msgpack_only)
+    assert cancelled.status_code == 202 and msgpack.unpackb(cancelled.content)["state"] in ("cancelling", "cancelled")
+
 
 def test_unknown_job_is_404(api):
     for method, url in [("GET", "/v1/jobs/job_nope"), ("GET", "/v1/jobs/job_nope/steps"),
