@@ -1,8 +1,10 @@
-"""Small helpers shared by the graphspec tests."""
+"""Small helpers shared by the tests (importable as ``helpers``: pytest puts tests/ on sys.path)."""
 
 from __future__ import annotations
 
 import json
+import math
+from typing import Any
 
 import pytest
 
@@ -33,3 +35,18 @@ def doc(nodes, inputs=None, params=None, outputs=None, loss="loss", version="1.0
         "outputs": outputs if outputs is not None else {"loss": nodes[-1]["id"]},
         "loss": loss,
     }
+
+
+def msgpack_safe_ints(value: Any) -> Any:
+    """msgpack has no integers outside [-2**63, 2**64): a msgpack client sends those as floats
+    (infinite when not even a float holds them)."""
+    if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**64:
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf if value > 0 else -math.inf
+    if isinstance(value, list):
+        return [msgpack_safe_ints(v) for v in value]
+    if isinstance(value, dict):
+        return {k: msgpack_safe_ints(v) for k, v in value.items()}
+    return value

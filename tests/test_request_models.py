@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import re
 import time
 import tracemalloc
@@ -40,6 +39,7 @@ from service.models import ExplainRequest, JobRequest, OptimizerSpec
 from service.problems import ProblemError, problem_body
 from service.submit import PreparedJob, prepare_job
 from worker.settings import Settings
+from helpers import msgpack_safe_ints
 
 # When a @given test fails, hypothesis imports libcst to explain the failure, and that import
 # warns about mypy_extensions.TypedDict. The warning is attributed to libcst, so pyproject's
@@ -115,19 +115,6 @@ def read_body(body: bytes, content_type: str | None, limits: graphspec.Limits | 
     return anyio.run(read_tree, Request(scope, receive), limits or body_limits(SETTINGS))
 
 
-def _msgpack_ints(value: Any) -> Any:
-    """msgpack has no integers outside [-2**63, 2**64): a msgpack client sends those as floats
-    (infinite when not even a float holds them)."""
-    if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**64:
-        try:
-            return float(value)
-        except OverflowError:
-            return math.inf if value > 0 else -math.inf
-    if isinstance(value, list):
-        return [_msgpack_ints(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _msgpack_ints(v) for k, v in value.items()}
-    return value
 
 
 # -- strategies --------------------------------------------------------------------------------
@@ -262,7 +249,7 @@ def test_mutated_job_bodies_through_the_body_reader(tree, encoding):
     if encoding == "json":
         body, content_type = json.dumps(tree).encode(), "application/json"
     else:
-        body, content_type = msgpack.packb(_msgpack_ints(tree)), "application/msgpack"
+        body, content_type = msgpack.packb(msgpack_safe_ints(tree)), "application/msgpack"
     parsed = outcome(lambda: read_body(body, content_type))
     if parsed is not None:
         submit(parsed)

@@ -198,9 +198,9 @@ class WorkerProcess:
         return self.proc.poll() is None
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM (warm shutdown: the task at hand finishes), then SIGKILL to the worker's own
-    process group (it was started in a new session, so that is the worker and its pool)."""
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM (a worker's warm shutdown), then SIGKILL to the process's own group (it was
+    started in a new session: that is it and whatever it started, e.g. a worker's pool)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -209,7 +209,7 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.kill()
             proc.wait(timeout=10)
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # leftover pool children, if any
+        os.killpg(proc.pid, signal.SIGKILL)  # leftovers it started, if any
     except (ProcessLookupError, PermissionError):
         pass
 
@@ -238,7 +238,7 @@ def run_worker(celery_app, env: dict[str, str], *, queue: str, hostname: str, lo
                                    + worker.log())
         yield worker
     finally:
-        _stop(proc)
+        stop_process(proc)
         if proc.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
             sys.stderr.write(f"\ncelery worker {hostname} exited with {proc.returncode}; its log:\n{worker.log()}\n")
 

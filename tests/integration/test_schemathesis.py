@@ -11,13 +11,14 @@ Runs derandomized with a fixed seed: the same requests on every CI run, in well 
 from __future__ import annotations
 
 import json
-import math
 
 import msgpack
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
+
+from helpers import msgpack_safe_ints
 
 from .conftest import API_KEYS, EXAMPLES, wait_for
 
@@ -39,22 +40,9 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 @schemathesis.serializer("application/msgpack")
 def _msgpack(ctx, value):
     # Bodies may be msgpack too; without a serializer schemathesis skips that media type (and warns).
-    return msgpack.packb(_msgpack_ints(value))
+    return msgpack.packb(msgpack_safe_ints(value))
 
 
-def _msgpack_ints(value):
-    """msgpack has no integers outside [-2**63, 2**64): a msgpack client sends those as floats
-    (infinite when not even a float holds them)."""
-    if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**64:
-        try:
-            return float(value)
-        except OverflowError:
-            return math.inf if value > 0 else -math.inf
-    if isinstance(value, list):
-        return [_msgpack_ints(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _msgpack_ints(v) for k, v in value.items()}
-    return value
 
 
 def problem_details(ctx, response, case):

@@ -16,22 +16,18 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 import graphspec
 from worker.settings import Settings
 
-from .conftest import API_KEYS, EXAMPLES, ROOT, wait_for
+from .conftest import API_KEYS, EXAMPLES, ROOT, stop_process, wait_for
+from .redis_server import free_port
 
 httpx = pytest.importorskip("httpx")
 
@@ -172,26 +168,6 @@ def test_every_v1_route_requires_a_key(api, settings):
 
 
 # -- API keys never reach the logs ---------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # it ran in its own session: only what it started
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def test_api_keys_never_reach_the_logs(env, settings, celery_worker, tmp_path):
     marker = uuid.uuid4().hex
     good = f"sk-good-{marker}"          # tenant-a
@@ -281,7 +257,7 @@ def test_api_keys_never_reach_the_logs(env, settings, celery_worker, tmp_path):
             # A job id with a key suffix must not reach the job's other keys (it once answered 500).
             call("GET", f"/v1/jobs/{job['id']}:data", good, expect=404)
     finally:
-        stop(proc)
+        stop_process(proc)
 
     text = logs()
     # The capture works: the access log has the requests, including the refused ones.
