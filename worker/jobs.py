@@ -255,13 +255,14 @@ def _train(store: JobStore, job_id: str, job: dict[str, str], token: str, worker
                   finished=repr(now()), step=result.steps)
         return "cancelled"
     final_loss = float(result.losses[-1]) if result.losses else float("nan")
-    patiently(store, store.put_blob, job_id, "result", pack({
+    blob = pack({
         "params": {k: encode_tensor_raw(np.asarray(v)) for k, v in result.params.items()},
         "loss": final_loss, "steps": result.steps, "epochs": result.epochs,
         "eval_loss": result.eval_losses[-1][1] if result.eval_losses else None,
-    }), token=token)
+    })
+    # The result and the state move together: a cancel that lands first leaves no result behind.
     ok, previous = patiently(store, store.transition, job_id, ["running"], "succeeded", token=token,
-                             finished=repr(now()), step=result.steps, loss=repr(final_loss))
+                             blob=("result", blob), finished=repr(now()), step=result.steps, loss=repr(final_loss))
     if not ok and previous == "cancelling":  # cancel arrived after the last step: honour it
         patiently(store, store.transition, job_id, ["cancelling"], "cancelled", token=token, finished=repr(now()))
         return "cancelled"

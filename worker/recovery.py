@@ -67,6 +67,11 @@ def sweep(store: JobStore, celery: Celery, *, orphans: bool = True) -> list[tupl
             send_job(celery, store, job_id, job)
             store.mark_sent(job_id)
             done.append((job_id, "requeued"))
+    for job_id in store.stranded_deliveries(store.settings.unsent_grace_s):
+        job = store.get_job(job_id)
+        if job is not None:
+            send_job(celery, store, job_id, job)
+            done.append((job_id, "rescued"))
     for job_id, claimed_at in store.claim_unsent(store.settings.unsent_grace_s):
         job = store.get_job(job_id)
         if job is not None and job["state"] == "queued":
@@ -74,8 +79,9 @@ def sweep(store: JobStore, celery: Celery, *, orphans: bool = True) -> list[tupl
             done.append((job_id, "sent"))
         store.mark_sent(job_id, claimed_at)
     for job_id, what in done:
-        log.warning("job %s: %s by the sweep", job_id, {"requeued": "worker lost, requeued",
-                                                        "sent": "never sent, sent"}.get(what, what))
+        log.warning("job %s: %s by the sweep", job_id, {
+            "requeued": "worker lost, requeued", "sent": "never sent, sent",
+            "rescued": "taken by a worker that died before starting it, sent again"}.get(what, what))
     return done
 
 

@@ -20,6 +20,7 @@ Everything is JSON or msgpack: nothing is ever pickled.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -61,9 +62,10 @@ end
 
 # Compare-and-set of a job's state: move only from an allowed state, set fields with it, and
 # keep the indexes in the same atomic step (a crash in between would lose a job from them).
-# KEYS: lease, job hash, active set, outbox zset.
+# KEYS: lease, job hash, active set, outbox zset[, a blob key written with the move].
 # ARGV: token ('' = unfenced, '!' = only while no lease exists: the sweep), lease TTL (ms),
 #       job id, now, enqueue ('1': the job's message must be (re)sent), n, allowed x n, to, field, value...
+#       [, the blob]
 _TRANSITION = _FENCE + """
 local token = ARGV[1]
 if token == '!' then
@@ -77,7 +79,12 @@ local n = tonumber(ARGV[6])
 for i = 1, n do
   if ARGV[6 + i] == state then
     local to = ARGV[7 + n]
-    redis.call('HSET', KEYS[2], 'state', to, unpack(ARGV, 8 + n))
+    local last = #ARGV
+    if #KEYS == 5 then
+      last = last - 1
+      redis.call('SET', KEYS[5], ARGV[#ARGV])
+    end
+    redis.call('HSET', KEYS[2], 'state', to, unpack(ARGV, 8 + n, last))
     if to == 'running' or to == 'cancelling' then
       redis.call('SADD', KEYS[3], ARGV[3])
     else
@@ -162,6 +169,21 @@ def decode_tensors(blob: bytes, limits: graphspec.Limits | None = None) -> dict[
 
     limits = limits or graphspec.Limits(max_bytes=max(len(blob), 1), max_tensor_elements=2**40)
     return tensors_from_tree(graphspec.parse(blob, "msgpack", limits), "stored tensors", limits=limits)
+
+
+def _job_of_envelope(raw: bytes | None) -> str | None:
+    """The job id of a chainrule.train message as kombu stores it unacked (JSON, body base64)."""
+    try:
+        message = json.loads(raw)[0]
+        if message["headers"].get("task") != "chainrule.train":
+            return None
+        body = message["body"]
+        if message["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        job_id = json.loads(body)[0][0]
+    except (TypeError, ValueError, KeyError, IndexError):
+        return None
+    return job_id if isinstance(job_id, str) and JOB_ID.fullmatch(job_id) else None
 
 
 class LeaseLost(Exception):
@@ -329,26 +351,53 @@ class JobStore:
                         return out, (score, job_id)
 
     def transition(self, job_id: str, allowed: Iterable[str], to: str, *, token: str | None = None,
-                   enqueue: bool = False, **fields: Any) -> tuple[bool, str]:
+                   enqueue: bool = False, blob: tuple[str, bytes] | None = None, **fields: Any) -> tuple[bool, str]:
         """Atomically move ``job_id`` to state ``to`` if it is in one of ``allowed``; returns
         (moved, the state before). With ``token`` (a trainer's) the move is fenced: refused
         with :class:`LeaseLost` unless that trainer holds the lease; ``token="!"`` (the sweep)
         moves only while no trainer holds it. ``enqueue`` puts the job in the outbox: its
-        message is to be sent, and the sweep sends it if the sender dies first."""
+        message is to be sent, and the sweep sends it if the sender dies first. ``blob``
+        (part, bytes) is stored with the move and only if it happens: a result must not
+        outlive a cancel that won the race."""
         allowed = list(allowed)
         flat: list[Any] = []
         for k, v in fields.items():
             flat += [k, v]
-        moved, previous = self._transition(
-            keys=[self.job_key(job_id, "lease"), self.job_key(job_id), self.active_key, self.outbox_key],
-            args=[token or "", self._lease_ms(), job_id, repr(now()), "1" if enqueue else "0", len(allowed), *allowed,
-                  to, *flat])
+        keys = [self.job_key(job_id, "lease"), self.job_key(job_id), self.active_key, self.outbox_key]
+        args = [token or "", self._lease_ms(), job_id, repr(now()), "1" if enqueue else "0", len(allowed), *allowed,
+                to, *flat]
+        if blob is not None:
+            keys.append(self.job_key(job_id, blob[0]))
+            args.append(blob[1])
+        moved, previous = self._transition(keys=keys, args=args)
         if moved == -1:
             raise LeaseLost(job_id)
         previous = previous.decode() if isinstance(previous, bytes) else previous
         if moved and to in TERMINAL:
             self.expire_job(job_id)
         return bool(moved), previous
+
+    def stranded_deliveries(self, grace_s: float) -> list[str]:
+        """Jobs whose message a worker took from the queue over ``grace_s`` ago but never
+        started: the job is still queued with no lease. A live worker starts what it takes
+        within milliseconds (prefetch 1), so that worker died in between; its message stays
+        in kombu's unacked set until the visibility timeout (hours). Each stranded delivery
+        is returned once (claimed with SET NX) so the sweep resends it once.
+
+        Reads kombu's Redis transport keys (``unacked_index``: delivery tag -> time taken,
+        ``unacked``: tag -> the JSON envelope), read-only."""
+        prefix = f"{self.ns}:celery:"
+        stranded = []
+        due = now() - grace_s
+        for tag, _ in self.r.zrangebyscore(prefix + "unacked_index", "-inf", due, withscores=True):
+            job_id = _job_of_envelope(self.r.hget(prefix + "unacked", tag))
+            if job_id is None or self.r.exists(self.job_key(job_id, "lease")):
+                continue
+            if self.r.hget(self.job_key(job_id), "state") != b"queued":
+                continue
+            if self.r.set(f"{self.ns}:rescued:{tag.decode()}", job_id, nx=True, ex=self.settings.visibility_timeout_s):
+                stranded.append(job_id)
+        return stranded
 
     # -- the outbox: jobs whose task message is not yet known to be sent -------------------
     def mark_sent(self, job_id: str, enqueued_at: float | None = None) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 
@@ -146,3 +148,51 @@ def test_sigterm_hands_the_running_job_back_and_loses_no_work(store, celery_app,
     assert job["state"] == "succeeded", job
     assert job["attempts"] == "1"  # a graceful hand-back is not a lost attempt
     assert_as_if_uninterrupted(store, job_id, graph, data, spec, every=2)
+
+
+# A consumer that takes one message from the queue the way a Celery worker does (kombu, prefetch
+# 1, late ack) and is SIGKILLed on delivery: a worker that died between taking a job and starting it.
+_DIES_ON_DELIVERY = r'''
+import os, signal, kombu
+from worker.settings import Settings
+from worker.celery_app import make_celery
+settings = Settings()
+connection = make_celery(settings).connection_for_read()
+channel = connection.channel()
+channel.basic_qos(0, 1, False)
+queue = kombu.Queue(settings.queue, kombu.Exchange(settings.queue, "direct"), routing_key=settings.queue)
+def die(body, message):
+    os.kill(os.getpid(), signal.SIGKILL)
+with kombu.Consumer(channel, queues=[queue], callbacks=[die], accept=["json"]):
+    print("consuming", flush=True)
+    connection.drain_events(timeout=30)
+'''
+
+
+def test_a_job_taken_by_a_worker_that_died_before_starting_it_is_sent_again(store, celery_app, fault_env, tmp_path):
+    """Its message sits in kombu's unacked set for the visibility timeout (hours) while the
+    job stays queued with no lease and in no index: the sweep finds it there and resends it."""
+    queue, env = fault_env
+    env = {**env, "CHAINRULE_UNSENT_GRACE_S": "1"}
+    spec = {**SPEC, "steps": 300}
+    graph, data, job_id = _stored_seed_job(store, spec)
+    dying = subprocess.Popen([sys.executable, "-c", _DIES_ON_DELIVERY], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             start_new_session=True)
+    try:
+        assert dying.stdout.readline().strip() == b"consuming"
+        _send(celery_app, store, queue, job_id)
+        assert dying.wait(30) == -signal.SIGKILL
+    finally:
+        if dying.poll() is None:
+            os.killpg(dying.pid, signal.SIGKILL)
+            dying.wait(10)
+        dying.stdout.close()
+    assert store.get_job(job_id)["state"] == "queued" and store.r.hlen(f"{store.ns}:celery:unacked") >= 1
+
+    with run_worker(celery_app, env, queue=queue, hostname=f"faults-rescue-{job_id}@localhost",
+                    log_path=tmp_path / "rescue.log") as worker:
+        job = _wait(lambda: (j := store.get_job(job_id))["state"] in ("succeeded", "failed") and j, 30,
+                    "the stranded job to be sent again and trained")
+        assert f"job {job_id}: taken by a worker that died before starting it, sent again" in worker.log()
+    assert job["attempts"] == "1"
+    assert_as_if_uninterrupted(store, job_id, graph, data, spec)

@@ -191,3 +191,28 @@ def test_a_worker_whose_lease_is_stolen_stops_writing(store, celery_app, env, se
     finally:
         store.r.delete(store.job_key(job_id, "lease"))
         store.transition(job_id, ["running", "queued", "cancelling"], "cancelled")
+
+
+def test_a_cancel_landing_just_before_success_leaves_no_result(settings):
+    """The result and the move to succeeded are one step: a cancel that wins the race by a
+    hair ends the job cancelled with no result stored (found by test_fault_matrix.py)."""
+    from worker.jobs import run_job
+    from worker.store import JobStore
+
+    class CancelAtTheLastMoment(JobStore):
+        def transition(self, job_id, allowed, to, **kwargs):
+            if to == "succeeded":
+                assert self.request_cancel(job_id) == "cancelling"  # the user's POST /cancel lands here
+            return super().transition(job_id, allowed, to, **kwargs)
+
+    store = CancelAtTheLastMoment.connect(settings)
+    try:
+        graph_id = store.put_graph("tenant-a", graphspec.load(SEED))
+        job_id, _ = store.create_job("tenant-a", graph_id, SPEC, encode_tensors(runtime.load_tensors(DATA)))
+        store.mark_sent(job_id)
+        assert run_job(store, job_id, worker="inline@test") == "cancelled"
+        job = store.get_job(job_id)
+        assert job["state"] == "cancelled" and job["step"] == str(SPEC["steps"])
+        assert store.get_blob(job_id, "result") is None
+    finally:
+        store.r.close()
