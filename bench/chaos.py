@@ -41,7 +41,7 @@ def start_worker(env: dict, logdir: Path, n: int) -> subprocess.Popen:
     log = open(logdir / f"worker-{n}.log", "wb")
     return subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
                              "-Q", env["CHAINRULE_QUEUE"], "-n", f"chaos{n}-{env['CHAINRULE_NAMESPACE']}@localhost",
-                             "--without-gossip", "--without-mingle", "--loglevel=WARNING"],
+                             "--without-gossip", "--without-mingle", "--loglevel=INFO"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -77,6 +77,7 @@ def main() -> int:
                     "report_every": 1, "checkpoint_every": 250, "seed": rng.randint(0, 3)}
             job_id, _ = store.create_job("chaos", graph_id, spec, blob)
             celery.send_task("chainrule.train", args=[job_id], queue=settings.queue)
+            store.mark_sent(job_id)  # as the API does
             jobs[job_id] = spec
         t0 = time.monotonic()
         next_kill = t0 + rng.expovariate(1 / args.kill_every)
@@ -131,6 +132,14 @@ def main() -> int:
               f"with parameters different from an uninterrupted run {bad_params}")
         print(f"  jobs that lost a worker at least once: {sum(a > 1 for a in attempts)} "
               f"(max attempts {max(attempts, default=0)})")
+        logs = "".join(path.read_text(errors="replace") for path in logdir.glob("worker-*.log"))
+        print("  recovery actions in the worker logs: " + ", ".join(
+            f"{logs.count(marker)} {name}" for name, marker in [
+                ("requeued by the sweep", "worker lost, requeued"),
+                ("stranded deliveries resent", "died before starting it, sent again"),
+                ("unsent jobs sent", "never sent, sent"),
+                ("trainers fenced off (lease lost)", "lease lost"),
+                ("hand-backs at SIGTERM", "handed back at step")]))
         return 0 if lost == bad_steps == bad_params == 0 else 1
     finally:
         for proc in workers:

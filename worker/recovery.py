@@ -67,6 +67,15 @@ def sweep(store: JobStore, celery: Celery, *, orphans: bool = True) -> list[tupl
             send_job(celery, store, job_id, job)
             store.mark_sent(job_id)
             done.append((job_id, "requeued"))
+    # Reading the whole queue is not for every sweep: one worker in the deployment does it
+    # at most once per grace period.
+    if store.r.set(f"{store.ns}:lost-message-audit:{store.settings.queue}", "1", nx=True,
+                   px=int(store.settings.unsent_grace_s * 1000)):
+        for job_id in store.lost_messages(store.settings.unsent_grace_s):
+            job = store.get_job(job_id)
+            if job is not None:
+                send_job(celery, store, job_id, job)
+                done.append((job_id, "resent"))
     for job_id in store.stranded_deliveries(store.settings.unsent_grace_s):
         job = store.get_job(job_id)
         if job is not None:
@@ -81,7 +90,8 @@ def sweep(store: JobStore, celery: Celery, *, orphans: bool = True) -> list[tupl
     for job_id, what in done:
         log.warning("job %s: %s by the sweep", job_id, {
             "requeued": "worker lost, requeued", "sent": "never sent, sent",
-            "rescued": "taken by a worker that died before starting it, sent again"}.get(what, what))
+            "rescued": "taken by a worker that died before starting it, sent again",
+            "resent": "its message was lost by the broker, sent again"}.get(what, what))
     return done
 
 

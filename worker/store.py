@@ -62,7 +62,7 @@ end
 
 # Compare-and-set of a job's state: move only from an allowed state, set fields with it, and
 # keep the indexes in the same atomic step (a crash in between would lose a job from them).
-# KEYS: lease, job hash, active set, outbox zset[, a blob key written with the move].
+# KEYS: lease, job hash, active set, outbox zset, queued zset[, a blob key written with the move].
 # ARGV: token ('' = unfenced, '!' = only while no lease exists: the sweep), lease TTL (ms),
 #       job id, now, enqueue ('1': the job's message must be (re)sent), n, allowed x n, to, field, value...
 #       [, the blob]
@@ -80,15 +80,20 @@ for i = 1, n do
   if ARGV[6 + i] == state then
     local to = ARGV[7 + n]
     local last = #ARGV
-    if #KEYS == 5 then
+    if #KEYS == 6 then
       last = last - 1
-      redis.call('SET', KEYS[5], ARGV[#ARGV])
+      redis.call('SET', KEYS[6], ARGV[#ARGV])
     end
     redis.call('HSET', KEYS[2], 'state', to, unpack(ARGV, 8 + n, last))
     if to == 'running' or to == 'cancelling' then
       redis.call('SADD', KEYS[3], ARGV[3])
     else
       redis.call('SREM', KEYS[3], ARGV[3])
+    end
+    if to == 'queued' then
+      redis.call('ZADD', KEYS[5], ARGV[4], ARGV[3])
+    else
+      redis.call('ZREM', KEYS[5], ARGV[3])
     end
     if ARGV[5] == '1' then
       redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
@@ -172,9 +177,12 @@ def decode_tensors(blob: bytes, limits: graphspec.Limits | None = None) -> dict[
 
 
 def _job_of_envelope(raw: bytes | None) -> str | None:
-    """The job id of a chainrule.train message as kombu stores it unacked (JSON, body base64)."""
+    """The job id of a chainrule.train message as kombu stores it: in the queue list (JSON,
+    body base64) or unacked ([message, exchange, routing key])."""
     try:
-        message = json.loads(raw)[0]
+        message = json.loads(raw)
+        if isinstance(message, list):
+            message = message[0]
         if message["headers"].get("task") != "chainrule.train":
             return None
         body = message["body"]
@@ -253,6 +261,7 @@ class JobStore:
         self._sent = client.register_script(_SENT)
         self.active_key = f"{self.ns}:active"
         self.outbox_key = f"{self.ns}:outbox"
+        self.queued_key = f"{self.ns}:queued"
 
     @classmethod
     def connect(cls, settings: Settings) -> "JobStore":
@@ -306,6 +315,7 @@ class JobStore:
             pipe.set(self.job_key(job_id, "eval_data"), eval_data)
         pipe.zadd(self.tenant_key(tenant, "jobs"), {job_id: created})
         pipe.zadd(self.outbox_key, {job_id: created})
+        pipe.zadd(self.queued_key, {job_id: created})
         pipe.execute()
         return job_id, True
 
@@ -363,7 +373,7 @@ class JobStore:
         flat: list[Any] = []
         for k, v in fields.items():
             flat += [k, v]
-        keys = [self.job_key(job_id, "lease"), self.job_key(job_id), self.active_key, self.outbox_key]
+        keys = [self.job_key(job_id, "lease"), self.job_key(job_id), self.active_key, self.outbox_key, self.queued_key]
         args = [token or "", self._lease_ms(), job_id, repr(now()), "1" if enqueue else "0", len(allowed), *allowed,
                 to, *flat]
         if blob is not None:
@@ -389,15 +399,45 @@ class JobStore:
         prefix = f"{self.ns}:celery:"
         stranded = []
         due = now() - grace_s
-        for tag, _ in self.r.zrangebyscore(prefix + "unacked_index", "-inf", due, withscores=True):
+        for tag, taken_at in self.r.zrangebyscore(prefix + "unacked_index", "-inf", due, withscores=True):
             job_id = _job_of_envelope(self.r.hget(prefix + "unacked", tag))
             if job_id is None or self.r.exists(self.job_key(job_id, "lease")):
                 continue
-            if self.r.hget(self.job_key(job_id), "state") != b"queued":
-                continue
+            state, created, requeued = self.r.hmget(self.job_key(job_id), "state", "created", "requeued")
+            if state != b"queued" or taken_at < float(requeued or created or 0):
+                continue  # not queued, or a delivery from before the job was last queued (already resent)
             if self.r.set(f"{self.ns}:rescued:{tag.decode()}", job_id, nx=True, ex=self.settings.visibility_timeout_s):
                 stranded.append(job_id)
         return stranded
+
+    def lost_messages(self, grace_s: float) -> list[str]:
+        """Jobs queued over ``grace_s`` ago whose message is nowhere: not in the queue, not
+        taken by a worker (unacked), not waiting in the outbox. Kombu's Redis transport pops
+        a message with BRPOP and records it as unacked only afterwards; a worker killed in
+        between loses it for good. Each such job is returned and re-dated, so it is resent
+        at most once per grace period. Reads the whole queue: the sweep runs this rarely.
+
+        A message moving from the queue to unacked during the two reads can be taken for
+        lost; its job is then sent twice, which is harmless."""
+        due = now() - grace_s
+        candidates = [raw.decode() for raw in self.r.zrangebyscore(self.queued_key, "-inf", due)]
+        candidates = [j for j in candidates if self.outbox_entry(j) is None
+                      and not self.r.exists(self.job_key(j, "lease"))]
+        if not candidates:
+            return []
+        prefix = f"{self.ns}:celery:"
+        present = {_job_of_envelope(raw) for raw in self.r.hvals(prefix + "unacked")}
+        present |= {_job_of_envelope(raw) for raw in self.r.lrange(prefix + self.settings.queue, 0, -1)}
+        lost = []
+        for job_id in candidates:
+            state = self.r.hget(self.job_key(job_id), "state")
+            if state is None:
+                self.r.zrem(self.queued_key, job_id)  # removed or expired
+            if job_id in present or state != b"queued":
+                continue
+            if self.r.zadd(self.queued_key, {job_id: now()}, xx=True, ch=True):
+                lost.append(job_id)
+        return lost
 
     # -- the outbox: jobs whose task message is not yet known to be sent -------------------
     def mark_sent(self, job_id: str, enqueued_at: float | None = None) -> None:

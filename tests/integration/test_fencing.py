@@ -216,3 +216,22 @@ def test_a_cancel_landing_just_before_success_leaves_no_result(settings):
         assert store.get_blob(job_id, "result") is None
     finally:
         store.r.close()
+
+
+def test_a_job_whose_message_the_broker_lost_is_sent_again(store, celery_app, env, settings, tmp_path):
+    """Sent and out of the outbox, but the message is gone (kombu pops with BRPOP and records
+    the delivery only afterwards: a worker killed in between loses it). The audit finds a
+    queued job whose message is neither in the queue nor unacked, and sends it again."""
+    queue = f"{settings.queue}.lost-{uuid.uuid4().hex[:6]}"
+    worker_env = {**env, "CHAINRULE_QUEUE": queue, "CHAINRULE_UNSENT_GRACE_S": "1",
+                  "CHAINRULE_SWEEP_INTERVAL_S": "0.5"}
+    graph_id = store.put_graph("tenant-a", graphspec.load(SEED))
+    job_id, _ = store.create_job("tenant-a", graph_id, SPEC, encode_tensors(runtime.load_tensors(DATA)))
+    store.mark_sent(job_id)  # as if sent: the message is then lost
+    with run_worker(celery_app, worker_env, queue=queue, hostname=f"lost-{job_id}@localhost",
+                    log_path=tmp_path / "lost.log") as worker:
+        job, _ = wait_for_state(store, job_id, {"succeeded", "failed", "cancelled"}, timeout=30)
+        assert f"job {job_id}: its message was lost by the broker, sent again" in worker.log()
+    assert job["state"] == "succeeded" and job["attempts"] == "1"
+    assert [r.step for r in store.read_steps(job_id, limit=1000)] == list(range(1, SPEC["steps"] + 1))
+    assert store.r.zscore(store.queued_key, job_id) is None
