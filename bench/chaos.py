@@ -138,6 +138,7 @@ def main() -> int:
                 ("requeued by the sweep", "worker lost, requeued"),
                 ("stranded deliveries resent", "died before starting it, sent again"),
                 ("unsent jobs sent", "never sent, sent"),
+                ("lost messages resent", "lost by the broker, sent again"),
                 ("trainers fenced off (lease lost)", "lease lost"),
                 ("hand-backs at SIGTERM", "handed back at step")]))
         return 0 if lost == bad_steps == bad_params == 0 else 1
