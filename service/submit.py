@@ -148,6 +148,8 @@ def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Cele
         raise ProblemError(422, str(exc), kind="idempotency-key-reused", job_id=exc.job_id) from None
     if not created:
         return _replayed(store, tenant, job_id), False
+    # As stored (queued): once sent, a worker may already be running it.
+    job = store.get_job(job_id) or {}
     t = prepared.time_limit_s
     try:
         celery.send_task(TASK_NAME, args=[job_id], queue=settings.queue, soft_time_limit=t,
@@ -163,7 +165,7 @@ def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Cele
         # Sent but still in the outbox: the sweep sends it again, which is harmless; a 503
         # here would make a client without an Idempotency-Key submit a second job.
         log.warning("job %s sent; could not clear its outbox entry: %s", job_id, exc)
-    return store.get_job(job_id) or {}, True
+    return job, True
 
 
 def _replayed(store: JobStore, tenant: str, job_id: str) -> dict[str, str]:
