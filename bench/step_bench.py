@@ -56,7 +56,7 @@ WORKLOADS = {
                     lr=0.01, init="he"),
 }
 WORKLOAD_ORDER = list(WORKLOADS)
-IMPLS = ["chainrule", "hand", "torch"]
+IMPLS = ["chainrule", "interp", "hand", "torch"]
 TARGET_S = {"default": 1.5, "W4_wide": 3.0}  # seconds of timed stepping per cell, summed over rounds
 QUICK_TARGET_S = {"default": 0.2, "W4_wide": 0.8}
 TARGETS = {"W1_b1": 1.3, "W1_b4096": 1.1, "W2_mlp": 1.05, "W3_deep": 0.9, "W4_wide": 1.05}  # issue #7
@@ -113,6 +113,27 @@ def build_graph(spec):
 
 
 def build_chainrule(spec, params, x, y):
+    """The compiled engine, exactly as runtime.Trainer drives it for one batch."""
+    import numpy as np
+    import runtime
+    graph = build_graph(spec)
+    step = runtime.CompiledStep(runtime.compile(graph), runtime.SGD(lr=spec["lr"]))
+    names = [f"{k}{i}" for i in range(len(params) // 2) for k in ("W", "b")]
+    step.load_params(dict(zip(names, params)))
+    inputs = {"x": x, "y": y}
+
+    def grads():
+        loss, g = step.gradients(inputs)
+        return loss, [g[n] for n in names]
+
+    def reset():
+        for n, p0 in zip(names, params):
+            step.params[n][...] = p0
+    return (lambda: step(inputs)), grads, reset
+
+
+def build_interp(spec, params, x, y):
+    """The reference interpreter: Plan.forward / Run.backward / SGD.step."""
     import numpy as np
     import runtime
     graph = build_graph(spec)
@@ -139,16 +160,26 @@ def build_chainrule(spec, params, x, y):
     return step, grads, reset
 
 
-def compile_times(spec, n=20):
+def compile_times(spec, params, x, y, n=20):
+    """Compiling the validated graph for training: runtime.compile, the CompiledStep, loading
+    the parameters and lowering the tape for the batch's shapes (everything before step 1)."""
     import runtime
     graph = build_graph(spec)
+    names = [f"{k}{i}" for i in range(len(params) // 2) for k in ("W", "b")]
+    named = dict(zip(names, params))
+
+    def compile_once():
+        step = runtime.CompiledStep(runtime.compile(graph), runtime.SGD(lr=spec["lr"]))
+        step.load_params(named)
+        step.program({"x": x, "y": y})
+
     t0 = time.perf_counter()
-    runtime.compile(graph)
+    compile_once()
     first = time.perf_counter() - t0
     ts = []
     for _ in range(n):
         t0 = time.perf_counter()
-        runtime.compile(graph)
+        compile_once()
         ts.append(time.perf_counter() - t0)
     return {"compile_first_ms": first * 1e3, "compile_ms": _median(ts) * 1e3}
 
@@ -297,7 +328,7 @@ def build_torch(spec, params, x, y):
     return step, grads, reset
 
 
-BUILDERS = {"chainrule": build_chainrule, "hand": build_hand, "torch": build_torch}
+BUILDERS = {"chainrule": build_chainrule, "interp": build_interp, "hand": build_hand, "torch": build_torch}
 
 
 # ----------------------------------------------------------------------------- timing
@@ -351,7 +382,7 @@ def run_step_worker(impl, wl, checkdir):
                 reply["first_step_ms"] = (time.perf_counter() - t0) * 1e3
                 reset()
                 if impl == "chainrule":
-                    reply.update(compile_times(spec))
+                    reply.update(compile_times(spec, params, x, y))
             except Exception as e:  # noqa: BLE001 - reported to the orchestrator
                 import traceback
                 reply = {"error": repr(e), "traceback": traceback.format_exc()}
@@ -372,7 +403,7 @@ def run_mem_worker(impl, wl, out_path):
     import tracemalloc
 
     import numpy  # noqa: F401 - imports happen before tracing: module objects are not the step's memory
-    if impl == "chainrule":
+    if impl in ("chainrule", "interp"):
         import graphspec.builder  # noqa: F401
         import runtime  # noqa: F401
     tracemalloc.start()

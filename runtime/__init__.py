@@ -11,6 +11,7 @@
 """
 
 from .checkpoint import Checkpoint, CheckpointError
+from .compiled import CompiledStep
 from .data import DataFileError, load_tensors, save_tensors
 from .errors import ChainruleRuntimeError, ExecutionError, InputError, MissingKernelError, NonFiniteError
 from .explain import Explanation, explain
@@ -22,7 +23,7 @@ from .plan import Plan, Run, compile
 from .trainer import StepReport, Trainer, TrainResult
 
 __all__ = [
-    "Adam", "ChainruleRuntimeError", "Checkpoint", "CheckpointError", "DataFileError", "ExecutionError",
+    "Adam", "ChainruleRuntimeError", "Checkpoint", "CheckpointError", "CompiledStep", "DataFileError", "ExecutionError",
     "Explanation", "GradcheckResult", "InputError", "KERNELS", "Kernel", "MissingKernelError", "NonFiniteError", "OPTIMIZERS",
     "Optimizer", "Plan", "Run", "SGD", "StepReport", "TrainResult", "Trainer", "assert_gradcheck", "compile", "explain", "gradcheck", "init_params",
     "load_tensors", "make_optimizer", "save_tensors", "unbroadcast",

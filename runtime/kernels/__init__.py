@@ -10,6 +10,21 @@ with :func:`unbroadcast`, so a broadcasting op's VJP can return the broadcast sh
 ``saves`` names which forward values the VJP reads ("out" and/or input indices); the
 engine keeps only those, and passes a :class:`Meta` (shape and dtype) for the rest.
 Adding an op: one contract in graphspec/ops.py, one ``kernel(...)`` entry here.
+
+**Compiled form (optional).** The compiled engine (:mod:`runtime.compiled`) runs a
+training step as a flat list of numpy calls writing into buffers it allocated once. A
+kernel may give, beside ``forward`` and ``vjp``, the same two functions in that form:
+
+    forward_into(e, out, *inputs, **attrs)          emit calls that write the op into ``out``
+    vjp_into(e, g, out, *inputs, wanted, **attrs)   emit calls for each wanted input's gradient;
+                                                    return one array (or None) per input
+
+``e`` is the :class:`~runtime.compiled.emit.Emitter`: ``e.emit(fn, *args)`` appends a call,
+``e.grad_for(i, shape)`` gives the array to write input ``i``'s gradient into,
+``e.scratch(shape, dtype)`` a temporary valid only inside this one function's calls.
+``inplace=True`` promises that ``forward_into`` is correct when ``out`` is one of the
+inputs (a single elementwise ufunc), so the engine may reuse a dead input's buffer. An op
+without these runs through ``forward``/``vjp`` inside the compiled step (correct, slower).
 """
 
 from __future__ import annotations
@@ -41,21 +56,36 @@ class Kernel:
     vjp: Callable[..., tuple]
     saves_out: bool = False
     saves_inputs: tuple[int, ...] = ()
+    forward_into: Callable[..., None] | None = None
+    vjp_into: Callable[..., tuple] | None = None
+    inplace: bool = False
 
 
 KERNELS: dict[str, Kernel] = {}
 
 
-def kernel(op: str, forward: Callable, vjp: Callable, *, saves: tuple = ()) -> Kernel:
-    """Register the kernel of catalogue op ``op``; ``saves`` lists "out" and/or input indices."""
+def kernel(op: str, forward: Callable, vjp: Callable, *, saves: tuple = (), forward_into: Callable | None = None,
+           vjp_into: Callable | None = None, inplace: bool = False) -> Kernel:
+    """Register the kernel of catalogue op ``op``; ``saves`` lists "out" and/or input indices;
+    ``forward_into``/``vjp_into``/``inplace`` are its optional compiled form (module docstring)."""
     if op not in OPS:
         raise KeyError(f"no graphspec contract for op {op!r}: add it to graphspec/ops.py first")
     if op in KERNELS:
         raise ValueError(f"kernel {op!r} is already registered")
+    if (forward_into is None) != (vjp_into is None):
+        raise ValueError(f"kernel {op!r}: give both forward_into and vjp_into, or neither")
     entry = Kernel(op, forward, vjp, saves_out="out" in saves,
-                   saves_inputs=tuple(i for i in saves if isinstance(i, int)))
+                   saves_inputs=tuple(i for i in saves if isinstance(i, int)),
+                   forward_into=forward_into, vjp_into=vjp_into, inplace=inplace)
     KERNELS[op] = entry
     return entry
+
+
+def ufunc_into(ufunc: Callable) -> Callable:
+    """``forward_into`` for an op that is exactly one numpy ufunc of its inputs."""
+    def forward_into(e, out, *inputs):
+        e.emit(ufunc, *inputs, out)
+    return forward_into
 
 
 def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

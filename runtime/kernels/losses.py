@@ -81,7 +81,88 @@ def _softmax_ce_vjp(g, out, z, labels, *, reduction):
     return dz * weight, None
 
 
-kernel("mse", _mse, _mse_vjp, saves=(0, 1))
+# -- compiled forms ----------------------------------------------------------------------------
+def reduce_into(e, per_element: np.ndarray, out: np.ndarray, reduction: str) -> None:
+    """Emit ``out = reduce(per_element)`` exactly as :func:`_reduce` computes it."""
+    if reduction == "none":
+        e.emit(np.copyto, out, per_element)
+        return
+    e.emit(np.add.reduce, per_element, None, None, out)
+    if reduction == "mean":
+        e.emit(np.divide, out, max(per_element.size, 1), out)
+
+
+def scale_by_reduction(e, grad: np.ndarray, g: np.ndarray, shape: tuple[int, ...], reduction: str) -> None:
+    """Emit ``grad *= d(loss)/d(per-element loss)`` (see :func:`_per_element_grad`) in place."""
+    if reduction == "mean":
+        if e.is_seed(g):  # 1 / count, in the loss's dtype, as the interpreter computes it
+            weight = np.divide(g, max(int(np.prod(shape)), 1))
+        else:
+            weight = e.scratch(g.shape, g.dtype)
+            e.emit(np.divide, g, max(int(np.prod(shape)), 1), weight)
+        e.emit(np.multiply, grad, weight, grad)
+    elif not e.is_seed(g):
+        e.emit(np.multiply, grad, g.reshape(g.shape + (1,) * (grad.ndim - g.ndim)), grad)
+
+
+def _mse_into(e, out, p, t, *, reduction):
+    d = e.state["diff"] = e.buffer(np.broadcast_shapes(p.shape, t.shape), p.dtype)
+    e.emit(np.subtract, p, t, d)
+    square = e.scratch(d.shape, d.dtype)
+    e.emit(np.multiply, d, d, square)
+    reduce_into(e, square, out, reduction)
+
+
+def _mse_vjp_into(e, g, out, p, t, *, wanted, reduction):
+    d = e.state["diff"]
+    gp = e.grad_for(0, d.shape, d.dtype)
+    e.emit(np.multiply, 2, d, gp)
+    scale_by_reduction(e, gp, g, d.shape, reduction)
+    return gp, None
+
+
+def _softmax_ce_into(e, out, z, labels, *, reduction):
+    if z.ndim != 2 or labels.dtype.kind not in "iu":
+        return NotImplemented  # probabilities, or more than one batch axis: the interpreter's kernel
+    rows, classes = z.shape
+    st = e.state
+    shifted = st["shifted"] = e.buffer(z.shape, z.dtype)  # z - max(z): log_softmax without the log-sum
+    exps = st["exps"] = e.buffer(z.shape, z.dtype)
+    sums = st["sums"] = e.buffer((rows, 1), z.dtype)
+    flat = st["flat"] = e.buffer((rows,), np.intp)  # row * classes + label: the picked logits' positions
+    row_start = np.arange(rows, dtype=np.intp) * classes
+    peak = e.scratch((rows, 1), z.dtype)
+    e.emit(_check_labels, labels, classes)
+    e.emit(np.maximum.reduce, z, 1, None, peak, True)
+    e.emit(np.subtract, z, peak, shifted)
+    e.emit(np.exp, shifted, exps)
+    e.emit(np.add.reduce, exps, 1, None, sums, True)
+    e.emit(np.add, labels, row_start, flat)
+    picked = e.scratch((rows,), z.dtype)
+    e.emit(np.take, shifted.reshape(-1), flat, None, picked)
+    log_sums = e.scratch((rows, 1), z.dtype)
+    e.emit(np.log, sums, log_sums)
+    per_example = e.scratch((rows,), z.dtype)  # -(shifted[label] - log_sum), the interpreter's order
+    e.emit(np.subtract, picked, log_sums.reshape(rows), per_example)
+    e.emit(np.negative, per_example, per_example)
+    reduce_into(e, per_example, out, reduction)
+
+
+def _softmax_ce_vjp_into(e, g, out, z, labels, *, wanted, reduction):
+    st = e.state
+    dz = e.grad_for(0, z.shape, z.dtype)
+    e.emit(np.divide, st["exps"], st["sums"], dz)  # softmax(z)
+    picked = e.scratch(st["flat"].shape, z.dtype)
+    flat_dz = dz.reshape(-1)
+    e.emit(np.take, flat_dz, st["flat"], None, picked)
+    e.emit(np.subtract, picked, 1, picked)
+    e.emit(np.put, flat_dz, st["flat"], picked)
+    scale_by_reduction(e, dz, g, z.shape[:-1], reduction)
+    return dz, None
+
+
+kernel("mse", _mse, _mse_vjp, saves=(0, 1), forward_into=_mse_into, vjp_into=_mse_vjp_into)
 kernel("bce", _bce, _bce_vjp, saves=(0, 1))
 kernel("bce_with_logits", _bce_logits, _bce_logits_vjp, saves=(0, 1))
-kernel("softmax_cross_entropy", _softmax_ce, _softmax_ce_vjp, saves=(0, 1))
+kernel("softmax_cross_entropy", _softmax_ce, _softmax_ce_vjp, saves=(0, 1),
+       forward_into=_softmax_ce_into, vjp_into=_softmax_ce_vjp_into)

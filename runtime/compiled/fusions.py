@@ -1,0 +1,79 @@
+"""Fusions: node patterns the compiled engine runs as one kernel.
+
+A fusion replaces the last node of a pattern by a node with the pattern's outer inputs;
+the inner nodes then have no consumer and are not run (their values were never needed
+for the loss). Each fused kernel is written beside the plain ones it replaces, as they
+are: ``forward_into`` and ``vjp_into``.
+
+* ``sigmoid`` then ``bce``: BCE of probabilities becomes BCE of the logits. Its gradient
+  is ``sigmoid(z) - y`` instead of ``(a - y) / (a (1 - a))`` times ``a (1 - a)``, and
+  no log of a rounded probability is taken. The clip of ``a`` to ``[eps, 1 - eps]`` is
+  kept exactly where it matters: ``z`` is clipped to the logits of those bounds, and
+  where it was clipped the gradient is zero, as ``bce``'s is.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..kernels.losses import reduce_into, scale_by_reduction
+
+if TYPE_CHECKING:
+    from ..plan import Plan
+    from .lower import LNode
+
+
+def _logit(p: float) -> float:
+    return math.log(p) - math.log1p(-p)
+
+
+def _sigmoid_bce_into(e, out, z, y, *, eps, reduction):
+    # the bounds bce clips to, rounded to z's dtype as the interpreter's clip rounds them
+    low, high = (float(z.dtype.type(eps)), float(z.dtype.type(1 - eps)))
+    clipped = e.state["clipped"] = e.buffer(z.shape, z.dtype)
+    e.emit(np.maximum, z, _logit(low), clipped)
+    e.emit(np.minimum, clipped, _logit(high), clipped)
+    per_element = e.scratch(np.broadcast_shapes(z.shape, y.shape), z.dtype)
+    yz = e.scratch(per_element.shape, z.dtype)
+    e.emit(np.logaddexp, 0, clipped, per_element)  # -log(1 - a) = log(1 + e^z)
+    e.emit(np.multiply, y, clipped, yz)
+    e.emit(np.subtract, per_element, yz, per_element)  # -(y log a + (1 - y) log(1 - a))
+    reduce_into(e, per_element, out, reduction)
+
+
+def _sigmoid_bce_vjp_into(e, g, out, z, y, *, wanted, eps, reduction):
+    clipped = e.state["clipped"]
+    shape = np.broadcast_shapes(z.shape, y.shape)
+    dz = e.grad_for(0, shape, z.dtype)
+    e.emit(np.negative, clipped, dz)
+    e.emit(np.exp, dz, dz)
+    e.emit(np.add, dz, 1, dz)
+    e.emit(np.reciprocal, dz, dz)  # sigmoid(z)
+    e.emit(np.subtract, dz, y, dz)
+    inside = e.scratch(z.shape, bool)
+    e.emit(np.equal, clipped, z, inside)  # clipped probabilities have zero gradient
+    e.emit(np.multiply, dz, inside, dz)
+    scale_by_reduction(e, dz, g, shape, reduction)
+    return dz, None
+
+
+def fuse(nodes: list["LNode"], plan: "Plan") -> list["LNode"]:
+    """``nodes`` with every fusable pattern replaced by its fused node."""
+    from .lower import LNode
+
+    consumers: dict[str, int] = {}
+    for n in nodes:
+        for name in set(n.inputs):
+            consumers[name] = consumers.get(name, 0) + 1
+    producer = {n.id: n for n in nodes}
+    fused = []
+    for n in nodes:
+        inner = producer.get(n.inputs[0]) if n.op == "bce" else None
+        if inner is not None and inner.op == "sigmoid" and consumers[inner.id] == 1 and len(inner.covers) == 1:
+            n = LNode(n.id, "sigmoid+bce", (inner.inputs[0], n.inputs[1]), n.attrs, (0,), False, (0, 1),
+                      _sigmoid_bce_into, _sigmoid_bce_vjp_into, False, None, inner.covers + n.covers)
+        fused.append(n)
+    return fused

@@ -1,0 +1,286 @@
+"""Lowering a :class:`~runtime.plan.Plan` to a tape for one set of concrete input shapes.
+
+What the lowering decides, once, so the step never has to:
+
+* **shapes**: every value's shape and dtype, from the op contracts' type rules applied to
+  the concrete input shapes (nothing runs);
+* **fusions** (:mod:`.fusions`): a few node pairs become one kernel, e.g. ``sigmoid`` then
+  ``bce`` becomes BCE on the logits, whose gradient is ``sigmoid(z) - y``;
+* **dead work**: nodes the loss does not need are not run; gradients flow only along
+  paths from a parameter to the loss (inputs only when asked for);
+* **buffers**: one persistent array per value, except that an elementwise op whose input
+  is dead after it (no later node, no VJP reads it) writes over that input's buffer;
+  gradients that only pass through (``add``) share their array; a gradient nobody else
+  reads is overwritten by the next activation's VJP; parameter gradients are written
+  straight into the caller's gradient arrays;
+* **fan-out**: the first gradient reaching a value is used as is, later ones are added in.
+
+Ops whose kernel has no compiled form run their ``forward``/``vjp`` through a small
+adapter that copies the result into the value's buffer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from graphspec import OPS
+from graphspec.types import TensorType
+
+from ..kernels import Kernel, Meta, unbroadcast
+from ..plan import Plan
+from .emit import Emitter
+from .fusions import fuse
+
+
+@dataclass
+class LNode:
+    """A node as the lowering sees it: a plan step, or several fused into one."""
+
+    id: str
+    op: str
+    inputs: tuple[str, ...]
+    attrs: dict[str, Any]
+    grad_inputs: tuple[int, ...]
+    saves_out: bool
+    saves_inputs: tuple[int, ...]
+    forward_into: Callable | None = None
+    vjp_into: Callable | None = None
+    inplace: bool = False
+    kernel: Kernel | None = None  # for the adapter, when there is no compiled form
+    covers: tuple[str, ...] = ()  # the plan step ids a fused node stands for
+
+    @classmethod
+    def of(cls, step) -> "LNode":
+        k = step.kernel
+        return cls(step.id, step.op, step.inputs, step.attrs, step.grad_inputs, k.saves_out, k.saves_inputs,
+                   k.forward_into, k.vjp_into, k.inplace, k, (step.id,))
+
+
+@dataclass
+class Program:
+    """A lowered step: run ``forward`` then ``backward``; the loss is ``float(loss)``."""
+
+    forward: list[tuple[Callable, tuple]]
+    backward: list[tuple[Callable, tuple]]
+    inputs: dict[str, np.ndarray]  # the buffers the step reads its inputs from
+    loss: np.ndarray
+    input_grads: dict[str, np.ndarray]
+    native: tuple[str, ...]  # ops run in compiled form
+    adapted: tuple[str, ...]  # ops run through forward/vjp adapters
+    fused: tuple[str, ...]  # fused kernels used
+    bytes: int = 0
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def infer_types(plan: Plan, leaves: Mapping[str, TensorType]) -> dict[str, TensorType]:
+    """Every value's concrete type, from the op contracts (the same rules validation uses)."""
+    types = dict(leaves)
+    for step in plan.steps:
+        types[step.id] = OPS[step.op].infer([types[name] for name in step.inputs], step.attrs)
+    return types
+
+
+def lower(plan: Plan, input_types: Mapping[str, TensorType], params: Mapping[str, np.ndarray],
+          param_grads: Mapping[str, np.ndarray], *, grad_inputs: bool = False) -> Program:
+    """Lower ``plan`` for inputs of ``input_types``; the step reads ``params`` and writes
+    d(loss)/d(param) into ``param_grads`` (arrays the caller owns and keeps)."""
+    leaves = {**input_types, **{n: TensorType(p.dtype.name, p.shape) for n, p in params.items()}}
+    types = infer_types(plan, leaves)
+    nodes = fuse([LNode.of(s) for s in plan.steps], plan)
+    loss_id = plan.loss_node
+
+    # -- what runs ---------------------------------------------------------------------------
+    producer = {n.id: n for n in nodes}
+    needed: set[str] = set()
+    stack = [loss_id]
+    while stack:
+        name = stack.pop()
+        if name in needed or name not in producer:
+            continue
+        needed.add(name)
+        stack.extend(producer[name].inputs)
+    run = [n for n in nodes if n.id in needed]
+    sources = set(plan.param_names) | (set(plan.input_names) if grad_inputs else set())
+    depends = set(sources)
+    for n in run:
+        if any(n.inputs[i] in depends for i in n.grad_inputs):
+            depends.add(n.id)
+    feeds = {loss_id}
+    for n in reversed(run):
+        if n.id in feeds:
+            feeds.update(n.inputs[i] for i in n.grad_inputs)
+    path = depends & feeds
+
+    saved: set[str] = set()
+    for n in run:
+        if n.id in path:
+            if n.saves_out:
+                saved.add(n.id)
+            saved.update(n.inputs[i] for i in n.saves_inputs)
+    last_use: dict[str, int] = {}
+    for position, n in enumerate(run):
+        for name in n.inputs:
+            last_use[name] = position
+
+    e = Emitter()
+    dtype_of = {name: np.dtype(t.dtype) for name, t in types.items()}
+    buf: dict[str, np.ndarray] = {}
+    inputs = {name: e.buffer(tuple(input_types[name].shape), dtype_of[name]) for name in plan.input_names}
+    buf.update(inputs)
+    buf.update(params)
+    pinned = set(buf)  # inputs and parameters are never written by the forward pass
+    state: dict[str, dict] = {n.id: {} for n in run}
+    native, adapted = set(), set()
+    adapted_nodes: set[str] = set()  # run through the kernel's forward/vjp (no compiled form for this case)
+
+    # -- forward -----------------------------------------------------------------------------
+    for position, n in enumerate(run):
+        t = types[n.id]
+        shape, dtype = tuple(t.shape), dtype_of[n.id]
+        args = [buf[name] for name in n.inputs]
+        out = None
+        if n.inplace and n.forward_into is not None:
+            for name in n.inputs:
+                if (name not in pinned and name not in saved and name != loss_id and last_use[name] == position
+                        and buf[name].shape == shape and buf[name].dtype == dtype):
+                    out = buf[name]
+                    break
+        if out is None:
+            out = e.buffer(shape, dtype)
+        buf[n.id] = out
+        if n.op == "constant":  # its value is known now: fill the buffer once, never write it again
+            out[...] = n.kernel.forward(**n.attrs)
+            pinned.add(n.id)
+            continue
+        e.begin(state[n.id])
+        if n.forward_into is None or n.forward_into(e, out, *args, **n.attrs) is NotImplemented:
+            e.emit(_adapted_forward(n, out, args))
+            adapted_nodes.add(n.id)
+            adapted.add(n.op)
+        else:
+            native.add(n.op)
+    forward_tape = e.tape
+    e.tape = []
+
+    # -- backward ----------------------------------------------------------------------------
+    seed = np.ones(tuple(types[loss_id].shape), dtype_of[loss_id])
+    e.seed = seed
+    leaf_targets: dict[str, np.ndarray] = dict(param_grads)
+    input_grads: dict[str, np.ndarray] = {}
+    if grad_inputs:
+        for name in plan.input_names:
+            if dtype_of[name].kind == "f":
+                input_grads[name] = leaf_targets[name] = e.buffer(tuple(types[name].shape), dtype_of[name])
+    grads: dict[str, np.ndarray] = {loss_id: seed} if loss_id in path else {}
+    owned: set[int] = set()  # gradient arrays only this value's gradient uses: later gradients add in place
+    exclusive: set[int] = set()  # fresh gradient arrays that nothing but their value's gradient refers to
+
+    def contribute(name: str, gi: np.ndarray) -> None:
+        target = leaf_targets.get(name)
+        if name not in grads:
+            if target is not None and gi is not target:
+                e.emit(np.copyto, target, gi)
+                gi = target
+            grads[name] = gi
+            if target is not None:
+                owned.add(id(gi))
+            return
+        acc = grads[name]
+        if id(acc) in owned or id(acc) in exclusive:
+            e.emit(np.add, acc, gi, acc)
+        else:
+            total = e.buffer(acc.shape, acc.dtype)
+            e.emit(np.add, acc, gi, total)
+            grads[name] = total
+            owned.add(id(total))
+            exclusive.add(id(total))
+
+    for n in reversed(run):
+        if n.id not in path or n.id not in grads:
+            continue
+        g = grads.pop(n.id)
+        wanted = tuple(i in n.grad_inputs and n.inputs[i] in path for i in range(len(n.inputs)))
+        targets, seen = {}, set()
+        for i, name in enumerate(n.inputs):
+            if wanted[i] and name in leaf_targets and name not in grads and name not in seen:
+                targets[i] = leaf_targets[name]
+            seen.add(name)
+        args = [buf[name] for name in n.inputs]
+        g_exclusive = id(g) in exclusive
+        exclusive.discard(id(g))
+        e.begin(state[n.id], targets, g if g_exclusive else None)
+        parts = None
+        if n.vjp_into is not None and n.id not in adapted_nodes:
+            parts = n.vjp_into(e, g, buf[n.id], *args, wanted=wanted, **n.attrs)
+        if parts is None or parts is NotImplemented:  # no compiled form for this case
+            parts = _adapted_vjp(e, n, g, buf[n.id], args, wanted)
+        returned = [id(p) for p in parts if p is not None]
+        for i, name in enumerate(n.inputs):
+            if not wanted[i]:
+                continue
+            gi = parts[i]
+            shape = tuple(types[name].shape)
+            if gi.shape != shape:
+                target = targets.get(i)
+                reduced = target if target is not None and name not in grads else e.buffer(shape, dtype_of[name])
+                _emit_unbroadcast(e, gi, reduced)
+                gi = reduced
+                if reduced is not target:
+                    exclusive.add(id(reduced))
+            elif returned.count(id(gi)) == 1 and id(gi) not in owned and (
+                    (gi is g and g_exclusive) or (gi is not g and _is_fresh(e, gi))):
+                exclusive.add(id(gi))
+            contribute(name, gi)
+    backward_tape = e.tape
+
+    for name, target in leaf_targets.items():
+        if name not in grads:  # not on a path to the loss: its gradient is zero
+            target[...] = 0
+    return Program(forward_tape, backward_tape, inputs, buf[loss_id], input_grads, tuple(sorted(native)),
+                   tuple(sorted(adapted)), tuple(sorted({n.op for n in run if len(n.covers) > 1})), e.bytes, buf)
+
+
+def _is_fresh(e: Emitter, array: np.ndarray) -> bool:
+    """An array the emitter allocated (not a view of one, not the seed)."""
+    return array.base is None and array is not e.seed
+
+
+def _emit_unbroadcast(e: Emitter, g: np.ndarray, out: np.ndarray) -> None:
+    """Sum ``g`` over the axes broadcasting added or stretched, into ``out`` (the operand's shape)."""
+    extra = g.ndim - out.ndim
+    axes = tuple(range(extra)) + tuple(extra + i for i, d in enumerate(out.shape) if d == 1 and g.shape[extra + i] != 1)
+    kept = tuple(d for k, d in enumerate(g.shape) if k not in axes)
+    e.emit(np.add.reduce, g, axes, None, out.reshape(kept))
+
+
+def _adapted_forward(n: LNode, out: np.ndarray, args: list[np.ndarray]) -> tuple:
+    forward, attrs = n.kernel.forward, n.attrs
+
+    def run() -> None:
+        np.copyto(out, forward(*args, **attrs))
+    return run
+
+
+def _adapted_vjp(e: Emitter, n: LNode, g: np.ndarray, out: np.ndarray, args: list[np.ndarray],
+                 wanted: tuple[bool, ...]) -> list:
+    """The kernel's own VJP, unbroadcast and copied into gradient buffers."""
+    k = n.kernel
+    metas = [a if i in k.saves_inputs else Meta(a.shape, a.dtype) for i, a in enumerate(args)]
+    out_arg = out if k.saves_out else Meta(out.shape, out.dtype)
+    dests = [e.grad_for(i, a.shape, a.dtype) if wanted[i] else None for i, a in enumerate(args)]
+    vjp, attrs = k.vjp, n.attrs
+
+    def run() -> None:
+        parts = vjp(g, out_arg, *metas, **attrs)
+        for i, dest in enumerate(dests):
+            if dest is not None:
+                part = parts[i]
+                if part is None:
+                    dest[...] = 0
+                else:
+                    np.copyto(dest, unbroadcast(np.asarray(part), dest.shape))
+    e.emit(run)
+    return dests

@@ -1,0 +1,188 @@
+"""The compiled training step: forward, backward and optimizer update as one tape.
+
+    step = runtime.CompiledStep(plan, runtime.SGD(lr=0.1))
+    step.load_params(init_params(graph))
+    loss = step(inputs)              # one update; step.params are the updated parameters
+    loss, grads = step.gradients(inputs)   # no update
+
+Parameters live in one flat array per dtype (the *arena*), gradients in another of the
+same layout; ``step.params[name]`` and ``step.grads[name]`` are views into them, so a
+plain SGD update is two numpy calls for the whole model, and checking every gradient
+for NaN/inf is one reduction. A tape is lowered (:mod:`.lower`) the first time a set of
+input shapes is seen and kept, so a trainer whose last batch is smaller has two.
+
+Arrays a step hands out (``grads``, ``params``) are the engine's own: they change with
+the next step; copy what you keep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from graphspec import Graph
+from graphspec.types import TensorType
+
+from ..errors import ExecutionError, InputError
+from ..optim import SGD, Optimizer
+from ..plan import Plan, compile as compile_plan
+from .lower import Program, lower
+
+
+_CHUNK = 1 << 15  # elements per SGD chunk: a small temporary that stays in cache
+
+
+@dataclass
+class _Arena:
+    params: np.ndarray
+    grads: np.ndarray
+
+    def __post_init__(self) -> None:
+        scratch = np.empty(min(_CHUNK, self.params.size), self.params.dtype)
+        self.chunks = [(self.params[i:i + _CHUNK], self.grads[i:i + _CHUNK], scratch[:min(_CHUNK, self.params.size - i)])
+                       for i in range(0, self.params.size, _CHUNK)]
+
+
+class CompiledStep:
+    """A plan compiled into tapes for training with ``optimizer`` (see the module docstring).
+
+    ``grad_inputs=True`` also computes gradients with respect to the float inputs
+    (:meth:`gradients` returns them too); training never needs them.
+    """
+
+    def __init__(self, plan: Plan | Graph, optimizer: Optimizer | None = None, *, grad_inputs: bool = False):
+        if isinstance(plan, Graph):
+            plan = compile_plan(plan)
+        self.plan = plan
+        self.optimizer = optimizer
+        self.grad_inputs = grad_inputs
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self._arenas: list[_Arena] = []
+        self._programs: dict[tuple, Program] = {}
+        self._input_types = {name: spec.dtype for name, spec in plan.graph.inputs.items()}
+        self._plain_sgd = (isinstance(optimizer, SGD) and optimizer.momentum == 0 and optimizer.weight_decay == 0)
+
+    # -- parameters ------------------------------------------------------------------------
+    def load_params(self, params: Mapping[str, Any]) -> None:
+        """Copy ``params`` (checked as :meth:`Plan.check_inputs` checks them) into the arena."""
+        plan = self.plan
+        if self.params:
+            for name in plan.param_names:
+                value = np.asarray(params[name]) if name in params else None
+                if value is None or value.shape != self.params[name].shape or value.dtype != self.params[name].dtype:
+                    break
+            else:  # same layout: copy in place, the tapes stay valid
+                for name in plan.param_names:
+                    self.params[name][...] = params[name]
+                return
+        dummy = {name: np.zeros([1 if isinstance(d, str) or d is None else d for d in spec.shape], spec.dtype)
+                 for name, spec in plan.graph.inputs.items()}
+        bound = plan.check_inputs(dummy, params)
+        by_dtype: dict[np.dtype, list[str]] = {}
+        for name in plan.param_names:
+            by_dtype.setdefault(bound[name].dtype, []).append(name)
+        self.params, self.grads, self._arenas, self._programs = {}, {}, [], {}
+        for dtype, names in by_dtype.items():
+            size = sum(bound[n].size for n in names)
+            arena = _Arena(np.empty(size, dtype), np.zeros(size, dtype))
+            offset = 0
+            for n in names:
+                shape = bound[n].shape
+                end = offset + bound[n].size
+                self.params[n] = arena.params[offset:end].reshape(shape)
+                self.params[n][...] = bound[n]
+                self.grads[n] = arena.grads[offset:end].reshape(shape)
+                offset = end
+            self._arenas.append(arena)
+
+    # -- tapes -----------------------------------------------------------------------------
+    def program(self, inputs: Mapping[str, np.ndarray]) -> Program:
+        """The tape for these inputs' shapes, lowered on first use (the inputs are fully
+        checked then; later calls with the same shapes check only shapes and dtypes)."""
+        if not self.params:
+            raise InputError("load_params(...) first: the compiled step has no parameters yet")
+        key = tuple(np.shape(inputs[name]) if name in inputs else None for name in self.plan.input_names)
+        program = self._programs.get(key)
+        if program is None:
+            bound = self.plan.check_inputs(inputs, self.params)
+            types = {name: TensorType(bound[name].dtype.name, bound[name].shape) for name in self.plan.input_names}
+            program = lower(self.plan, types, self.params, self.grads, grad_inputs=self.grad_inputs)
+            self._programs[key] = program
+        return program
+
+    def _load(self, inputs: Mapping[str, Any]) -> Program:
+        program = self.program(inputs)
+        if len(inputs) != len(program.inputs):
+            self.plan.check_inputs(inputs, self.params)  # names the missing or unexpected input
+        for name, target in program.inputs.items():
+            value = inputs[name]
+            if value is not target:
+                if not isinstance(value, np.ndarray) or value.dtype != target.dtype:
+                    self.plan.check_inputs(inputs, self.params)  # raises, naming the input and the dtype
+                np.copyto(target, value)
+        return program
+
+    def run(self, program: Program, *, update: bool = True) -> float:
+        """Run ``program`` on the inputs already in ``program.inputs``: forward, backward and
+        (``update``) the optimizer step. Returns the loss (before the update)."""
+        with np.errstate(all="ignore"):  # non-finite values are the caller's to detect, as in Plan
+            try:
+                for fn, args in program.forward:
+                    fn(*args)
+            except (ValueError, IndexError) as exc:  # e.g. a class label out of range
+                raise self._located(program, exc) from None
+            for fn, args in program.backward:
+                fn(*args)
+            loss = float(program.loss)
+            if update and self.optimizer is not None:
+                self.update()
+        return loss
+
+    def __call__(self, inputs: Mapping[str, Any]) -> float:
+        """One training step on ``inputs``; the loss before the update."""
+        return self.run(self._load(inputs))
+
+    def gradients(self, inputs: Mapping[str, Any]) -> tuple[float, dict[str, np.ndarray]]:
+        """The loss and d(loss)/d(every parameter) (and float input, with ``grad_inputs``),
+        as copies; no update."""
+        program = self._load(inputs)
+        loss = self.run(program, update=False)
+        grads = {name: g.copy() for name, g in self.grads.items()}
+        grads.update({name: g.copy() for name, g in program.input_grads.items()})
+        return loss, grads
+
+    # -- the update ----------------------------------------------------------------------
+    def update(self) -> None:
+        """Apply the optimizer to the parameters with the gradients of the last run."""
+        if self._plain_sgd:  # p -= lr * g, elementwise: the same on the arena as per parameter
+            lr = self.optimizer.lr
+            multiply, subtract = np.multiply, np.subtract
+            for arena in self._arenas:
+                for p, g, step in arena.chunks:
+                    multiply(g, lr, step)
+                    subtract(p, step, p)
+            self.optimizer.steps += 1
+        else:
+            self.optimizer.step(self.params, self.grads)
+
+    def grads_finite(self) -> bool:
+        return all(_finite(a.grads) for a in self._arenas)
+
+    def params_finite(self) -> bool:
+        return all(_finite(a.params) for a in self._arenas)
+
+    def _located(self, program: Program, exc: Exception) -> Exception:
+        """The interpreter's error for the failing batch (it names the node), else a plain one."""
+        try:
+            self.plan.forward(dict(program.inputs), self.params, with_grad=False)
+        except (ExecutionError, InputError) as located:
+            return located
+        return ExecutionError(str(exc), node="?", op="?")
+
+
+def _finite(array: np.ndarray) -> bool:
+    # one sum is a cheap first test: it is finite whenever every element is, unless it overflows
+    return bool(np.isfinite(np.add.reduce(array))) or bool(np.isfinite(array).all())
