@@ -9,7 +9,9 @@
 The check always runs in float64: a graph with float32 inputs, parameters or constants
 is copied to float64 first (:func:`cast_graph`), and float inputs and parameters are cast
 too, so that a central difference with ``eps=1e-6`` is accurate to about 1e-9. The
-analytic gradient is ``runtime.compile(g).forward(...).backward()``; the numeric one is
+analytic gradient is ``runtime.compile(g).forward(...).backward()`` (``engine="interpreter"``,
+the default) or the compiled engine's (``engine="compiled"``: :class:`runtime.CompiledStep`,
+whose loss is then also checked against the interpreter's); the numeric one is
 ``(L(x + eps) - L(x - eps)) / (2 eps)`` for every element of every checked tensor. An
 element passes when ``|analytic - numeric| <= atol + rtol * |numeric|``.
 
@@ -234,7 +236,8 @@ def _compare(name: str, kind: str, analytic: np.ndarray, numeric: np.ndarray, rt
 
 
 def gradcheck(graph: Graph, inputs: Mapping[str, Any], params: Mapping[str, Any], *, eps: float = 1e-6,
-              rtol: float = 1e-5, atol: float = 1e-8, wrt: str | Iterable[str] = "params") -> GradcheckResult:
+              rtol: float = 1e-5, atol: float = 1e-8, wrt: str | Iterable[str] = "params",
+              engine: str = "interpreter") -> GradcheckResult:
     """Compare the engine's gradients of ``graph``'s loss with central finite differences.
 
     Never raises on a mismatch (see :func:`assert_gradcheck`); raises ValueError for a bad
@@ -242,6 +245,8 @@ def gradcheck(graph: Graph, inputs: Mapping[str, Any], params: Mapping[str, Any]
     """
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps}")
+    if engine not in ("interpreter", "compiled"):
+        raise ValueError(f"engine must be 'interpreter' or 'compiled', not {engine!r}")
     g64 = _as_float64(graph)
     targets, skipped = _targets(g64, wrt)
     inputs64 = _bind64(inputs, g64.inputs)
@@ -251,7 +256,15 @@ def gradcheck(graph: Graph, inputs: Mapping[str, Any], params: Mapping[str, Any]
 
     run = plan.forward(inputs64, params64, grad_inputs=with_inputs)
     loss = run.loss
-    if run.grad_path:
+    entries: dict[str, GradcheckEntry] = {}
+    if engine == "compiled":
+        from .compiled import CompiledStep  # the compiled engine builds on this module's neighbours
+
+        step = CompiledStep(plan, grad_inputs=with_inputs)
+        step.load_params(params64)
+        compiled_loss, analytic = step.gradients(inputs64)
+        entries["(loss)"] = _compare("(loss)", "loss", np.array(compiled_loss), np.array(loss), rtol, atol)
+    elif run.grad_path:
         analytic = run.backward()
     else:  # no checked tensor reaches the loss: every gradient is zero
         analytic = {}
@@ -259,7 +272,6 @@ def gradcheck(graph: Graph, inputs: Mapping[str, Any], params: Mapping[str, Any]
     def loss_at() -> float:
         return plan.forward(inputs64, params64, with_grad=False).loss
 
-    entries: dict[str, GradcheckEntry] = {}
     for name, kind in targets:
         values = (params64 if kind == "parameter" else inputs64)
         array = values[name] = np.array(values[name], dtype=np.float64)  # bound and owned
@@ -287,7 +299,7 @@ def gradcheck(graph: Graph, inputs: Mapping[str, Any], params: Mapping[str, Any]
 
 
 def assert_gradcheck(graph: Graph, inputs: Mapping[str, Any], params: Mapping[str, Any], **options: Any
-                     ) -> GradcheckResult:
+                     ) -> GradcheckResult:  # options: those of gradcheck, engine included
     """:func:`gradcheck`, raising AssertionError (with the readable report) when it fails."""
     result = gradcheck(graph, inputs, params, **options)
     if not result.ok:

@@ -87,12 +87,17 @@ class Plan:
         return saved
 
     # -- inputs --------------------------------------------------------------------------
-    def check_inputs(self, inputs: Mapping[str, Any], params: Mapping[str, Any]) -> Arrays:
-        """Bind inputs and parameters to arrays, checking names, dtypes, shapes and finiteness."""
+    def check_inputs(self, inputs: Mapping[str, Any], params: Mapping[str, Any], *,
+                     only: str | None = None) -> Arrays:
+        """Bind inputs and parameters to arrays, checking names, dtypes, shapes and finiteness.
+        ``only="input"`` or ``"parameter"`` checks and binds just that kind (the other is
+        passed as None)."""
         bound: Arrays = {}
         symbols: dict[str, tuple[int, str]] = {}
         for kind, given, declared in (("input", inputs, self.graph.inputs), ("parameter", params,
                                                                              self.graph.parameters)):
+            if only is not None and kind != only:
+                continue
             for name in given:
                 if name not in declared:
                     hint = graphspec.errors.did_you_mean(name, declared)
@@ -145,38 +150,42 @@ def _consumer_counts(steps: Iterable[Step]) -> dict[str, int]:
     return counts
 
 
+_DTYPES = {name: np.dtype(name) for name in ("float16", "float32", "float64", "int32", "int64", "bool", "uint8",
+                                                "int8", "int16", "uint16", "uint32", "uint64")}
+
+
 def _bind(kind: str, name: str, value: Any, dtype: str, shape: tuple, symbols: dict) -> np.ndarray:
     expected = f"{dtype}{list(shape)}"
+
+    def refuse(message: str, array: np.ndarray | None = None) -> InputError:
+        actual = None if array is None else f"{array.dtype.name}{list(array.shape)}"  # dtype.name is slow
+        return InputError(message, name=name, expected=expected, actual=actual)
+
     if isinstance(value, np.ndarray):
-        if value.dtype.name != dtype:
-            raise InputError(f"{kind} {name!r} is {value.dtype.name}, the graph declares {dtype} "
-                             f"(convert it with .astype({dtype!r}); chainrule never casts silently)",
-                             name=name, expected=expected, actual=f"{value.dtype.name}{list(value.shape)}")
+        if value.dtype != _DTYPES.get(dtype) and value.dtype.name != dtype:  # the fast test first
+            raise refuse(f"{kind} {name!r} is {value.dtype.name}, the graph declares {dtype} "
+                         f"(convert it with .astype({dtype!r}); chainrule never casts silently)", value)
         array = value
     else:
         try:
             array = np.asarray(value, dtype=dtype)
         except (TypeError, ValueError, OverflowError) as exc:
-            raise InputError(f"{kind} {name!r} cannot be read as {dtype}: {exc}", name=name,
-                             expected=expected) from None
-    actual = f"{array.dtype.name}{list(array.shape)}"
+            raise refuse(f"{kind} {name!r} cannot be read as {dtype}: {exc}") from None
     if array.ndim != len(shape):
-        raise InputError(f"{kind} {name!r} has shape {list(array.shape)}, expected {list(shape)}",
-                         name=name, expected=expected, actual=actual)
+        raise refuse(f"{kind} {name!r} has shape {list(array.shape)}, expected {list(shape)}", array)
     for axis, (want, got) in enumerate(zip(shape, array.shape)):
         if isinstance(want, int) and want != got:
-            raise InputError(f"{kind} {name!r} has shape {list(array.shape)}, expected {list(shape)} "
-                             f"(axis {axis} is {got}, not {want})", name=name, expected=expected, actual=actual)
+            raise refuse(f"{kind} {name!r} has shape {list(array.shape)}, expected {list(shape)} "
+                         f"(axis {axis} is {got}, not {want})", array)
         if isinstance(want, str):
             if got == 0:
-                raise InputError(f"{kind} {name!r} is empty along {want!r} (axis {axis})", name=name,
-                                 expected=expected, actual=actual)
+                raise refuse(f"{kind} {name!r} is empty along {want!r} (axis {axis})", array)
             first = symbols.setdefault(want, (got, name))
             if first[0] != got:
-                raise InputError(f"{kind} {name!r} has {want}={got} on axis {axis}, but {first[1]!r} has "
-                                 f"{want}={first[0]}", name=name, expected=expected, actual=actual)
+                raise refuse(f"{kind} {name!r} has {want}={got} on axis {axis}, but {first[1]!r} has "
+                             f"{want}={first[0]}", array)
     if dtype in FLOAT_DTYPES and array.size and not np.isfinite(array).all():
-        raise InputError(f"{kind} {name!r} contains NaN or inf", name=name, expected=expected, actual=actual)
+        raise refuse(f"{kind} {name!r} contains NaN or inf", array)
     return array
 
 

@@ -20,19 +20,26 @@ permutation, with the parameters, the optimizer's state and the loss history.
 ``fit(..., resume=checkpoint)`` redraws that permutation and continues with the same
 batch, so a run resumed at step k ends exactly as the uninterrupted run does.
 ``steps`` and ``epochs`` count from the start of the run, not from the resumption.
+
+**Engines.** By default a step runs on the compiled engine (:class:`runtime.CompiledStep`:
+the graph lowered once per batch shape to preallocated buffers, see docs/performance.md);
+``compiled=False`` uses the reference interpreter (``Plan.forward``/``Run.backward``).
+Both give the same results to within float rounding (the test suites run on both); a run
+is bit-for-bit reproducible, and resumable, on the engine it was made with.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
 import graphspec
 
 from .checkpoint import Checkpoint, CheckpointError, rng_state_from_plain, rng_state_to_plain
+from .compiled import CompiledStep
 from .errors import InputError, NonFiniteError
 from .optim import Optimizer
 from .plan import Plan, compile
@@ -46,8 +53,8 @@ class StepReport:
 
     ``step`` counts updates from 1 (this is the ``step``-th); ``epoch`` and
     ``batch_index`` (from 0) locate the batch it used; ``loss`` is that batch's loss
-    before the update, ``grads`` the gradients the update used and ``grad_norms`` their
-    L2 norms; ``eval_loss`` is the held-out loss after the update when an evaluation ran
+    before the update, ``grads`` the gradients the update used (the report's own copies) and
+    ``grad_norms`` their L2 norms (computed when first read); ``eval_loss`` is the held-out loss after the update when an evaluation ran
     at this step, else None.
     """
 
@@ -55,7 +62,7 @@ class StepReport:
     epoch: int
     loss: float
     grads: Arrays
-    grad_norms: dict[str, float]
+    grad_norms: Mapping[str, float]
     eval_loss: float | None = None
     batch_index: int = 0
 
@@ -76,12 +83,44 @@ class TrainResult:
     checkpoint: Checkpoint
 
 
+class GradNorms(Mapping[str, float]):
+    """The L2 norm of each gradient, computed (in float64) the first time any is read:
+    most steps of a long run are never looked at."""
+
+    def __init__(self, grads: Arrays):
+        self._grads = grads
+        self._norms: dict[str, float] | None = None
+
+    def _computed(self) -> dict[str, float]:
+        if self._norms is None:
+            with np.errstate(all="ignore"):
+                self._norms = {n: float(np.linalg.norm(np.asarray(g, dtype=np.float64).ravel()))
+                               for n, g in self._grads.items()}
+        return self._norms
+
+    def __getitem__(self, name: str) -> float:
+        return self._computed()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._grads)
+
+    def __len__(self) -> int:
+        return len(self._grads)
+
+    def __repr__(self) -> str:
+        return repr(self._computed())
+
+
 def _count(name: str, value: Any, minimum: int) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum} or None, got {value!r}")
     return int(value)
+
+
+def _length(rows) -> int:
+    return rows.stop - rows.start if isinstance(rows, slice) else len(rows)
 
 
 def _is_stop(answer: Any) -> bool:
@@ -92,7 +131,7 @@ class Trainer:
     """Trains a compiled graph's parameters with an optimizer. See the module docstring."""
 
     def __init__(self, plan: Plan | graphspec.Graph, optimizer: Optimizer, *, batch_size: int | None = None,
-                 shuffle: bool = True, seed: int = 0):
+                 shuffle: bool = True, seed: int = 0, compiled: bool = True):
         if isinstance(plan, graphspec.Graph):
             plan = compile(plan)
         if not isinstance(plan, Plan):
@@ -101,6 +140,9 @@ class Trainer:
             raise TypeError(f"Trainer needs a runtime.optim optimizer, got {type(optimizer).__name__}")
         if not isinstance(shuffle, bool):
             raise ValueError(f"shuffle must be true or false, got {shuffle!r}")
+        if not isinstance(compiled, bool):
+            raise ValueError(f"compiled must be true or false, got {compiled!r}")
+        self.compiled = compiled
         self.plan = plan
         self.optimizer = optimizer
         self.batch_size = _count("batch_size", batch_size, 1)
@@ -248,7 +290,13 @@ class Trainer:
         start = resume.params if resume is not None else params
         bound, examples = self._prepare(data, start, "data")
         arrays = {name: bound[name] for name in plan.input_names}
-        params = {name: np.array(bound[name], copy=True, order="C") for name in plan.param_names}
+        engine, programs = None, {}
+        if self.compiled:
+            engine = CompiledStep(plan, opt)
+            engine.load_params({name: bound[name] for name in plan.param_names})
+            params = engine.params  # views into the engine's parameter arena, updated in place
+        else:
+            params = {name: np.array(bound[name], copy=True, order="C") for name in plan.param_names}
         eval_arrays = None
         if eval_data is not None:
             eval_bound = self._prepare(eval_data, params, "eval_data")[0]
@@ -287,29 +335,16 @@ class Trainer:
             if epoch_state is None:
                 epoch_state = rng.bit_generator.state
                 order = rng.permutation(examples) if shuffled else None
+            number = step + 1
             if examples is None:
-                inputs = arrays
+                rows = None
             else:
                 lo, hi = batch * size, min((batch + 1) * size, examples)
                 rows = order[lo:hi] if order is not None else slice(lo, hi)
-                inputs = {n: (a[rows] if n in self.batched else a) for n, a in arrays.items()}
-            number = step + 1
-            run = plan.forward(inputs, params)
-            loss = run.loss
-            if not math.isfinite(loss):
-                raise self.diagnose(inputs, params, number)
-            grads = run.backward()
-            if not all(np.isfinite(grads[n]).all() for n in plan.param_names):
-                raise self.diagnose(inputs, params, number)
-            with np.errstate(all="ignore"):  # overflow is detected explicitly below, not warned about
-                norms = {n: float(np.linalg.norm(np.asarray(grads[n], dtype=np.float64).ravel()))
-                         for n in plan.param_names}
-                opt.step(params, grads)
-            for name, p in params.items():
-                if not np.isfinite(p).all():
-                    raise NonFiniteError(f"step {number}: the update made parameter {name!r} NaN/inf "
-                                         f"(the loss and gradients were finite; is the learning rate too large?)",
-                                         node=name, step=number)
+            if engine is not None:
+                loss, grads = self._compiled_step(engine, programs, arrays, rows, number, callback is not None)
+            else:
+                loss, grads = self._interpreted_step(arrays, rows, params, number)
             step, last = number, loss
             best = loss if best is None else min(best, loss)
             losses.append(loss)
@@ -322,7 +357,7 @@ class Trainer:
                 eval_loss = plan.forward(eval_arrays, params, with_grad=False).loss
                 eval_losses.append((step, eval_loss))
             if callback is not None:
-                stopped = _is_stop(callback(StepReport(step, report_epoch, loss, grads, norms, eval_loss,
+                stopped = _is_stop(callback(StepReport(step, report_epoch, loss, grads, GradNorms(grads), eval_loss,
                                                        report_batch)))
             if checkpoint_every is not None and step % checkpoint_every == 0:
                 on_checkpoint(checkpoint(epoch_state))
@@ -331,8 +366,65 @@ class Trainer:
 
         if eval_arrays is not None and (not eval_losses or eval_losses[-1][0] != step):
             eval_losses.append((step, plan.forward(eval_arrays, params, with_grad=False).loss))
+        if engine is not None:  # the caller's own arrays, not views into the engine
+            params = {name: p.copy() for name, p in params.items()}
         return TrainResult(params=params, losses=losses, eval_losses=eval_losses, steps=step, epochs=epoch,
                            stopped_early=stopped, checkpoint=checkpoint(epoch_state))
+
+    def _batch(self, arrays: Arrays, rows) -> Arrays:
+        if rows is None:
+            return arrays
+        return {n: (a[rows] if n in self.batched else a) for n, a in arrays.items()}
+
+    def _interpreted_step(self, arrays: Arrays, rows, params: Arrays, number: int) -> tuple[float, Arrays]:
+        """One update on the reference interpreter; returns the loss and the gradients used."""
+        inputs = self._batch(arrays, rows)
+        run = self.plan.forward(inputs, params)
+        loss = run.loss
+        if not math.isfinite(loss):
+            raise self.diagnose(inputs, params, number)
+        grads = run.backward()
+        if not all(np.isfinite(grads[n]).all() for n in self.plan.param_names):
+            raise self.diagnose(inputs, params, number)
+        with np.errstate(all="ignore"):  # overflow is detected explicitly below, not warned about
+            self.optimizer.step(params, grads)
+        self._check_params(params, lambda name: not np.isfinite(params[name]).all(), number)
+        return loss, grads
+
+    def _compiled_step(self, engine: CompiledStep, programs: dict, arrays: Arrays, rows, number: int,
+                       keep_grads: bool) -> tuple[float, Arrays]:
+        """One update on the compiled engine: the batch is gathered straight into the tape's
+        input buffers. The gradients are copied only when someone (a callback) will see them."""
+        key = None if rows is None else _length(rows)  # a tape per batch length: the last may be short
+        program = programs.get(key)
+        if program is None:
+            program = programs[key] = engine.program(self._batch(arrays, rows))
+            for name, buffer in program.inputs.items():
+                if name not in self.batched or rows is None:
+                    np.copyto(buffer, arrays[name])  # whole inputs: the same every step
+        if rows is not None:
+            for name in self.batched:
+                if isinstance(rows, slice):
+                    np.copyto(program.inputs[name], arrays[name][rows])
+                else:
+                    np.take(arrays[name], rows, axis=0, out=program.inputs[name])
+        loss = engine.run(program, update=False)
+        if not math.isfinite(loss) or not engine.grads_finite():
+            raise self.diagnose(dict(program.inputs), engine.params, number)
+        grads = {n: g.copy() for n, g in engine.grads.items()} if keep_grads else engine.grads
+        with np.errstate(all="ignore"):
+            engine.update()
+        if not engine.params_finite():
+            self._check_params(engine.params, lambda name: not np.isfinite(engine.params[name]).all(), number)
+        return loss, grads
+
+    @staticmethod
+    def _check_params(params: Arrays, broken: Callable[[str], bool], number: int) -> None:
+        for name in params:
+            if broken(name):
+                raise NonFiniteError(f"step {number}: the update made parameter {name!r} NaN/inf "
+                                     f"(the loss and gradients were finite; is the learning rate too large?)",
+                                     node=name, step=number)
 
     def _check_resume(self, ckpt: Checkpoint, settings: dict, batches: int) -> None:
         if ckpt.graph_hash != self.graph_hash:

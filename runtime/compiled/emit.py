@@ -8,6 +8,7 @@ node, which is where an interpreter spends its time on small graphs.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -36,9 +37,10 @@ class Emitter:
         self._pool_taken: dict[tuple, int] = {}
 
     # -- what kernels call ---------------------------------------------------------------
-    def emit(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Append the call ``fn(*args)``."""
-        self.tape.append((fn, args))
+    def emit(self, fn: Callable[..., Any], *args: Any, **keywords: Any) -> None:
+        """Append the call ``fn(*args, **keywords)`` (pass a ufunc's ``out`` positionally
+        where numpy allows it: keywords cost a ``functools.partial`` call)."""
+        self.tape.append((partial(fn, **keywords) if keywords else fn, args))
 
     def buffer(self, shape: Shape, dtype) -> np.ndarray:
         """A persistent array of its own."""

@@ -34,8 +34,8 @@ def _sigmoid_bce_into(e, out, z, y, *, eps, reduction):
     # the bounds bce clips to, rounded to z's dtype as the interpreter's clip rounds them
     low, high = (float(z.dtype.type(eps)), float(z.dtype.type(1 - eps)))
     clipped = e.state["clipped"] = e.buffer(z.shape, z.dtype)
-    e.emit(np.maximum, z, _logit(low), clipped)
-    e.emit(np.minimum, clipped, _logit(high), clipped)
+    e.emit(np.maximum, z, _logit(low), out=clipped)
+    e.emit(np.minimum, clipped, _logit(high), out=clipped)
     per_element = e.scratch(np.broadcast_shapes(z.shape, y.shape), z.dtype)
     yz = e.scratch(per_element.shape, z.dtype)
     e.emit(np.logaddexp, 0, clipped, per_element)  # -log(1 - a) = log(1 + e^z)

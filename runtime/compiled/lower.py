@@ -76,18 +76,45 @@ class Program:
 
 
 def infer_types(plan: Plan, leaves: Mapping[str, TensorType]) -> dict[str, TensorType]:
-    """Every value's concrete type, from the op contracts (the same rules validation uses)."""
+    """Every value's concrete type, from the op contracts (the same rules validation uses).
+    Layers repeat, so each distinct (op, input types, attributes) is inferred once."""
     types = dict(leaves)
+    seen: dict[tuple, TensorType] = {}
     for step in plan.steps:
-        types[step.id] = OPS[step.op].infer([types[name] for name in step.inputs], step.attrs)
+        in_types = [types[name] for name in step.inputs]
+        try:
+            key = (step.op, *in_types, *sorted(step.attrs.items()))
+            hash(key)
+        except TypeError:  # list-valued attributes (axes, shapes): not worth a hashable copy
+            key = None
+        out = seen.get(key) if key is not None else None
+        if out is None:
+            out = OPS[step.op].infer(in_types, step.attrs)
+            if key is not None:
+                seen[key] = out
+        types[step.id] = out
     return types
+
+
+def tensor_type(array: np.ndarray) -> TensorType:
+    return TensorType(_dtype_name(array.dtype), tuple(array.shape))
+
+
+_NAMES: dict[np.dtype, str] = {}
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    name = _NAMES.get(dtype)
+    if name is None:  # dtype.name is computed in Python on every access
+        name = _NAMES[dtype] = dtype.name
+    return name
 
 
 def lower(plan: Plan, input_types: Mapping[str, TensorType], params: Mapping[str, np.ndarray],
           param_grads: Mapping[str, np.ndarray], *, grad_inputs: bool = False) -> Program:
     """Lower ``plan`` for inputs of ``input_types``; the step reads ``params`` and writes
     d(loss)/d(param) into ``param_grads`` (arrays the caller owns and keeps)."""
-    leaves = {**input_types, **{n: TensorType(p.dtype.name, p.shape) for n, p in params.items()}}
+    leaves = {**input_types, **{n: tensor_type(p) for n, p in params.items()}}
     types = infer_types(plan, leaves)
     nodes = fuse([LNode.of(s) for s in plan.steps], plan)
     loss_id = plan.loss_node
@@ -126,7 +153,8 @@ def lower(plan: Plan, input_types: Mapping[str, TensorType], params: Mapping[str
             last_use[name] = position
 
     e = Emitter()
-    dtype_of = {name: np.dtype(t.dtype) for name, t in types.items()}
+    dtypes = {name: np.dtype(name) for name in {t.dtype for t in types.values()}}
+    dtype_of = {name: dtypes[t.dtype] for name, t in types.items()}
     buf: dict[str, np.ndarray] = {}
     inputs = {name: e.buffer(tuple(input_types[name].shape), dtype_of[name]) for name in plan.input_names}
     buf.update(inputs)

@@ -23,12 +23,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from graphspec import Graph
-from graphspec.types import TensorType
 
 from ..errors import ExecutionError, InputError
 from ..optim import SGD, Optimizer
 from ..plan import Plan, compile as compile_plan
-from .lower import Program, lower
+from .lower import Program, lower, tensor_type
 
 
 _CHUNK = 1 << 15  # elements per SGD chunk: a small temporary that stays in cache
@@ -78,9 +77,7 @@ class CompiledStep:
                 for name in plan.param_names:
                     self.params[name][...] = params[name]
                 return
-        dummy = {name: np.zeros([1 if isinstance(d, str) or d is None else d for d in spec.shape], spec.dtype)
-                 for name, spec in plan.graph.inputs.items()}
-        bound = plan.check_inputs(dummy, params)
+        bound = plan.check_inputs(None, params, only="parameter")
         by_dtype: dict[np.dtype, list[str]] = {}
         for name in plan.param_names:
             by_dtype.setdefault(bound[name].dtype, []).append(name)
@@ -107,8 +104,8 @@ class CompiledStep:
         key = tuple(np.shape(inputs[name]) if name in inputs else None for name in self.plan.input_names)
         program = self._programs.get(key)
         if program is None:
-            bound = self.plan.check_inputs(inputs, self.params)
-            types = {name: TensorType(bound[name].dtype.name, bound[name].shape) for name in self.plan.input_names}
+            bound = self.plan.check_inputs(inputs, None, only="input")
+            types = {name: tensor_type(bound[name]) for name in self.plan.input_names}
             program = lower(self.plan, types, self.params, self.grads, grad_inputs=self.grad_inputs)
             self._programs[key] = program
         return program

@@ -68,7 +68,7 @@ kernel("tanh", np.tanh,
 # the input's buffer is free for the output to overwrite.
 kernel("relu", lambda x: np.maximum(x, 0),
        lambda g, out, x: (g * (out > 0),), saves=("out",),
-       forward_into=lambda e, out, x: e.emit(np.maximum, x, 0, out), vjp_into=_relu_vjp_into, inplace=True)
+       forward_into=lambda e, out, x: e.emit(np.maximum, x, 0, out=out), vjp_into=_relu_vjp_into, inplace=True)
 kernel("softmax", lambda x, *, axis: softmax(x, axis),
        lambda g, out, x, *, axis: (out * (g - (g * out).sum(axis=axis, keepdims=True)),), saves=("out",))
 kernel("log_softmax", lambda x, *, axis: log_softmax(x, axis),
