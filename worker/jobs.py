@@ -103,7 +103,7 @@ class _Reporter:
 
     def _sample(self, report: runtime.StepReport) -> None:
         grads = encode_tensors(report.grads) if self.gradients == "full" else None
-        norms = report.grad_norms if self.gradients != "none" else {}
+        norms = dict(report.grad_norms) if self.gradients != "none" else {}  # computed now, from this step
         self.buffer.append(StepRecord(report.step, float(report.loss), norms, now(), report.eval_loss, grads))
         self.sampled = report.step
 
@@ -235,8 +235,9 @@ def _train(store: JobStore, job_id: str, job: dict[str, str], token: str, worker
     eval_blob = store.get_blob(job_id, "eval_data")
     eval_data = decode_tensors(eval_blob) if eval_blob else None
     optimizer = runtime.make_optimizer(**spec["optimizer"])
+    # compiled: the fast engine (docs/performance.md); the interpreter stays the reference
     trainer = runtime.Trainer(graph, optimizer, batch_size=spec.get("batch_size"), shuffle=spec.get("shuffle", True),
-                              seed=spec.get("seed", 0))
+                              seed=spec.get("seed", 0), compiled=True)
     checkpoint_blob = store.get_blob(job_id, "checkpoint")
     resume = runtime.Checkpoint.from_bytes(checkpoint_blob) if checkpoint_blob else None
     params = None if resume else runtime.init_params(graph, seed=spec.get("seed", 0))

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from .lower import LNode
 
 
+# np.clip's ufunc itself (np.clip is a Python wrapper around it); NaN stays NaN, as in np.clip
+_CLIP = (np._core.umath if hasattr(np, "_core") else np.core.umath).clip
+
+
 def _logit(p: float) -> float:
     return math.log(p) - math.log1p(-p)
 
@@ -34,29 +38,29 @@ def _sigmoid_bce_into(e, out, z, y, *, eps, reduction):
     # the bounds bce clips to, rounded to z's dtype as the interpreter's clip rounds them
     low, high = (float(z.dtype.type(eps)), float(z.dtype.type(1 - eps)))
     clipped = e.state["clipped"] = e.buffer(z.shape, z.dtype)
-    e.emit(np.maximum, z, _logit(low), out=clipped)
-    e.emit(np.minimum, clipped, _logit(high), out=clipped)
+    softplus = e.state["softplus"] = e.buffer(z.shape, z.dtype)  # log(1 + e^z) = -log(1 - a)
+    e.emit(_CLIP, z, _logit(low), _logit(high), clipped)
+    e.emit(np.logaddexp, 0, clipped, softplus)
     per_element = e.scratch(np.broadcast_shapes(z.shape, y.shape), z.dtype)
     yz = e.scratch(per_element.shape, z.dtype)
-    e.emit(np.logaddexp, 0, clipped, per_element)  # -log(1 - a) = log(1 + e^z)
     e.emit(np.multiply, y, clipped, yz)
-    e.emit(np.subtract, per_element, yz, per_element)  # -(y log a + (1 - y) log(1 - a))
+    e.emit(np.subtract, softplus, yz, per_element)  # -(y log a + (1 - y) log(1 - a))
     reduce_into(e, per_element, out, reduction)
 
 
 def _sigmoid_bce_vjp_into(e, g, out, z, y, *, wanted, eps, reduction):
-    clipped = e.state["clipped"]
+    clipped, softplus = e.state["clipped"], e.state["softplus"]
     shape = np.broadcast_shapes(z.shape, y.shape)
     dz = e.grad_for(0, shape, z.dtype)
-    e.emit(np.negative, clipped, dz)
-    e.emit(np.exp, dz, dz)
-    e.emit(np.add, dz, 1, dz)
-    e.emit(np.reciprocal, dz, dz)  # sigmoid(z)
-    e.emit(np.subtract, dz, y, dz)
+    # expm1(-softplus(z)) = -sigmoid(z), accurately for every z; so dz = -(sigmoid(z) - y) until the
+    # scaling below flips the sign back
+    e.emit(np.negative, softplus, dz)
+    e.emit(np.expm1, dz, dz)
+    e.emit(np.add, dz, y, dz)
     inside = e.scratch(z.shape, bool)
     e.emit(np.equal, clipped, z, inside)  # clipped probabilities have zero gradient
     e.emit(np.multiply, dz, inside, dz)
-    scale_by_reduction(e, dz, g, shape, reduction)
+    scale_by_reduction(e, dz, g, shape, reduction, negate=True)
     return dz, None
 
 

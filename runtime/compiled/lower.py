@@ -74,6 +74,9 @@ class Program:
     bytes: int = 0
     values: dict[str, np.ndarray] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.tape = self.forward + self.backward
+
 
 def infer_types(plan: Plan, leaves: Mapping[str, TensorType]) -> dict[str, TensorType]:
     """Every value's concrete type, from the op contracts (the same rules validation uses).

@@ -88,21 +88,38 @@ def reduce_into(e, per_element: np.ndarray, out: np.ndarray, reduction: str) -> 
         e.emit(np.copyto, out, per_element)
         return
     e.emit(np.add.reduce, per_element, None, None, out)
-    if reduction == "mean":
-        e.emit(np.divide, out, max(per_element.size, 1), out)
+    if reduction == "mean" and per_element.size > 1:  # x / 1 == x exactly
+        e.emit(np.divide, out, per_element.size, out)
 
 
-def scale_by_reduction(e, grad: np.ndarray, g: np.ndarray, shape: tuple[int, ...], reduction: str) -> None:
-    """Emit ``grad *= d(loss)/d(per-element loss)`` (see :func:`_per_element_grad`) in place."""
+def scale_by_reduction(e, grad: np.ndarray, g: np.ndarray, shape: tuple[int, ...], reduction: str, *,
+                       negate: bool = False) -> None:
+    """Emit ``grad *= d(loss)/d(per-element loss)`` (see :func:`_per_element_grad`) in place;
+    ``negate`` folds a sign flip into the same multiply."""
     if reduction == "mean":
+        count = max(int(np.prod(shape)), 1)
+        if e.is_seed(g) and count == 1:  # x * 1 == x exactly
+            if negate:
+                e.emit(np.negative, grad, grad)
+            return
         if e.is_seed(g):  # 1 / count, in the loss's dtype, as the interpreter computes it
-            weight = np.divide(g, max(int(np.prod(shape)), 1))
+            weight = np.divide(g, count)
+            if negate:
+                weight = np.negative(weight)
         else:
             weight = e.scratch(g.shape, g.dtype)
-            e.emit(np.divide, g, max(int(np.prod(shape)), 1), weight)
+            e.emit(np.divide, g, count, weight)
+            if negate:
+                e.emit(np.negative, weight, weight)
         e.emit(np.multiply, grad, weight, grad)
     elif not e.is_seed(g):
-        e.emit(np.multiply, grad, g.reshape(g.shape + (1,) * (grad.ndim - g.ndim)), grad)
+        weight = g
+        if negate:
+            weight = e.scratch(g.shape, g.dtype)
+            e.emit(np.negative, g, weight)
+        e.emit(np.multiply, grad, weight.reshape(g.shape + (1,) * (grad.ndim - g.ndim)), grad)
+    elif negate:
+        e.emit(np.negative, grad, grad)
 
 
 def _mse_into(e, out, p, t, *, reduction):
