@@ -234,10 +234,14 @@ class Run:
                     grads[name] = grads[name] + gi if name in grads else gi  # fan-out: gradients add
         wanted = plan.param_names + (plan.input_names if self.grad_inputs else ())
         result: Arrays = {}
+        handed_out: set[int] = set()
         for name in wanted:
             grad = _owned(grads.get(name), self.shapes[name])
             # a pass-through VJP (add) hands one array to both operands: each caller gets its own
-            result[name] = grad.copy() if any(grad is other for other in result.values()) else grad
+            if id(grad) in handed_out:
+                grad = grad.copy()
+            handed_out.add(id(grad))
+            result[name] = grad
         result.update(kept)
         return result
 

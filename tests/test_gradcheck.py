@@ -8,6 +8,11 @@
 * float32 graphs stay float32: every forward value and every gradient, for every op.
 * numerical stability at extreme logits and probabilities.
 
+The per-op checks (samples, every axis, float32, stability) run on both engines: the
+reference interpreter and the compiled engine (``gradcheck(..., engine="compiled")``,
+:class:`runtime.CompiledStep`), whose loss is also compared with the interpreter's.
+Tests of the gradcheck tool itself run on the interpreter.
+
 Hypothesis runs derandomized so that CI is reproducible; set CHAINRULE_GRADCHECK_EXAMPLES=<n>
 to run n examples per property with fresh randomness.
 """
@@ -41,6 +46,8 @@ def examples(n: int) -> settings:
 
 
 ALL_OPS = sorted(graphspec.OPS)
+ENGINES = ["interpreter", "compiled"]
+both_engines = pytest.mark.parametrize("engine", ENGINES)
 OPS_WITH_INPUTS = [op for op in ALL_OPS if graphspec.OPS[op].arity > 0]
 
 
@@ -83,30 +90,61 @@ def test_an_op_without_a_sample_fails_rather_than_skips():
         sample_strategy("an_op_added_to_graphspec_tomorrow")
 
 
+def _gradcheck_sample(sample: Sample, engine: str) -> GradcheckResult:
+    return gradcheck(sample.graph, sample.inputs, sample.params, wrt=sample.wrt, engine=engine)
+
+
+@both_engines
 @pytest.mark.parametrize("op", ALL_OPS)
-def test_op_gradients(op):
+def test_op_gradients(op, engine):
     strategy = sample_strategy(op)
+    checked = []
 
     @examples(100)
     @given(strategy)
     def check(sample: Sample):
         assert applies(sample, op), f"the {op!r} sample does not apply {op!r} as node {OP_NODE!r}"
-        result = gradcheck(sample.graph, sample.inputs, sample.params, wrt=sample.wrt)
+        result = _gradcheck_sample(sample, engine)
         assert result.entries, "the sample has nothing to check"
+        if engine == "compiled":
+            assert "(loss)" in result.entries, "the compiled loss was not compared with the interpreter's"
         assert result.ok, f"{sample!r}\n{result}"
+        checked.append(sample)
 
     check()
+    assert len(checked) >= (_N or 100) // 4, f"only {len(checked)} {op} samples were checked on the {engine} engine"
 
 
-def test_matmul_vector_dot_product():
+def test_the_registry_is_gradchecked_on_both_engines():
+    """test_op_gradients covers every op of the kernel table, on each engine."""
+    assert set(runtime.KERNELS) == set(ALL_OPS) <= set(SAMPLES)
+    assert ENGINES == ["interpreter", "compiled"]
+
+
+def test_compiled_step_of_a_graph_without_parameters():
+    g = GraphBuilder("noparams", dtype="float64")
+    x = g.input("x", [3])
+    g.loss(g.sum(g.mul(x, x)))
+    graph = g.build()
+    inputs = {"x": np.array([1.0, -2.0, 0.5])}
+    step = runtime.CompiledStep(graph, grad_inputs=True)
+    step.load_params({})
+    loss, grads = step.gradients(inputs)
+    assert loss == pytest.approx(5.25)
+    np.testing.assert_allclose(grads["x"], 2 * inputs["x"])
+    assert assert_gradcheck(graph, inputs, {}, wrt="inputs", engine="compiled").ok
+
+
+@both_engines
+def test_matmul_vector_dot_product(engine):
     """1-D @ 1-D (a scalar output), every draw: the VJP once broke on the 0-d upstream gradient."""
     @examples(10)
     @given(matmul(vector_dot=True))
     def check(sample: Sample):
         assert [n.op for n in sample.graph.nodes if n.id == OP_NODE] == ["matmul"]
         assert all(len(s.shape) == 1 for s in [*sample.graph.inputs.values(), *sample.graph.parameters.values()])
-        result = gradcheck(sample.graph, sample.inputs, sample.params, wrt=sample.wrt)
-        assert result.ok, f"{sample!r}\n{result}"
+        result = _gradcheck_sample(sample, engine)
+        assert result is None or result.ok, f"{sample!r}\n{result}"
 
     check()
 
@@ -125,15 +163,17 @@ def _exhaustive_cases():
             yield op, {"axis": axis}
 
 
+@both_engines
 @pytest.mark.parametrize("op, attrs", [pytest.param(op, attrs, id=f"{op}-{attrs}")
                                        for op, attrs in _exhaustive_cases()])
-def test_every_axis_of_a_rank_3_tensor(op, attrs):
+def test_every_axis_of_a_rank_3_tensor(op, attrs, engine):
     g = GraphBuilder(op, dtype="float64")
     w = g.param("w", [2, 3, 4], init="zeros")
     out = g.op(op, w, name=OP_NODE, **attrs)
     rng = np.random.default_rng(0)
     g.loss(g.sum(g.mul(out, g.constant(rng.uniform(-1, 1, out.shape)))))
-    assert_gradcheck(g.build(), {}, {"w": rng.uniform(-2, 2, (2, 3, 4))})
+    result = assert_gradcheck(g.build(), {}, {"w": rng.uniform(-2, 2, (2, 3, 4))}, engine=engine)
+    assert ("(loss)" in result.entries) == (engine == "compiled")
 
 
 # -- gradcheck can fail -------------------------------------------------------------------------------
@@ -342,6 +382,26 @@ def test_float32_check_detects_an_upcast():
             assert_float32_throughout(Sample("exp", graph, {}, {"w": np.zeros(2, np.float32)}, "params"))
 
 
+def test_compiled_float32_check_detects_a_float64_buffer():
+    """The compiled dtype check can fail too: a step returning float64 gradients is caught."""
+    g = GraphBuilder("up", dtype="float32")
+    w = g.param("w", [2], init="zeros")
+    g.loss(g.sum(g.exp(w)))
+    graph = g.build()
+    sample = Sample("exp", graph, {}, {"w": np.zeros(2, np.float32)}, "params")
+    assert_float32_throughout_compiled(sample)
+    real_gradients = runtime.CompiledStep.gradients
+
+    def upcast(self, inputs):
+        loss, grads = real_gradients(self, inputs)
+        return loss, {k: v.astype(np.float64) for k, v in grads.items()}
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runtime.CompiledStep, "gradients", upcast)
+        with pytest.raises(AssertionError, match="float64"):
+            assert_float32_throughout_compiled(sample)
+
+
 def assert_float32_throughout(sample: Sample) -> None:
     """Every value the forward pass computes and every gradient the backward pass returns
     (parameters, inputs and every node on the path) is float32; int64 labels stay int64."""
@@ -361,25 +421,60 @@ def assert_float32_throughout(sample: Sample) -> None:
     assert set(sample.params) <= set(grads)
 
 
+def assert_float32_throughout_compiled(sample: Sample) -> None:
+    """The compiled engine's version: every buffer of the lowered program (values, inputs,
+    the loss, input gradients) and every gradient it returns is float32 (int64 stays int64),
+    and its gradients agree with the interpreter's to float32 precision."""
+    graph = sample.graph
+    if not sample.params:  # see test_compiled_step_of_a_graph_without_parameters
+        return
+    step = runtime.CompiledStep(graph, grad_inputs=True)
+    step.load_params(sample.params)
+    loss, grads = step.gradients(sample.inputs)
+    program = step.program(sample.inputs)
+    checked = [("value", name, array) for name, array in program.values.items()]
+    checked += [("input buffer", name, array) for name, array in program.inputs.items()]
+    checked += [("input gradient", name, array) for name, array in program.input_grads.items()]
+    checked += [("gradient", name, array) for name, array in grads.items()]
+    checked += [("parameter", name, array) for name, array in step.params.items()]
+    for what, name, array in checked:
+        dtype = np.asarray(array).dtype
+        if graph.analysis.types[name].dtype == "int64":
+            assert dtype == np.int64, f"{what} of {name!r} is {dtype}"
+        else:
+            assert dtype == np.float32, f"{what} of {name!r} is {dtype}, not float32"
+    assert program.loss.dtype == np.float32
+    assert set(sample.params) <= set(grads)
+    reference = runtime.compile(graph).forward(sample.inputs, sample.params, grad_inputs=True)
+    expected = reference.backward()
+    assert loss == pytest.approx(reference.loss, rel=1e-4, abs=1e-4)
+    for name, g in grads.items():
+        scale = max(1.0, float(np.max(np.abs(expected[name]), initial=0.0)))
+        np.testing.assert_allclose(g, expected[name], rtol=1e-3, atol=1e-4 * scale, err_msg=name)
+
+
+@both_engines
 @pytest.mark.parametrize("op", ALL_OPS)
-def test_float32_stays_float32(op):
+def test_float32_stays_float32(op, engine):
     strategy = sample_strategy(op)
+    check_dtypes = assert_float32_throughout if engine == "interpreter" else assert_float32_throughout_compiled
 
     @examples(25)
     @given(strategy)
     def check(sample: Sample):
         sample32 = to_float32(sample)
         assert {t.dtype for t in sample32.graph.analysis.types.values()} <= {"float32", "int64"}
-        assert_float32_throughout(sample32)
+        check_dtypes(sample32)
 
     check()
 
 
-def test_documented_gradients_at_the_kinks():
+@both_engines
+def test_documented_gradients_at_the_kinks(engine):
     """The catalogue says: relu and abs have gradient 0 at 0 (finite differences cannot check a kink)."""
     for op in ("relu", "abs"):
         graph = _one_param_graph("float64", [3], lambda g, w, op=op: g.op(op, w))
-        _, grads = _run(graph, {"w": np.array([0.0, -0.5, 2.0])})
+        _, grads = _run(graph, {"w": np.array([0.0, -0.5, 2.0])}, engine=engine)
         expected = [0.0, 0.0, 1.0] if op == "relu" else [0.0, -1.0, 1.0]
         np.testing.assert_array_equal(grads["w"], expected, err_msg=op)
 
@@ -404,14 +499,30 @@ def _one_param_graph(dtype: str, shape, build):
     return g.build()
 
 
-def _run(graph, params, inputs=None):
+@dataclasses.dataclass
+class _CompiledRun:
+    """What the stability tests read of a run (``loss``, ``outputs``), from the compiled engine."""
+    loss: float
+    outputs: dict
+
+
+def _run(graph, params, inputs=None, engine="interpreter"):
     plan = runtime.compile(graph)
-    run = plan.forward(inputs or {}, params)
-    return run, run.backward()
+    if engine == "interpreter":
+        run = plan.forward(inputs or {}, params)
+        return run, run.backward()
+    step = runtime.CompiledStep(plan)
+    step.load_params(params)
+    loss, grads = step.gradients(inputs or {})
+    values = step.program(inputs or {}).values
+    # an output is read from its buffer: these graphs never let a later node overwrite it
+    outputs = {name: values[node].copy() for name, node in graph.outputs.items() if node in values}
+    return _CompiledRun(loss, outputs), grads
 
 
+@both_engines
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_sigmoid_saturates_exactly(dtype):
+def test_sigmoid_saturates_exactly(dtype, engine):
     x = np.array([1000.0, -1000.0, 0.0, 40.0, -800.0], dtype=dtype)
     with strict_numpy():
         direct = runtime.KERNELS["sigmoid"].forward(x)
@@ -419,13 +530,14 @@ def test_sigmoid_saturates_exactly(dtype):
     assert direct.dtype == dtype
     graph = _one_param_graph(dtype, [5], lambda g, w: g.sigmoid(w))
     with strict_numpy():
-        run, grads = _run(graph, {"w": x})
+        run, grads = _run(graph, {"w": x}, engine=engine)
     np.testing.assert_array_equal(run.outputs["out"][:3], [1.0, 0.0, 0.5])
     assert np.isfinite(grads["w"]).all()
     np.testing.assert_array_equal(grads["w"][:3], [0.0, 0.0, 0.25])
 
 
-def test_softmax_and_log_softmax_of_huge_logits():
+@both_engines
+def test_softmax_and_log_softmax_of_huge_logits(engine):
     z = np.array([1000.0, 0.0, -1000.0])
     with strict_numpy():
         np.testing.assert_array_equal(runtime.KERNELS["log_softmax"].forward(z, axis=-1), [0.0, -1000.0, -2000.0])
@@ -434,16 +546,17 @@ def test_softmax_and_log_softmax_of_huge_logits():
         graph = _one_param_graph("float64", [3], lambda g, w, op=op: g.mul(g.op(op, w, axis=0),
                                                                             g.constant(np.array([1.0, 2.0, 3.0]))))
         with strict_numpy():
-            run, grads = _run(graph, {"w": z})
+            run, grads = _run(graph, {"w": z}, engine=engine)
         np.testing.assert_array_equal(run.outputs["out"], np.array(expected) * [1.0, 2.0, 3.0])
         assert np.isfinite(grads["w"]).all(), grads
     # d/dz sum(c * log_softmax(z)) = c - softmax(z) * sum(c) = [1 - 6, 2, 3]
     graph = _one_param_graph("float64", [3], lambda g, w: g.mul(g.log_softmax(w), g.constant(np.array([1.0, 2, 3]))))
-    _, grads = _run(graph, {"w": z})
+    _, grads = _run(graph, {"w": z}, engine=engine)
     np.testing.assert_array_equal(grads["w"], [-5.0, 2.0, 3.0])
 
 
-def test_bce_with_logits_at_huge_logits():
+@both_engines
+def test_bce_with_logits_at_huge_logits(engine):
     g = GraphBuilder("bcel", dtype="float64")
     z = g.param("z", [4], init="zeros")
     y = g.input("y", [4])
@@ -453,14 +566,15 @@ def test_bce_with_logits_at_huge_logits():
     labels = np.array([1.0, 0.0, 0.0, 1.0])
     with strict_numpy():
         direct = runtime.KERNELS["bce_with_logits"].forward(logits, labels, reduction="none")
-        run, grads = _run(graph, {"z": logits}, {"y": labels})
+        run, grads = _run(graph, {"z": logits}, {"y": labels}, engine=engine)
     np.testing.assert_array_equal(direct, [0.0, 1000.0, 0.0, 1000.0])
     assert run.loss == 2000.0
     np.testing.assert_array_equal(grads["z"], [0.0, 1.0, 0.0, -1.0])
 
 
+@both_engines
 @pytest.mark.parametrize("labels", ["int64", "probabilities"])
-def test_softmax_cross_entropy_with_huge_logits(labels):
+def test_softmax_cross_entropy_with_huge_logits(labels, engine):
     g = GraphBuilder("sce", dtype="float64")
     z = g.param("z", [2, 3], init="zeros")
     lab = g.input("labels", [2], dtype="int64") if labels == "int64" else g.input("labels", [2, 3])
@@ -469,13 +583,14 @@ def test_softmax_cross_entropy_with_huge_logits(labels):
     logits = np.array([[1000.0, -1000.0, 0.0], [-1e4, 1e4, 5e3]])
     label_values = np.array([1, 1]) if labels == "int64" else np.array([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
     with strict_numpy():
-        run, grads = _run(graph, {"z": logits}, {"labels": label_values})
+        run, grads = _run(graph, {"z": logits}, {"labels": label_values}, engine=engine)
     assert run.loss == 2000.0  # -log_softmax: 2000 for the first row, 0 for the second
     assert np.isfinite(grads["z"]).all()
     np.testing.assert_array_equal(grads["z"], [[1.0, -1.0, 0.0], [0.0, 0.0, 0.0]])
 
 
-def test_bce_on_saturated_probabilities_is_clipped():
+@both_engines
+def test_bce_on_saturated_probabilities_is_clipped(engine):
     g = GraphBuilder("bce", dtype="float64")
     a = g.param("a", [6], init="zeros")
     y = g.input("y", [6])
@@ -485,7 +600,7 @@ def test_bce_on_saturated_probabilities_is_clipped():
     labels = np.array([0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
     with strict_numpy():
         direct = runtime.KERNELS["bce"].forward(probabilities, labels, eps=1e-7, reduction="none")
-        run, grads = _run(graph, {"a": probabilities}, {"y": labels})
+        run, grads = _run(graph, {"a": probabilities}, {"y": labels}, engine=engine)
     assert np.isfinite(direct).all() and np.isfinite(run.loss)
     # 0 vs 1 costs -log(eps) (about 16.1), not inf
     np.testing.assert_allclose(direct[[1, 2, 4]], -np.log(1e-7), rtol=1e-9)  # 1 - (1 - eps) is not exactly eps

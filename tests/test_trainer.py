@@ -1,5 +1,10 @@
 """The trainer: convergence, batching, reproducibility, bit-for-bit resumption from checkpoints,
-non-finite diagnosis, callbacks, evaluation, float32 training and input errors."""
+non-finite diagnosis, callbacks, evaluation, float32 training and input errors.
+
+Every test that trains runs on both engines (the ``compiled`` fixture: the compiled engine,
+``Trainer(..., compiled=True)``, the default, and the reference interpreter,
+``compiled=False``); bit-for-bit comparisons are between runs on the same engine, and
+``test_the_engines_agree`` compares the two."""
 
 from __future__ import annotations
 
@@ -18,6 +23,12 @@ from runtime.plan import Plan
 from runtime.trainer import StepReport, Trainer, TrainResult
 
 from conftest import EXAMPLES
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["compiled", "interpreter"])
+def compiled(request) -> bool:
+    """Which engine the trainer runs on."""
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +53,10 @@ def same_bytes(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
 
 # -- it learns -------------------------------------------------------------------------------
 @pytest.mark.parametrize("batch_size,steps", [(None, 300), (16, 300)])
-def test_sgd_drives_the_loss_down(logreg, batch_size, steps):
+def test_sgd_drives_the_loss_down(logreg, batch_size, steps, compiled):
     graph, plan = logreg
     data = separable(200)
-    trainer = Trainer(plan, make_optimizer("sgd", lr=1.0), batch_size=batch_size, seed=0)
+    trainer = Trainer(plan, make_optimizer("sgd", lr=1.0), batch_size=batch_size, seed=0, compiled=compiled)
     result = trainer.fit(data, runtime.init_params(graph), steps=steps)
     assert isinstance(result, TrainResult)
     assert result.steps == steps and len(result.losses) == steps
@@ -58,25 +69,25 @@ def test_sgd_drives_the_loss_down(logreg, batch_size, steps):
     assert w @ np.array([1, 2]) / np.linalg.norm(w) / np.sqrt(5) > 0.98
 
 
-def test_fit_does_not_touch_the_callers_params(logreg):
+def test_fit_does_not_touch_the_callers_params(logreg, compiled):
     graph, plan = logreg
     params = runtime.init_params(graph)
     before = {k: v.copy() for k, v in params.items()}
-    result = Trainer(plan, make_optimizer("sgd", lr=1.0)).fit(separable(50), params, steps=5)
+    result = Trainer(plan, make_optimizer("sgd", lr=1.0), compiled=compiled).fit(separable(50), params, steps=5)
     assert same_bytes(params, before)
     assert not same_bytes(result.params, before)
 
 
-def test_fit_restarts_the_optimizer_state(logreg):
+def test_fit_restarts_the_optimizer_state(logreg, compiled):
     graph, plan = logreg
-    trainer = Trainer(plan, make_optimizer("adam", lr=0.1), batch_size=8, seed=0)
+    trainer = Trainer(plan, make_optimizer("adam", lr=0.1), batch_size=8, seed=0, compiled=compiled)
     first = trainer.fit(separable(50), runtime.init_params(graph), steps=10)
     second = trainer.fit(separable(50), runtime.init_params(graph), steps=10)
     assert same_bytes(first.params, second.params) and first.losses == second.losses
 
 
 # -- batches ---------------------------------------------------------------------------------
-class SpyPlan(Plan):
+class SpyPlan(Plan):  # the interpreter's training steps (the compiled engine never calls Plan.forward to train)
     """A plan that records the inputs of every training forward pass (those with gradients)."""
 
     def __init__(self, graph):
@@ -101,24 +112,43 @@ def scaled_graph():
     return g.build()
 
 
+def spied(graph, compiled: bool, monkeypatch) -> tuple[Plan, list[dict[str, np.ndarray]]]:
+    """A plan for ``graph`` and the list the inputs of every training step land in: on the
+    interpreter a :class:`SpyPlan`; on the compiled engine, copies of the tape's input
+    buffers each time :meth:`runtime.CompiledStep.run` runs a program."""
+    if not compiled:
+        plan = SpyPlan(graph)
+        return plan, plan.seen
+    seen: list[dict[str, np.ndarray]] = []
+    real_run = runtime.compiled.step.CompiledStep.run
+
+    def run(self, program, *, update=True):
+        seen.append({k: np.array(v, copy=True) for k, v in program.inputs.items()})
+        return real_run(self, program, update=update)
+
+    monkeypatch.setattr(runtime.compiled.step.CompiledStep, "run", run)
+    return runtime.compile(graph), seen
+
+
 @pytest.mark.parametrize("shuffle", [True, False])
-def test_epochs_cover_every_example_once_and_fixed_inputs_pass_whole(shuffle):
-    plan = SpyPlan(scaled_graph())
+def test_epochs_cover_every_example_once_and_fixed_inputs_pass_whole(shuffle, compiled, monkeypatch):
+    plan, seen = spied(scaled_graph(), compiled, monkeypatch)
     n = 10
     data = {"x": np.stack([np.arange(n), -np.arange(n)], axis=1).astype(float), "t": np.arange(n, dtype=float),
             "scale": np.array([0.5])}
     reports: list[StepReport] = []
-    result = Trainer(plan, make_optimizer("sgd", lr=1e-3), batch_size=4, shuffle=shuffle, seed=5).fit(
+    result = Trainer(plan, make_optimizer("sgd", lr=1e-3), batch_size=4, shuffle=shuffle, seed=5,
+                     compiled=compiled).fit(
         data, {"w": np.zeros(2)}, epochs=3, callback=reports.append)
     assert result.steps == 9 and result.epochs == 3  # ceil(10 / 4) = 3 batches per epoch
-    assert [len(s["t"]) for s in plan.seen] == [4, 4, 2] * 3
+    assert [len(s["t"]) for s in seen] == [4, 4, 2] * 3
     assert [(r.epoch, r.batch_index) for r in reports] == [(e, b) for e in range(3) for b in range(3)]
     orders = []
     for epoch in range(3):
-        rows = np.concatenate([s["t"] for s in plan.seen[3 * epoch: 3 * epoch + 3]]).astype(int)
+        rows = np.concatenate([s["t"] for s in seen[3 * epoch: 3 * epoch + 3]]).astype(int)
         assert sorted(rows) == list(range(n))  # every example exactly once per epoch
         orders.append(list(rows))
-        for s in plan.seen[3 * epoch: 3 * epoch + 3]:
+        for s in seen[3 * epoch: 3 * epoch + 3]:
             np.testing.assert_array_equal(s["x"][:, 0], s["t"])  # rows stay aligned across inputs
             np.testing.assert_array_equal(s["scale"], [0.5])  # passed whole
     if shuffle:
@@ -127,28 +157,29 @@ def test_epochs_cover_every_example_once_and_fixed_inputs_pass_whole(shuffle):
         assert orders == [list(range(n))] * 3
 
 
-def test_without_per_example_inputs_every_step_sees_all_data():
+def test_without_per_example_inputs_every_step_sees_all_data(compiled, monkeypatch):
     # "x" has a fixed first dimension: nothing is sliced, an epoch is one step
     g = GraphBuilder("fixed", dtype="float64")
     x = g.input("x", [3])
     w = g.param("w", [3], init="zeros")
     g.loss(g.mse(w, x, name="L"))
-    plan = SpyPlan(g.build())
-    result = Trainer(plan, make_optimizer("sgd", lr=0.25), batch_size=2).fit(
+    plan, seen = spied(g.build(), compiled, monkeypatch)
+    result = Trainer(plan, make_optimizer("sgd", lr=0.25), batch_size=2, compiled=compiled).fit(
         {"x": np.array([1.0, 2.0, 3.0])}, {"w": np.zeros(3)}, epochs=4)
     assert result.steps == result.epochs == 4
-    assert all(s["x"].tolist() == [1.0, 2.0, 3.0] for s in plan.seen)
+    assert len(seen) == 4 and all(s["x"].tolist() == [1.0, 2.0, 3.0] for s in seen)
     # w <- w - 0.25 * (2/3)(w - x): w = x (1 - (5/6)^4)
     np.testing.assert_allclose(result.params["w"], np.array([1.0, 2.0, 3.0]) * (1 - (5 / 6) ** 4), rtol=1e-12)
 
 
 # -- reproducibility -------------------------------------------------------------------------
-def test_same_seed_same_bytes_different_seed_different(logreg):
+def test_same_seed_same_bytes_different_seed_different(logreg, compiled):
     graph, plan = logreg
     data = separable(60)
 
     def run(seed, shuffle=True):
-        trainer = Trainer(plan, make_optimizer("momentum", lr=0.5), batch_size=8, shuffle=shuffle, seed=seed)
+        trainer = Trainer(plan, make_optimizer("momentum", lr=0.5), batch_size=8, shuffle=shuffle, seed=seed,
+                          compiled=compiled)
         return trainer.fit(data, runtime.init_params(graph), steps=40)
 
     a, b, c = run(0), run(0), run(1)
@@ -159,16 +190,49 @@ def test_same_seed_same_bytes_different_seed_different(logreg):
     assert same_bytes(run(0, shuffle=False).params, run(1, shuffle=False).params)
 
 
+@pytest.mark.parametrize("optimizer", [("sgd", {"lr": 0.5}), ("momentum", {"lr": 0.3, "nesterov": True}),
+                                       ("adam", {"lr": 0.05})], ids=["sgd", "momentum", "adam"])
+def test_the_engines_agree(logreg, optimizer):
+    """The compiled engine and the interpreter train the logistic regression alike: 30 steps,
+    batches of 8 of 44 examples (the last of each epoch short), shuffled, every loss and
+    gradient and the final parameters within float64 rounding."""
+    graph, plan = logreg
+    data, eval_data = separable(44), separable(30, seed=9)
+    runs = {}
+    for compiled in (True, False):
+        reports: list[StepReport] = []
+        trainer = Trainer(plan, make_optimizer(optimizer[0], **optimizer[1]), batch_size=8, seed=3,
+                          compiled=compiled)
+        result = trainer.fit(data, runtime.init_params(graph, seed=1), steps=30, eval_data=eval_data,
+                             eval_every=10, callback=reports.append)
+        runs[compiled] = result, reports
+    (fast, fast_reports), (slow, slow_reports) = runs[True], runs[False]
+    assert fast.steps == slow.steps == 30 and fast.epochs == slow.epochs == 5
+    np.testing.assert_allclose(fast.losses, slow.losses, rtol=1e-9, atol=1e-12)
+    assert fast.losses[-1] < fast.losses[0]
+    assert [s for s, _ in fast.eval_losses] == [s for s, _ in slow.eval_losses] == [10, 20, 30]
+    np.testing.assert_allclose([l for _, l in fast.eval_losses], [l for _, l in slow.eval_losses], rtol=1e-9)
+    assert fast.params.keys() == slow.params.keys()
+    for name in slow.params:
+        assert fast.params[name].dtype == slow.params[name].dtype == np.float64
+        np.testing.assert_allclose(fast.params[name], slow.params[name], rtol=1e-9, atol=1e-12, err_msg=name)
+        assert not np.array_equal(fast.params[name], runtime.init_params(graph, seed=1)[name])
+    for a, b in zip(fast_reports, slow_reports, strict=True):
+        assert (a.step, a.epoch, a.batch_index) == (b.step, b.epoch, b.batch_index)
+        for name in b.grads:
+            np.testing.assert_allclose(a.grads[name], b.grads[name], rtol=1e-9, atol=1e-12, err_msg=name)
+
+
 # -- resumption ------------------------------------------------------------------------------
 @pytest.mark.parametrize("optimizer", [("adam", {"lr": 0.05}), ("momentum", {"lr": 0.3, "nesterov": True})])
-def test_resume_is_bit_for_bit(logreg, tmp_path, optimizer):
+def test_resume_is_bit_for_bit(logreg, tmp_path, optimizer, compiled):
     graph, plan = logreg
     data = separable(44)  # 6 batches of 8 per epoch, the last one of 4
     eval_data = separable(30, seed=9)
     total = 40
 
     def trainer():
-        return Trainer(plan, make_optimizer(optimizer[0], **optimizer[1]), batch_size=8, seed=3)
+        return Trainer(plan, make_optimizer(optimizer[0], **optimizer[1]), batch_size=8, seed=3, compiled=compiled)
 
     checkpoints: list[Checkpoint] = []
     full = trainer().fit(data, runtime.init_params(graph), steps=total, checkpoint_every=1,
@@ -194,12 +258,12 @@ def test_resume_is_bit_for_bit(logreg, tmp_path, optimizer):
     assert resumed.checkpoint.to_bytes() == full.checkpoint.to_bytes()
 
 
-def test_resume_from_the_final_checkpoint_extends_the_run(logreg):
+def test_resume_from_the_final_checkpoint_extends_the_run(logreg, compiled):
     graph, plan = logreg
     data = separable(44)
 
     def trainer():
-        return Trainer(plan, make_optimizer("adam", lr=0.05), batch_size=8, seed=3)
+        return Trainer(plan, make_optimizer("adam", lr=0.05), batch_size=8, seed=3, compiled=compiled)
 
     long = trainer().fit(data, runtime.init_params(graph), steps=30)
     short = trainer().fit(data, runtime.init_params(graph), steps=17)
@@ -209,35 +273,37 @@ def test_resume_from_the_final_checkpoint_extends_the_run(logreg):
     assert more.checkpoint.to_bytes() == long.checkpoint.to_bytes()
 
 
-def test_resume_refuses_a_checkpoint_that_does_not_fit(logreg):
+def test_resume_refuses_a_checkpoint_that_does_not_fit(logreg, compiled):
     graph, plan = logreg
     data = separable(44)
-    ckpt = Trainer(plan, make_optimizer("sgd", lr=0.1), batch_size=8).fit(data, runtime.init_params(graph),
-                                                                         steps=3).checkpoint
+    ckpt = Trainer(plan, make_optimizer("sgd", lr=0.1), batch_size=8, compiled=compiled).fit(
+        data, runtime.init_params(graph), steps=3).checkpoint
     with pytest.raises(CheckpointError, match="batch_size=8.*batch_size=16"):
-        Trainer(plan, make_optimizer("sgd", lr=0.1), batch_size=16).fit(data, None, steps=5, resume=ckpt)
+        Trainer(plan, make_optimizer("sgd", lr=0.1), batch_size=16, compiled=compiled).fit(data, None, steps=5,
+                                                                                            resume=ckpt)
     with pytest.raises(CheckpointError, match="examples=44.*examples=43"):
-        Trainer(plan, make_optimizer("sgd", lr=0.1), batch_size=8).fit(
+        Trainer(plan, make_optimizer("sgd", lr=0.1), batch_size=8, compiled=compiled).fit(
             {k: v[:43] for k, v in data.items()}, None, steps=5, resume=ckpt)
     with pytest.raises(CheckpointError, match="optimizer 'sgd'.*'adam'"):
-        Trainer(plan, make_optimizer("adam"), batch_size=8).fit(data, None, steps=5, resume=ckpt)
+        Trainer(plan, make_optimizer("adam"), batch_size=8, compiled=compiled).fit(data, None, steps=5, resume=ckpt)
     other = graphspec.load(EXAMPLES / "sigmoid_primitives.json")
     with pytest.raises(CheckpointError, match="the checkpoint is for graph sha256:"):
-        Trainer(other, make_optimizer("sgd", lr=0.1), batch_size=8).fit(data, None, steps=5, resume=ckpt)
+        Trainer(other, make_optimizer("sgd", lr=0.1), batch_size=8, compiled=compiled).fit(data, None, steps=5,
+                                                                                           resume=ckpt)
     with pytest.raises(ValueError, match="pass params=None"):
-        Trainer(plan, make_optimizer("sgd", lr=0.1), batch_size=8).fit(
+        Trainer(plan, make_optimizer("sgd", lr=0.1), batch_size=8, compiled=compiled).fit(
             data, runtime.init_params(graph), steps=5, resume=ckpt)
 
 
 # -- the checkpoint format ---------------------------------------------------------------------
-def small_checkpoint(logreg) -> Checkpoint:
+def small_checkpoint(logreg, compiled=True) -> Checkpoint:
     graph, plan = logreg
-    return Trainer(plan, make_optimizer("adam", lr=0.1), batch_size=8).fit(
+    return Trainer(plan, make_optimizer("adam", lr=0.1), batch_size=8, compiled=compiled).fit(
         separable(20), runtime.init_params(graph), steps=4).checkpoint
 
 
-def test_checkpoint_is_msgpack_with_raw_tensor_extensions(logreg):
-    ckpt = small_checkpoint(logreg)
+def test_checkpoint_is_msgpack_with_raw_tensor_extensions(logreg, compiled):
+    ckpt = small_checkpoint(logreg, compiled)
     codes = []
 
     def hook(code, payload):
@@ -277,19 +343,19 @@ def retree(ckpt: Checkpoint, **changes) -> bytes:
     ({"step": -1}, "step must be a non-negative integer"),
     ({"step": 5}, "5 steps"),
 ])
-def test_checkpoint_refuses_unknown_or_broken_documents(logreg, change, message):
+def test_checkpoint_refuses_unknown_or_broken_documents(logreg, change, message, compiled):
     with pytest.raises(CheckpointError, match=message):
-        Checkpoint.from_bytes(retree(small_checkpoint(logreg), **change))
+        Checkpoint.from_bytes(retree(small_checkpoint(logreg, compiled), **change))
 
 
-def test_checkpoint_refuses_garbage(logreg, tmp_path):
+def test_checkpoint_refuses_garbage(logreg, tmp_path, compiled):
     with pytest.raises(CheckpointError, match="looks like JSON"):
         Checkpoint.from_bytes(b'{"format": "chainrule.checkpoint"}')
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         Checkpoint.from_bytes(b"\xc1\x00")
     with pytest.raises(CheckpointError, match="expected a map"):
         Checkpoint.from_bytes(msgpack.packb([1, 2]))
-    data = small_checkpoint(logreg).to_bytes()
+    data = small_checkpoint(logreg, compiled).to_bytes()
     with pytest.raises(CheckpointError):
         Checkpoint.from_bytes(data[:-3])  # truncated
     with pytest.raises(CheckpointError, match="cannot read"):
@@ -306,9 +372,9 @@ def log_graph():
     return g.build()
 
 
-def test_nonfinite_names_the_first_node_and_the_step():
+def test_nonfinite_names_the_first_node_and_the_step(compiled):
     # w: 1 -> 0.7 -> 0.271 -> -0.836: the forward pass of step 4 takes the log of a negative number
-    trainer = Trainer(log_graph(), make_optimizer("sgd", lr=0.3))
+    trainer = Trainer(log_graph(), make_optimizer("sgd", lr=0.3), compiled=compiled)
     reports = []
     with pytest.raises(NonFiniteError) as info:
         trainer.fit({"x": np.ones(4)}, {"w": np.array(1.0)}, steps=10, callback=reports.append)
@@ -318,29 +384,30 @@ def test_nonfinite_names_the_first_node_and_the_step():
     assert [r.step for r in reports] == [1, 2, 3]
 
 
-def test_nonfinite_from_one_bad_batch():
+def test_nonfinite_from_one_bad_batch(compiled):
     # x has one negative example, in the third batch of the first epoch (no shuffling)
     x = np.ones(12)
     x[9] = -1.0
-    trainer = Trainer(log_graph(), make_optimizer("sgd", lr=1e-3), batch_size=4, shuffle=False)
+    trainer = Trainer(log_graph(), make_optimizer("sgd", lr=1e-3), batch_size=4, shuffle=False, compiled=compiled)
     with pytest.raises(NonFiniteError) as info:
         trainer.fit({"x": x}, {"w": np.array(1.0)}, epochs=2)
     assert (info.value.node, info.value.step) == ("lg", 3)
 
 
-def test_nonfinite_gradient_names_the_node_whose_backward_broke():
+def test_nonfinite_gradient_names_the_node_whose_backward_broke(compiled):
     # sqrt(0) = 0 is finite, its derivative 1/(2 sqrt(0)) is not
     g = GraphBuilder("roots", dtype="float64")
     x = g.input("x", ["N"])
     w = g.param("w", [], value=1.0)
     g.loss(g.mean(g.sqrt(g.mul(x, w, name="xw"), name="sq"), name="L"))
     with pytest.raises(NonFiniteError) as info:
-        Trainer(g.build(), make_optimizer("sgd", lr=0.1)).fit({"x": np.zeros(3)}, {"w": np.array(1.0)}, steps=2)
+        Trainer(g.build(), make_optimizer("sgd", lr=0.1), compiled=compiled).fit({"x": np.zeros(3)},
+                                                                                 {"w": np.array(1.0)}, steps=2)
     assert (info.value.node, info.value.op, info.value.step) == ("sq", "sqrt", 1)
     assert "backward" in str(info.value)
 
 
-def test_nonfinite_parameter_after_an_update():
+def test_nonfinite_parameter_after_an_update(compiled):
     # loss = mean(x * w) with x = [1]: dL/dw = 1, and a learning rate of 1e308 takes w to -1e308
     # (finite, and so is the loss) and then to -inf on the second step
     g = GraphBuilder("lin", dtype="float64")
@@ -349,18 +416,18 @@ def test_nonfinite_parameter_after_an_update():
     g.loss(g.mean(g.mul(x, w), name="L"))
     reports = []
     with pytest.raises(NonFiniteError, match="step 2: the update made parameter 'w' NaN/inf") as info:
-        Trainer(g.build(), make_optimizer("sgd", lr=1e308)).fit({"x": np.ones(1)}, {"w": np.array(0.0)}, steps=5,
-                                                                 callback=reports.append)
+        Trainer(g.build(), make_optimizer("sgd", lr=1e308), compiled=compiled).fit(
+            {"x": np.ones(1)}, {"w": np.array(0.0)}, steps=5, callback=reports.append)
     assert (info.value.node, info.value.step) == ("w", 2)
     assert [r.loss for r in reports] == [0.0]
 
 
 # -- callbacks, early stop, evaluation -------------------------------------------------------
-def test_callback_reports_every_step(logreg):
+def test_callback_reports_every_step(logreg, compiled):
     graph, plan = logreg
     reports: list[StepReport] = []
     data = separable(25)
-    result = Trainer(plan, make_optimizer("sgd", lr=0.5), batch_size=10, shuffle=False).fit(
+    result = Trainer(plan, make_optimizer("sgd", lr=0.5), batch_size=10, shuffle=False, compiled=compiled).fit(
         data, runtime.init_params(graph), steps=7, callback=reports.append)
     assert [r.step for r in reports] == list(range(1, 8))
     assert [r.epoch for r in reports] == [0, 0, 0, 1, 1, 1, 2]
@@ -381,26 +448,26 @@ def test_callback_reports_every_step(logreg):
 
 
 @pytest.mark.parametrize("answer", [True, "stop"])
-def test_callback_stops_early(logreg, answer):
+def test_callback_stops_early(logreg, answer, compiled):
     graph, plan = logreg
-    result = Trainer(plan, make_optimizer("sgd", lr=0.5)).fit(
+    result = Trainer(plan, make_optimizer("sgd", lr=0.5), compiled=compiled).fit(
         separable(20), runtime.init_params(graph), steps=50,
         callback=lambda r: answer if r.step == 5 else None)
     assert result.stopped_early and result.steps == 5 and len(result.losses) == 5
     assert result.checkpoint.step == 5
 
 
-def test_other_callback_answers_do_not_stop(logreg):
+def test_other_callback_answers_do_not_stop(logreg, compiled):
     graph, plan = logreg
-    result = Trainer(plan, make_optimizer("sgd", lr=0.5)).fit(
+    result = Trainer(plan, make_optimizer("sgd", lr=0.5), compiled=compiled).fit(
         separable(20), runtime.init_params(graph), steps=6, callback=lambda r: "continue" if r.step % 2 else False)
     assert not result.stopped_early and result.steps == 6
 
 
-def test_eval_split(logreg):
+def test_eval_split(logreg, compiled):
     graph, plan = logreg
     train, held_out = separable(40), separable(30, seed=2)
-    trainer = Trainer(plan, make_optimizer("sgd", lr=1.0), batch_size=10, seed=0)
+    trainer = Trainer(plan, make_optimizer("sgd", lr=1.0), batch_size=10, seed=0, compiled=compiled)
     reports, snapshots = [], []
 
     def callback(report):
@@ -420,9 +487,9 @@ def test_eval_split(logreg):
     assert result.eval_losses[-1][1] < result.eval_losses[0][1]
 
 
-def test_eval_data_is_checked(logreg):
+def test_eval_data_is_checked(logreg, compiled):
     graph, plan = logreg
-    trainer = Trainer(plan, make_optimizer("sgd", lr=1.0))
+    trainer = Trainer(plan, make_optimizer("sgd", lr=1.0), compiled=compiled)
     with pytest.raises(InputError, match="eval_data has no array for graph input 'y'"):
         trainer.fit(separable(10), runtime.init_params(graph), steps=1, eval_data={"x1": np.ones(3),
                                                                                   "x2": np.ones(3)})
@@ -431,7 +498,7 @@ def test_eval_data_is_checked(logreg):
 
 
 # -- float32 ---------------------------------------------------------------------------------
-def test_float32_mlp_trains_in_float32():
+def test_float32_mlp_trains_in_float32(compiled):
     graph = graphspec.load(EXAMPLES / "small_mlp.json")
     rng = np.random.default_rng(0)
     centers = np.array([[2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 0]], dtype=np.float32)
@@ -439,7 +506,7 @@ def test_float32_mlp_trains_in_float32():
     x = (centers[labels] + rng.normal(scale=0.5, size=(150, 4))).astype(np.float32)
     dtypes = []
     checkpoints = []
-    trainer = Trainer(graph, make_optimizer("adamw", lr=0.02), batch_size=32, seed=0)
+    trainer = Trainer(graph, make_optimizer("adamw", lr=0.02), batch_size=32, seed=0, compiled=compiled)
     result = trainer.fit({"x": x, "labels": labels}, runtime.init_params(graph, seed=0), epochs=8,
                          callback=lambda r: dtypes.append({g.dtype for g in r.grads.values()}),
                          checkpoint_every=10, on_checkpoint=checkpoints.append)
@@ -455,10 +522,10 @@ def test_float32_mlp_trains_in_float32():
 
 
 # -- input errors ----------------------------------------------------------------------------
-def test_data_must_cover_every_input(logreg):
+def test_data_must_cover_every_input(logreg, compiled):
     graph, plan = logreg
     data = separable(10)
-    trainer = Trainer(plan, make_optimizer("sgd", lr=1.0))
+    trainer = Trainer(plan, make_optimizer("sgd", lr=1.0), compiled=compiled)
     with pytest.raises(InputError, match="data has no array for graph input 'x2'") as info:
         trainer.fit({"x1": data["x1"], "y": data["y"]}, runtime.init_params(graph), steps=1)
     assert info.value.name == "x2"
@@ -466,26 +533,26 @@ def test_data_must_cover_every_input(logreg):
         trainer.fit({**data, "x22": data["x1"]}, runtime.init_params(graph), steps=1)
 
 
-def test_batch_dimensions_must_agree(logreg):
+def test_batch_dimensions_must_agree(logreg, compiled):
     graph, plan = logreg
     data = separable(10)
     with pytest.raises(InputError, match="N="):
-        Trainer(plan, make_optimizer("sgd", lr=1.0)).fit({**data, "y": data["y"][:9]}, runtime.init_params(graph),
-                                                         steps=1)
+        Trainer(plan, make_optimizer("sgd", lr=1.0), compiled=compiled).fit(
+            {**data, "y": data["y"][:9]}, runtime.init_params(graph), steps=1)
     # inputs with differently named batch dims still have to agree, example for example
     g = GraphBuilder("two", dtype="float64")
     a, b = g.input("a", ["N"]), g.input("b", ["M"])
     w = g.param("w", [], value=1.0)
     g.loss(g.add(g.mean(a * w), g.mean(b * w), name="L"))
     with pytest.raises(InputError, match="'b' has 4 examples .* but 'a' has 5") as info:
-        Trainer(g.build(), make_optimizer("sgd", lr=1.0), batch_size=2).fit(
+        Trainer(g.build(), make_optimizer("sgd", lr=1.0), batch_size=2, compiled=compiled).fit(
             {"a": np.ones(5), "b": np.ones(4)}, {"w": np.array(1.0)}, steps=1)
     assert info.value.name == "b"
 
 
-def test_fit_argument_errors(logreg):
+def test_fit_argument_errors(logreg, compiled):
     graph, plan = logreg
-    trainer = Trainer(plan, make_optimizer("sgd", lr=1.0))
+    trainer = Trainer(plan, make_optimizer("sgd", lr=1.0), compiled=compiled)
     params = runtime.init_params(graph)
     with pytest.raises(ValueError, match="steps=..., epochs=..."):
         trainer.fit(separable(10), params)
@@ -496,7 +563,7 @@ def test_fit_argument_errors(logreg):
     with pytest.raises(ValueError, match="needs params"):
         trainer.fit(separable(10), None, steps=1)
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
-        Trainer(plan, make_optimizer("sgd", lr=1.0), batch_size=0)
+        Trainer(plan, make_optimizer("sgd", lr=1.0), batch_size=0, compiled=compiled)
     with pytest.raises(InputError, match="float32"):
         trainer.fit(separable(10), {k: v.astype(np.float32) for k, v in params.items()}, steps=1)
     result = trainer.fit(separable(10), params, steps=0)

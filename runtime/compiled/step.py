@@ -62,6 +62,7 @@ class CompiledStep:
         self._arenas: list[_Arena] = []
         self._programs: dict[tuple, Program] = {}
         self._last: Program | None = None
+        self._loaded = False
         self._input_types = {name: spec.dtype for name, spec in plan.graph.inputs.items()}
         self._plain_sgd = (isinstance(optimizer, SGD) and optimizer.momentum == 0 and optimizer.weight_decay == 0)
 
@@ -69,7 +70,7 @@ class CompiledStep:
     def load_params(self, params: Mapping[str, Any]) -> None:
         """Copy ``params`` (checked as :meth:`Plan.check_inputs` checks them) into the arena."""
         plan = self.plan
-        if self.params:
+        if self._loaded:
             for name in plan.param_names:
                 value = np.asarray(params[name]) if name in params else None
                 if value is None or value.shape != self.params[name].shape or value.dtype != self.params[name].dtype:
@@ -96,12 +97,13 @@ class CompiledStep:
                 offset = end
             self._arenas.append(arena)
         self._chunks = [chunk for arena in self._arenas for chunk in arena.chunks]
+        self._loaded = True
 
     # -- tapes -----------------------------------------------------------------------------
     def program(self, inputs: Mapping[str, np.ndarray]) -> Program:
         """The tape for these inputs' shapes, lowered on first use (the inputs are fully
         checked then; later calls with the same shapes check only shapes and dtypes)."""
-        if not self.params:
+        if not self._loaded:
             raise InputError("load_params(...) first: the compiled step has no parameters yet")
         key = tuple(np.shape(inputs[name]) if name in inputs else None for name in self.plan.input_names)
         program = self._programs.get(key)
