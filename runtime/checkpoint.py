@@ -13,7 +13,8 @@ and reading a checkpoint cannot run code::
      "params": {name: tensor}, "optimizer": {"name": "adam", "lr": ...},
      "optimizer_state": {"optimizer": "adam", "step": 120, "exp_avg": {name: tensor}, ...},
      "rng_state": {"bit_generator": "PCG64", "state": "<hex>", "inc": "<hex>", ...} | nil,
-     "settings": {"batch_size": 32 | nil, "shuffle": true, "seed": 0, "examples": 1000 | nil},
+     "settings": {"batch_size": 32 | nil, "shuffle": true, "seed": 0, "examples": 1000 | nil,
+                  "engine": "compiled" | "interpreter"},
      "best_loss": float | nil, "last_loss": float | nil,
      "losses": tensor float64[step], "eval_losses": [[step, loss], ...]}
 

@@ -302,7 +302,8 @@ class Trainer:
             eval_bound = self._prepare(eval_data, params, "eval_data")[0]
             eval_arrays = {name: eval_bound[name] for name in plan.input_names}
         size, batches, shuffled = self._layout(examples)
-        settings = {"batch_size": self.batch_size, "shuffle": self.shuffle, "seed": self.seed, "examples": examples}
+        settings = {"batch_size": self.batch_size, "shuffle": self.shuffle, "seed": self.seed, "examples": examples,
+                    "engine": "compiled" if self.compiled else "interpreter"}
 
         rng = np.random.default_rng(self.seed)
         if resume is not None:
@@ -438,6 +439,10 @@ class Trainer:
             if key in ckpt.settings and ckpt.settings[key] != settings[key]:
                 raise CheckpointError(f"the checkpoint was made with {key}={ckpt.settings[key]!r}, this run has "
                                       f"{key}={settings[key]!r}; a resumed run must see the same batches")
+        engine = ckpt.settings.get("engine", settings["engine"])
+        if engine != settings["engine"]:  # the engines agree only to within rounding: no bit-for-bit resume
+            raise CheckpointError(f"the checkpoint was made on the {engine} engine, this trainer uses the "
+                                  f"{settings['engine']} engine; resume with compiled={engine == 'compiled'}")
         if ckpt.batch_index >= batches:
             raise CheckpointError(f"the checkpoint's batch index {ckpt.batch_index} is past the {batches} batch(es) "
                                   "of an epoch")

@@ -293,6 +293,15 @@ def test_resume_refuses_a_checkpoint_that_does_not_fit(logreg, compiled):
     with pytest.raises(ValueError, match="pass params=None"):
         Trainer(plan, make_optimizer("sgd", lr=0.1), batch_size=8, compiled=compiled).fit(
             data, runtime.init_params(graph), steps=5, resume=ckpt)
+    # the engines agree only to within rounding, so a run is resumed on the engine that made it
+    assert ckpt.settings["engine"] == ("compiled" if compiled else "interpreter")
+    with pytest.raises(CheckpointError, match=f"resume with compiled={compiled}"):
+        Trainer(plan, make_optimizer("sgd", lr=0.1), batch_size=8, compiled=not compiled).fit(
+            data, None, steps=5, resume=ckpt)
+    legacy = Checkpoint.from_bytes(ckpt.to_bytes())
+    del legacy.settings["engine"]  # checkpoints from before the compiled engine: resumed on either
+    assert Trainer(plan, make_optimizer("sgd", lr=0.1), batch_size=8, compiled=not compiled).fit(
+        data, None, steps=5, resume=legacy).steps == 5
 
 
 # -- the checkpoint format ---------------------------------------------------------------------

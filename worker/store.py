@@ -27,7 +27,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import redis
@@ -223,13 +223,13 @@ def request_fingerprint(graph_id: str, spec: dict[str, Any], data: bytes, eval_d
 class StepRecord:
     step: int
     loss: float
-    grad_norms: dict[str, float]
+    grad_norms: Mapping[str, float]  # any mapping (runtime's are computed lazily): read once, when stored
     time: float
     eval_loss: float | None = None
     grads: bytes | None = None  # msgpack tensors when the job asked for gradients: "full"
 
     def to_fields(self) -> dict[str, Any]:
-        fields: dict[str, Any] = {"step": self.step, "loss": repr(self.loss), "norms": json.dumps(self.grad_norms),
+        fields: dict[str, Any] = {"step": self.step, "loss": repr(self.loss), "norms": json.dumps(dict(self.grad_norms)),
                                   "t": repr(self.time)}
         if self.eval_loss is not None:
             fields["eval_loss"] = repr(self.eval_loss)
