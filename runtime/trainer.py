@@ -411,8 +411,11 @@ class Trainer:
                     np.take(arrays[name], rows, axis=0, out=program.inputs[name])
         loss = engine.run(program, update=False)
         if not math.isfinite(loss) or not engine.grads_finite():
-            raise self.diagnose(dict(program.inputs), engine.params, number)
-        grads = {n: g.copy() for n, g in engine.grads.items()} if keep_grads else engine.grads
+            if engine.grad_scale != 1.0 and math.isfinite(loss):  # the folded learning rate may overflow them
+                engine.run(program, update=False, fold=False)
+            if not engine.grads_finite() or not math.isfinite(loss):
+                raise self.diagnose(dict(program.inputs), engine.params, number)
+        grads = engine.true_grads() if keep_grads else engine.grads
         with np.errstate(all="ignore"):
             engine.update()
         if not engine.params_finite():

@@ -542,8 +542,36 @@ def test_params_and_grads_are_views_into_the_arena():
     step({})
     np.testing.assert_allclose(step.params["w"], np.eye(2) * (1 - 0.25 * 2))
     np.testing.assert_allclose(step.params["b"], -0.25 * np.ones(3))
-    np.testing.assert_allclose(step.grads["b"], np.ones(3))
+    # plain SGD folds its learning rate into the backward pass: the arena holds lr * gradient
+    assert step.grad_scale == 0.25
+    np.testing.assert_allclose(step.grads["b"], 0.25 * np.ones(3))
+    np.testing.assert_allclose(step.true_grads()["b"], np.ones(3))
     np.testing.assert_array_equal(given_w, np.eye(2))  # the caller's array is untouched
+
+
+@pytest.mark.parametrize("optimizer, folded", [(runtime.SGD(lr=0.5), True), (runtime.SGD(lr=2.0), False),
+                                               (runtime.SGD(lr=0.5, momentum=0.9), False),
+                                               (runtime.Adam(lr=0.5), False)])
+def test_only_plain_sgd_with_lr_at_most_1_folds_the_learning_rate(optimizer, folded):
+    g = GraphBuilder("fold", dtype="float64")
+    w = g.param("w", [3])
+    g.loss(g.sum(g.mul(w, w)))
+    graph = g.build()
+    start = np.array([1.0, -2.0, 3.0])
+    step = runtime.CompiledStep(graph, optimizer)
+    step.load_params({"w": start})
+    for _ in range(3):
+        step({})
+    assert step.grad_scale == (optimizer.lr if folded else 1.0)
+    reference = {"w": start.copy()}
+    optimizer.reset()
+    plan = runtime.compile(graph)
+    for _ in range(3):
+        optimizer.step(reference, plan.forward({}, reference).backward())
+    np.testing.assert_allclose(step.params["w"], reference["w"], rtol=1e-12)
+    loss, grads = step.gradients({})  # never scaled
+    assert step.grad_scale == 1.0
+    np.testing.assert_allclose(grads["w"], 2 * step.params["w"], rtol=1e-12)
 
 
 # -- errors -------------------------------------------------------------------------------------------

@@ -29,7 +29,10 @@ class Emitter:
     def __init__(self) -> None:
         self.tape: list[tuple[Callable[..., Any], tuple]] = []
         self.bytes = 0  # persistent and scratch buffers allocated
-        self.seed: np.ndarray | None = None  # d(loss)/d(loss): the constant 1 the backward pass starts from
+        # d(loss)/d(loss), where the backward pass starts: 1, or the learning rate when plain SGD
+        # folds it in (see Program.set_seed); constants derived from it are kept up to date
+        self.seed: np.ndarray | None = None
+        self.seed_constants: list[tuple[np.ndarray, Callable[[np.ndarray], Any]]] = []
         self.state: dict[str, Any] = {}  # the current node's private buffers, shared by its forward and VJP
         self._targets: dict[int, np.ndarray] = {}
         self._reusable: set[int] = set()
@@ -72,8 +75,17 @@ class Emitter:
         return self.buffer(shape, dtype)
 
     def is_seed(self, g: np.ndarray) -> bool:
-        """True when ``g`` is the constant d(loss)/d(loss) = 1, so multiplying by it can be skipped."""
+        """True when ``g`` is the seed: one value per run (1, or the learning rate), so what a
+        kernel derives from it can be a :meth:`seed_constant` instead of calls on every step."""
         return g is self.seed
+
+    def seed_constant(self, derive: Callable[[np.ndarray], Any]) -> np.ndarray:
+        """An array holding ``derive(seed)``, recomputed whenever the seed's value changes."""
+        value = np.asarray(derive(self.seed))
+        array = self.buffer(value.shape, value.dtype)
+        array[...] = value
+        self.seed_constants.append((array, derive))
+        return array
 
     # -- what the lowering calls ---------------------------------------------------------
     def begin(self, state: dict[str, Any], targets: dict[int, np.ndarray] | None = None,

@@ -73,9 +73,19 @@ class Program:
     fused: tuple[str, ...]  # fused kernels used
     bytes: int = 0
     values: dict[str, np.ndarray] = field(default_factory=dict)
+    seed: np.ndarray | None = None  # d(loss)/d(loss) for the backward pass
+    seed_constants: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.tape = self.forward + self.backward
+
+    def set_seed(self, value: float) -> None:
+        """Start the backward pass from ``value`` instead of 1: every gradient comes out
+        multiplied by it (plain SGD folds its learning rate in this way)."""
+        if self.seed is not None and self.seed.flat[0] != value:
+            self.seed[...] = value
+            for array, derive in self.seed_constants:
+                array[...] = derive(self.seed)
 
 
 def infer_types(plan: Plan, leaves: Mapping[str, TensorType]) -> dict[str, TensorType]:
@@ -271,7 +281,8 @@ def lower(plan: Plan, input_types: Mapping[str, TensorType], params: Mapping[str
         if name not in grads:  # not on a path to the loss: its gradient is zero
             target[...] = 0
     return Program(forward_tape, backward_tape, inputs, buf[loss_id], input_grads, tuple(sorted(native)),
-                   tuple(sorted(adapted)), tuple(sorted({n.op for n in run if len(n.covers) > 1})), e.bytes, buf)
+                   tuple(sorted(adapted)), tuple(sorted({n.op for n in run if len(n.covers) > 1})), e.bytes, buf,
+                   seed, e.seed_constants)
 
 
 def _is_fresh(e: Emitter, array: np.ndarray) -> bool:

@@ -63,6 +63,7 @@ class CompiledStep:
         self._programs: dict[tuple, Program] = {}
         self._last: Program | None = None
         self._loaded = False
+        self.grad_scale = 1.0  # what the last run's gradients are multiplied by (see run)
         self._input_types = {name: spec.dtype for name, spec in plan.graph.inputs.items()}
         self._plain_sgd = (isinstance(optimizer, SGD) and optimizer.momentum == 0 and optimizer.weight_decay == 0)
 
@@ -139,9 +140,18 @@ class CompiledStep:
                 np.copyto(target, value)
         return program
 
-    def run(self, program: Program, *, update: bool = True) -> float:
+    def run(self, program: Program, *, update: bool = True, fold: bool = True) -> float:
         """Run ``program`` on the inputs already in ``program.inputs``: forward, backward and
-        (``update``) the optimizer step. Returns the loss (before the update)."""
+        (``update``) the optimizer step. Returns the loss (before the update).
+
+        With plain SGD and ``0 < lr <= 1`` (and ``fold``) the learning rate is folded into
+        the backward pass: it starts from ``lr`` instead of 1, so ``grads`` hold
+        ``lr * d(loss)/d(param)`` and the update is one subtraction. ``grad_scale`` says
+        which: ``lr`` or 1.
+        """
+        lr = self.optimizer.lr if self._plain_sgd else 0.0
+        self.grad_scale = lr if fold and 0 < lr <= 1 else 1.0
+        program.set_seed(self.grad_scale)
         with np.errstate(all="ignore"):  # non-finite values are the caller's to detect, as in Plan
             try:
                 for fn, args in program.tape:
@@ -161,7 +171,7 @@ class CompiledStep:
         """The loss and d(loss)/d(every parameter) (and float input, with ``grad_inputs``),
         as copies; no update."""
         program = self._load(inputs)
-        loss = self.run(program, update=False)
+        loss = self.run(program, update=False, fold=False)
         grads = {name: g.copy() for name, g in self.grads.items()}
         grads.update({name: g.copy() for name, g in program.input_grads.items()})
         return loss, grads
@@ -170,14 +180,26 @@ class CompiledStep:
     def update(self) -> None:
         """Apply the optimizer to the parameters with the gradients of the last run."""
         if self._plain_sgd:  # p -= lr * g, elementwise: the same on the arena as per parameter
-            lr = self.optimizer.lr
-            multiply, subtract = np.multiply, np.subtract
-            for p, g, step in self._chunks:
-                multiply(g, lr, step)
-                subtract(p, step, p)
+            lr, subtract = self.optimizer.lr, np.subtract
+            if self.grad_scale == 1.0:
+                for p, g, step in self._chunks:
+                    np.multiply(g, lr, step)
+                    subtract(p, step, p)
+            else:  # the gradients are lr * g already
+                for p, g, _ in self._chunks:
+                    subtract(p, g, p)
             self.optimizer.steps += 1
+        elif self.grad_scale != 1.0:
+            raise RuntimeError("the gradients are scaled by a learning rate only plain SGD uses")
         else:
             self.optimizer.step(self.params, self.grads)
+
+    def true_grads(self) -> dict[str, np.ndarray]:
+        """Copies of the last run's d(loss)/d(param), the learning rate divided back out if it
+        was folded in (so equal to an unfolded run's to within rounding)."""
+        if self.grad_scale == 1.0:
+            return {name: g.copy() for name, g in self.grads.items()}
+        return {name: np.divide(g, self.grad_scale) for name, g in self.grads.items()}
 
     def grads_finite(self) -> bool:
         return all(_finite(a.grads) for a in self._arenas)

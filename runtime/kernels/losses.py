@@ -96,30 +96,24 @@ def scale_by_reduction(e, grad: np.ndarray, g: np.ndarray, shape: tuple[int, ...
                        negate: bool = False) -> None:
     """Emit ``grad *= d(loss)/d(per-element loss)`` (see :func:`_per_element_grad`) in place;
     ``negate`` folds a sign flip into the same multiply."""
+    sign = -1 if negate else 1
     if reduction == "mean":
         count = max(int(np.prod(shape)), 1)
-        if e.is_seed(g) and count == 1:  # x * 1 == x exactly
-            if negate:
-                e.emit(np.negative, grad, grad)
-            return
-        if e.is_seed(g):  # 1 / count, in the loss's dtype, as the interpreter computes it
-            weight = np.divide(g, count)
-            if negate:
-                weight = np.negative(weight)
+        if e.is_seed(g):  # g / count, in the loss's dtype, as the interpreter computes it
+            weight = e.seed_constant(lambda seed: np.divide(seed, count) * sign)
         else:
             weight = e.scratch(g.shape, g.dtype)
             e.emit(np.divide, g, count, weight)
             if negate:
                 e.emit(np.negative, weight, weight)
-        e.emit(np.multiply, grad, weight, grad)
-    elif not e.is_seed(g):
-        weight = g
-        if negate:
-            weight = e.scratch(g.shape, g.dtype)
-            e.emit(np.negative, g, weight)
-        e.emit(np.multiply, grad, weight.reshape(g.shape + (1,) * (grad.ndim - g.ndim)), grad)
+    elif e.is_seed(g) and negate:
+        weight = e.seed_constant(np.negative)
     elif negate:
-        e.emit(np.negative, grad, grad)
+        weight = e.scratch(g.shape, g.dtype)
+        e.emit(np.negative, g, weight)
+    else:
+        weight = g
+    e.emit(np.multiply, grad, weight.reshape(weight.shape + (1,) * (grad.ndim - weight.ndim)), grad)
 
 
 def _mse_into(e, out, p, t, *, reduction):
