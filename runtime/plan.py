@@ -37,6 +37,31 @@ class Step:
     attrs: dict[str, Any]
     grad_inputs: tuple[int, ...]  # inputs this op's contract differentiates
 
+    # what the compiled engine's lowering reads of a node (runtime.compiled.lower.LNode has the same)
+    @property
+    def saves_out(self) -> bool:
+        return self.kernel.saves_out
+
+    @property
+    def saves_inputs(self) -> tuple[int, ...]:
+        return self.kernel.saves_inputs
+
+    @property
+    def forward_into(self):
+        return self.kernel.forward_into
+
+    @property
+    def vjp_into(self):
+        return self.kernel.vjp_into
+
+    @property
+    def inplace(self) -> bool:
+        return self.kernel.inplace
+
+    @property
+    def covers(self) -> tuple[str, ...]:
+        return (self.id,)
+
 
 class Plan:
     """A graph compiled for execution. Cheap to run many times; holds no per-run state."""

@@ -37,7 +37,8 @@ from .fusions import fuse
 
 @dataclass
 class LNode:
-    """A node as the lowering sees it: a plan step, or several fused into one."""
+    """Several plan steps fused into one node (a plain :class:`~runtime.plan.Step` has the
+    same attributes and is used as is)."""
 
     id: str
     op: str
@@ -52,11 +53,6 @@ class LNode:
     kernel: Kernel | None = None  # for the adapter, when there is no compiled form
     covers: tuple[str, ...] = ()  # the plan step ids a fused node stands for
 
-    @classmethod
-    def of(cls, step) -> "LNode":
-        k = step.kernel
-        return cls(step.id, step.op, step.inputs, step.attrs, step.grad_inputs, k.saves_out, k.saves_inputs,
-                   k.forward_into, k.vjp_into, k.inplace, k, (step.id,))
 
 
 @dataclass
@@ -129,7 +125,7 @@ def lower(plan: Plan, input_types: Mapping[str, TensorType], params: Mapping[str
     d(loss)/d(param) into ``param_grads`` (arrays the caller owns and keeps)."""
     leaves = {**input_types, **{n: tensor_type(p) for n, p in params.items()}}
     types = infer_types(plan, leaves)
-    nodes = fuse([LNode.of(s) for s in plan.steps], plan)
+    nodes = fuse(list(plan.steps), plan)  # plan steps serve as nodes; fused ones are LNodes
     loss_id = plan.loss_node
 
     # -- what runs ---------------------------------------------------------------------------
@@ -243,7 +239,7 @@ def lower(plan: Plan, input_types: Mapping[str, TensorType], params: Mapping[str
         if n.id not in path or n.id not in grads:
             continue
         g = grads.pop(n.id)
-        wanted = tuple(i in n.grad_inputs and n.inputs[i] in path for i in range(len(n.inputs)))
+        wanted = tuple([i in n.grad_inputs and name in path for i, name in enumerate(n.inputs)])
         targets, seen = {}, set()
         for i, name in enumerate(n.inputs):
             if wanted[i] and name in leaf_targets and name not in grads and name not in seen:
