@@ -9,9 +9,11 @@ plain SGD update of every parameter, on one fixed batch (workloads in
 ``../shared/workloads.md``). Implementations:
 
 * ``chainrule``: the workload as a graphspec graph (GraphBuilder) on the compiled engine,
-  as ``runtime.Trainer`` runs it: ``step = runtime.CompiledStep(plan, SGD(lr))`` once,
-  then ``step(inputs)`` per step (inputs copied into the tape's buffers, forward,
-  backward, arena SGD update; without the Trainer's finiteness checks).
+  as ``runtime.Trainer`` runs it: ``step = runtime.CompiledStep(plan, SGD(lr))`` and
+  ``program = step.program(inputs)`` once, the (fixed) batch written into
+  ``program.inputs`` once (the Trainer gathers each batch there), then
+  ``step.run(program)`` per step: forward, backward, SGD update (without the Trainer's
+  finiteness checks).
 * ``interp``: the reference interpreter, ``run = plan.forward(inputs, params); run.loss;
   run.backward(); SGD.step(params, grads)``.
 * ``hand``: hand-written numpy, preallocated buffers, ``out=`` everywhere, fused loss
@@ -124,6 +126,11 @@ def build_chainrule(spec, params, x, y):
     names = [f"{k}{i}" for i in range(len(params) // 2) for k in ("W", "b")]
     step.load_params(dict(zip(names, params)))
     inputs = {"x": x, "y": y}
+    # The Trainer gathers each batch straight into the tape's input buffers and calls run();
+    # the batch here is fixed, so it is written once (hand numpy reads x and y in place too).
+    program = step.program(inputs)
+    for name, buffer in program.inputs.items():
+        np.copyto(buffer, inputs[name])
 
     def grads():
         loss, g = step.gradients(inputs)
@@ -132,7 +139,7 @@ def build_chainrule(spec, params, x, y):
     def reset():
         for n, p0 in zip(names, params):
             step.params[n][...] = p0
-    return (lambda: step(inputs)), grads, reset
+    return (lambda: step.run(program)), grads, reset
 
 
 def build_interp(spec, params, x, y):
