@@ -46,8 +46,9 @@ class Emitter:
         self.tape.append((partial(fn, **keywords) if keywords else fn, args))
 
     def buffer(self, shape: Shape, dtype) -> np.ndarray:
-        """A persistent array of its own."""
-        array = np.zeros(shape, dtype)
+        """A persistent array of its own, uninitialised: every buffer is written by the tape
+        before it is read (zero-filling large ones cost more than the rest of lowering)."""
+        array = np.empty(shape, dtype)
         self.bytes += array.nbytes
         return array
 

@@ -91,8 +91,8 @@ def infer_types(plan: Plan, leaves: Mapping[str, TensorType]) -> dict[str, Tenso
     seen: dict[tuple, TensorType] = {}
     for step in plan.steps:
         in_types = [types[name] for name in step.inputs]
-        try:
-            key = (step.op, *in_types, *sorted(step.attrs.items()))
+        try:  # plain tuples: TensorType's generated __hash__ runs in Python
+            key = (step.op, *[(t.dtype, t.shape) for t in in_types], *(sorted(step.attrs.items()) if step.attrs else ()))
             hash(key)
         except TypeError:  # list-valued attributes (axes, shapes): not worth a hashable copy
             key = None
