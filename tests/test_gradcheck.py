@@ -412,13 +412,18 @@ def assert_float32_throughout(sample: Sample) -> None:
     checked = [("value", name, array) for name, array in run.values.items()]
     checked += [("output", graph.outputs[name], array) for name, array in run.outputs.items()]
     checked += [("gradient", name, array) for name, array in grads.items()]
+    _assert_float32_or_int64(graph, checked)
+    assert set(sample.params) <= set(grads)
+
+
+def _assert_float32_or_int64(graph, checked) -> None:
+    """Each (what, name, array) is float32, or int64 where the graph declares int64."""
     for what, name, array in checked:
         dtype = np.asarray(array).dtype
         if graph.analysis.types[name].dtype == "int64":
             assert dtype == np.int64, f"{what} of {name!r} is {dtype}"
         else:
             assert dtype == np.float32, f"{what} of {name!r} is {dtype}, not float32"
-    assert set(sample.params) <= set(grads)
 
 
 def assert_float32_throughout_compiled(sample: Sample) -> None:
@@ -426,8 +431,6 @@ def assert_float32_throughout_compiled(sample: Sample) -> None:
     the loss, input gradients) and every gradient it returns is float32 (int64 stays int64),
     and its gradients agree with the interpreter's to float32 precision."""
     graph = sample.graph
-    if not sample.params:  # see test_compiled_step_of_a_graph_without_parameters
-        return
     step = runtime.CompiledStep(graph, grad_inputs=True)
     step.load_params(sample.params)
     loss, grads = step.gradients(sample.inputs)
@@ -437,12 +440,7 @@ def assert_float32_throughout_compiled(sample: Sample) -> None:
     checked += [("input gradient", name, array) for name, array in program.input_grads.items()]
     checked += [("gradient", name, array) for name, array in grads.items()]
     checked += [("parameter", name, array) for name, array in step.params.items()]
-    for what, name, array in checked:
-        dtype = np.asarray(array).dtype
-        if graph.analysis.types[name].dtype == "int64":
-            assert dtype == np.int64, f"{what} of {name!r} is {dtype}"
-        else:
-            assert dtype == np.float32, f"{what} of {name!r} is {dtype}, not float32"
+    _assert_float32_or_int64(graph, checked)
     assert program.loss.dtype == np.float32
     assert set(sample.params) <= set(grads)
     reference = runtime.compile(graph).forward(sample.inputs, sample.params, grad_inputs=True)

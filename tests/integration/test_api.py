@@ -735,8 +735,13 @@ def test_msgpack_job_submission(api):
                                                          "Idempotency-Key": f"mp-{job_id}", **msgpack_only})
     assert replay.status_code == 202 and msgpack.unpackb(replay.content)["state"] == "queued"
     assert replay.headers["location"] == f"/v1/jobs/{msgpack.unpackb(replay.content)['id']}"
-    cancelled = api.post(f"/v1/jobs/{msgpack.unpackb(replay.content)['id']}/cancel", headers=msgpack_only)
-    assert cancelled.status_code == 202 and msgpack.unpackb(cancelled.content)["state"] in ("cancelling", "cancelled")
+    replay_id = msgpack.unpackb(replay.content)["id"]
+    cancelled = api.post(f"/v1/jobs/{replay_id}/cancel", headers=msgpack_only)
+    if cancelled.status_code == 409:  # the worker finished the short job first: cancel refuses, as documented
+        assert api.get(f"/v1/jobs/{replay_id}").json()["state"] == "succeeded"
+    else:
+        assert cancelled.status_code == 202
+        assert msgpack.unpackb(cancelled.content)["state"] in ("cancelling", "cancelled")
 
 
 def test_unknown_job_is_404(api):
