@@ -142,12 +142,15 @@ def lower(plan: Plan, input_types: Mapping[str, TensorType], params: Mapping[str
     sources = set(plan.param_names) | (set(plan.input_names) if grad_inputs else set())
     depends = set(sources)
     for n in run:
-        if any(n.inputs[i] in depends for i in n.grad_inputs):
-            depends.add(n.id)
+        for i in n.grad_inputs:
+            if n.inputs[i] in depends:
+                depends.add(n.id)
+                break
     feeds = {loss_id}
     for n in reversed(run):
         if n.id in feeds:
-            feeds.update(n.inputs[i] for i in n.grad_inputs)
+            for i in n.grad_inputs:
+                feeds.add(n.inputs[i])
     path = depends & feeds
 
     saved: set[str] = set()
@@ -155,7 +158,8 @@ def lower(plan: Plan, input_types: Mapping[str, TensorType], params: Mapping[str
         if n.id in path:
             if n.saves_out:
                 saved.add(n.id)
-            saved.update(n.inputs[i] for i in n.saves_inputs)
+            for i in n.saves_inputs:
+                saved.add(n.inputs[i])
     last_use: dict[str, int] = {}
     for position, n in enumerate(run):
         for name in n.inputs:
@@ -240,11 +244,10 @@ def lower(plan: Plan, input_types: Mapping[str, TensorType], params: Mapping[str
             continue
         g = grads.pop(n.id)
         wanted = tuple([i in n.grad_inputs and name in path for i, name in enumerate(n.inputs)])
-        targets, seen = {}, set()
-        for i, name in enumerate(n.inputs):
-            if wanted[i] and name in leaf_targets and name not in grads and name not in seen:
+        targets = {}
+        for i, name in enumerate(n.inputs):  # a leaf's first gradient goes straight into its array
+            if wanted[i] and name in leaf_targets and name not in grads and name not in n.inputs[:i]:
                 targets[i] = leaf_targets[name]
-            seen.add(name)
         args = [buf[name] for name in n.inputs]
         g_exclusive = id(g) in exclusive
         exclusive.discard(id(g))
@@ -286,11 +289,21 @@ def _is_fresh(e: Emitter, array: np.ndarray) -> bool:
     return array.base is None and array is not e.seed
 
 
+_UNBROADCAST: dict[tuple, tuple] = {}  # (gradient shape, operand shape) -> (summed axes, kept shape)
+
+
 def _emit_unbroadcast(e: Emitter, g: np.ndarray, out: np.ndarray) -> None:
     """Sum ``g`` over the axes broadcasting added or stretched, into ``out`` (the operand's shape)."""
-    extra = g.ndim - out.ndim
-    axes = tuple(range(extra)) + tuple(extra + i for i, d in enumerate(out.shape) if d == 1 and g.shape[extra + i] != 1)
-    kept = tuple(d for k, d in enumerate(g.shape) if k not in axes)
+    key = (g.shape, out.shape)
+    plan = _UNBROADCAST.get(key)
+    if plan is None:
+        extra = g.ndim - out.ndim
+        axes = tuple(range(extra)) + tuple(extra + i for i, d in enumerate(out.shape)
+                                           if d == 1 and g.shape[extra + i] != 1)
+        if len(_UNBROADCAST) > 4096:  # a long-lived worker sees many graphs: keep the cache small
+            _UNBROADCAST.clear()
+        plan = _UNBROADCAST[key] = (axes, tuple(d for k, d in enumerate(g.shape) if k not in axes))
+    axes, kept = plan
     e.emit(np.add.reduce, g, axes, None, out.reshape(kept))
 
 
