@@ -243,11 +243,18 @@ def _train(store: JobStore, job_id: str, job: dict[str, str], token: str, worker
     params = None if resume else runtime.init_params(graph, seed=spec.get("seed", 0))
     reporter = _Reporter(store, job_id, spec, token, store.worker_stopping_key(worker) if requeue else None)
     checkpoint_every, save_checkpoint = _checkpointing(store, job_id, token, spec, reporter)
-    result = trainer.fit(
-        data, params, steps=spec.get("steps"), epochs=spec.get("epochs"), callback=reporter,
-        eval_data=eval_data, eval_every=spec.get("eval_every") if eval_data is not None else None, resume=resume,
-        checkpoint_every=checkpoint_every,
-        on_checkpoint=save_checkpoint)
+    try:
+        result = trainer.fit(
+            data, params, steps=spec.get("steps"), epochs=spec.get("epochs"), callback=reporter,
+            eval_data=eval_data, eval_every=spec.get("eval_every") if eval_data is not None else None,
+            resume=resume, checkpoint_every=checkpoint_every, on_checkpoint=save_checkpoint)
+    except (LeaseLost, *REDIS_DOWN):
+        raise  # not ours to write any more, or nowhere to write it
+    except Exception:
+        # The job's own failure (divergence, bad data, time limit): the steps reported so far,
+        # the last one included, are what explains it; they go in before the failure is recorded.
+        reporter.finish()
+        raise
     if reporter.handing_back and not reporter.cancelled:
         return _hand_back(store, job_id, job, token, reporter, result, requeue)
     reporter.finish()
