@@ -18,7 +18,7 @@ from .explain import Explanation, explain
 from .gradcheck import GradcheckResult, assert_gradcheck, gradcheck
 from .init import init_params
 from .kernels import KERNELS, Kernel, unbroadcast
-from .optim import OPTIMIZERS, SGD, Adam, Optimizer, make_optimizer
+from .optim import OPTIMIZERS, SGD, Adam, Optimizer, make_optimizer, optimizer_defaults
 from .plan import Plan, Run, compile
 from .trainer import StepReport, Trainer, TrainResult
 
@@ -26,5 +26,5 @@ __all__ = [
     "Adam", "ChainruleRuntimeError", "Checkpoint", "CheckpointError", "CompiledStep", "DataFileError", "ExecutionError",
     "Explanation", "GradcheckResult", "InputError", "KERNELS", "Kernel", "MissingKernelError", "NonFiniteError", "OPTIMIZERS",
     "Optimizer", "Plan", "Run", "SGD", "StepReport", "TrainResult", "Trainer", "assert_gradcheck", "compile", "explain", "gradcheck", "init_params",
-    "load_tensors", "make_optimizer", "save_tensors", "unbroadcast",
+    "load_tensors", "make_optimizer", "optimizer_defaults", "save_tensors", "unbroadcast",
 ]

@@ -11,11 +11,12 @@ class InputError(ChainruleRuntimeError, ValueError):
     """Inputs or parameters that do not fit the graph: missing, unexpected, wrong dtype or shape, non-finite."""
 
     def __init__(self, message: str, *, name: str | None = None, expected: str | None = None,
-                 actual: str | None = None):
+                 actual: str | None = None, kind: str | None = None):
         super().__init__(message)
         self.name = name
         self.expected = expected
         self.actual = actual
+        self.kind = kind  # "input" or "parameter" when the error is about one of them
 
 
 class ExecutionError(ChainruleRuntimeError):

@@ -15,6 +15,7 @@ exactly where it stopped. The formulas are PyTorch's (``torch.optim.SGD``,
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Mapping
 
@@ -151,7 +152,7 @@ class SGD(Optimizer):
     name = "sgd"
     buffers = ("momentum_buffer",)
 
-    def __init__(self, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
+    def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
         super().__init__()
         self.lr = _number("sgd", "lr", lr)
         self.momentum = _number("sgd", "momentum", momentum)
@@ -246,12 +247,26 @@ _FACTORY: dict[str, tuple[type, dict[str, Any], dict[str, Any], tuple[str, ...]]
 OPTIMIZERS: tuple[str, ...] = tuple(_FACTORY)
 
 
+def optimizer_defaults(name: str) -> dict[str, Any]:
+    """The hyperparameters ``make_optimizer(name)`` uses when they are not given, e.g.
+    ``{"lr": 0.001, "betas": (0.9, 0.999), ...}`` for ``"adam"``. The one source of the defaults:
+    the command line, the Python client and the HTTP API leave out what the user did not set."""
+    if name not in _FACTORY:
+        make_optimizer(name)  # raises the usual "unknown optimizer" error
+    cls, fixed, defaults, accepted = _FACTORY[name]
+    signature = inspect.signature(cls.__init__).parameters
+    out = {k: signature[k].default for k in accepted if signature[k].default is not inspect.Parameter.empty}
+    out.update({k: v for k, v in defaults.items() if k in accepted})
+    return out
+
+
 def make_optimizer(name: str, **hyper: Any) -> Optimizer:
     """An optimizer by name: ``"sgd"``, ``"momentum"`` (SGD, momentum 0.9 unless given, must be > 0),
     ``"adam"`` or ``"adamw"`` (Adam with decoupled weight decay, 0.01 unless given, as in PyTorch).
 
-    ``"sgd"`` and ``"momentum"`` need ``lr``; Adam's default is 1e-3. Unknown names and
-    unknown hyperparameters are ValueErrors that list what is accepted.
+    Hyperparameters not given take :func:`optimizer_defaults` (learning rate: 0.01 for SGD and
+    momentum, 1e-3 for Adam and AdamW). Unknown names and unknown hyperparameters are
+    ValueErrors that list what is accepted.
     """
     if name not in _FACTORY:
         hint = did_you_mean(name, _FACTORY)
@@ -263,8 +278,6 @@ def make_optimizer(name: str, **hyper: Any) -> Optimizer:
         hints = [h for h in (did_you_mean(u, accepted) for u in unknown) if h]
         raise ValueError(f"{name}: unknown hyperparameter(s) {', '.join(map(repr, unknown))}"
                          + (f" ({'; '.join(hints)})" if hints else "") + f"; {name} takes {', '.join(accepted)}")
-    if cls is SGD and "lr" not in hyper:
-        raise ValueError(f"{name}: the learning rate lr is required")
     if name == "momentum" and "momentum" in hyper and hyper["momentum"] == 0:
         raise ValueError("momentum: momentum must be > 0 (use 'sgd' for plain gradient descent)")
     return cls(**{**defaults, **hyper, **fixed})

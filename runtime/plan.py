@@ -123,16 +123,22 @@ class Plan:
                                                                              self.graph.parameters)):
             if only is not None and kind != only:
                 continue
-            for name in given:
-                if name not in declared:
-                    hint = graphspec.errors.did_you_mean(name, declared)
-                    raise InputError(f"unexpected {kind} {name!r}" + (f" ({hint})" if hint else "")
-                                     + f"; the graph's {kind}s are: {', '.join(declared) or 'none'}", name=name)
-            for name, spec in declared.items():
-                if name not in given:
-                    raise InputError(f"missing {kind} {name!r} ({spec.dtype}{list(spec.shape)})", name=name,
-                                     expected=f"{spec.dtype}{list(spec.shape)}")
-                bound[name] = _bind(kind, name, given[name], spec.dtype, tuple(spec.shape), symbols)
+            try:
+                # Unexpected names first: a misspelt key is also a missing one; name the misspelling.
+                for name in given:
+                    if name not in declared:
+                        hint = graphspec.errors.did_you_mean(name, declared)
+                        raise InputError(f"unexpected {kind} {name!r}" + (f" ({hint})" if hint else "")
+                                         + f"; the graph's {kind}s are: {', '.join(declared) or 'none'}", name=name)
+                for name, spec in declared.items():
+                    if name not in given:
+                        raise InputError(f"missing {kind} {name!r} ({spec.dtype}{list(spec.shape)}); give every "
+                                         f"{kind}: {', '.join(declared)}", name=name,
+                                         expected=f"{spec.dtype}{list(spec.shape)}")
+                    bound[name] = _bind(kind, name, given[name], spec.dtype, tuple(spec.shape), symbols)
+            except InputError as exc:
+                exc.kind = kind
+                raise
         return bound
 
     # -- running -------------------------------------------------------------------------

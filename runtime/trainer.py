@@ -52,7 +52,10 @@ class StepReport:
     """What one training step did; passed to ``fit``'s ``callback``.
 
     ``step`` counts updates from 1 (this is the ``step``-th); ``epoch`` and
-    ``batch_index`` (from 0) locate the batch it used; ``loss`` is that batch's loss
+    ``batch_index`` (from 0) locate the batch it used; ``epochs`` is the number of complete
+    passes over the data after this step (the count :attr:`TrainResult.epochs` gives and the
+    service shows as a job's ``epoch``: the last batch of the first epoch reports ``epoch`` 0
+    and ``epochs`` 1); ``loss`` is that batch's loss
     before the update, ``grads`` the gradients the update used (the report's own copies) and
     ``grad_norms`` their L2 norms (computed when first read); ``eval_loss`` is the held-out loss after the update when an evaluation ran
     at this step, else None.
@@ -65,6 +68,7 @@ class StepReport:
     grad_norms: Mapping[str, float]
     eval_loss: float | None = None
     batch_index: int = 0
+    epochs: int = 0
 
 
 @dataclass
@@ -161,19 +165,13 @@ class Trainer:
         and parameters) and the number of examples (None when no input is per-example)."""
         if not isinstance(data, Mapping):
             raise InputError(f"{label} must be a dict of arrays keyed by graph input, got {type(data).__name__}")
-        declared = self.plan.graph.inputs
-        for name, spec in declared.items():
-            if name not in data:
-                raise InputError(f"{label} has no array for graph input {name!r} ({spec.dtype}{list(spec.shape)}); "
-                                 f"it must cover every input: {', '.join(declared)}", name=name,
-                                 expected=f"{spec.dtype}{list(spec.shape)}")
-        for name in data:
-            if name not in declared:
-                hint = graphspec.errors.did_you_mean(name, declared)
-                raise InputError(f"{label} has an array {name!r} that is not a graph input"
-                                 + (f" ({hint})" if hint else "") + f"; the inputs are: {', '.join(declared)}",
-                                 name=name)
-        bound = self.plan.check_inputs(data, params)
+        try:  # the plan's check names a misspelt or missing input, with a did-you-mean
+            bound = self.plan.check_inputs(data, params)
+        except InputError as exc:
+            if exc.kind != "input":
+                raise
+            raise InputError(f"{label}: {exc}", name=exc.name, expected=exc.expected, actual=exc.actual,
+                             kind=exc.kind) from None
         examples: int | None = None
         first = None
         for name in self.batched:
@@ -359,7 +357,7 @@ class Trainer:
                 eval_losses.append((step, eval_loss))
             if callback is not None:
                 stopped = _is_stop(callback(StepReport(step, report_epoch, loss, grads, GradNorms(grads), eval_loss,
-                                                       report_batch)))
+                                                       report_batch, epochs=epoch)))
             if checkpoint_every is not None and step % checkpoint_every == 0:
                 on_checkpoint(checkpoint(epoch_state))
             if stopped:

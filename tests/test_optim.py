@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from runtime.optim import SGD, Adam, Optimizer, make_optimizer
+from runtime.optim import OPTIMIZERS, SGD, Adam, Optimizer, make_optimizer, optimizer_defaults
 
 
 def scalar_run(opt: Optimizer, p0: float, grads: list[float]) -> list[float]:
@@ -262,7 +262,6 @@ def test_config_round_trips_through_the_factory(name, hyper):
     ("adam", {"learning_rate": 0.1}, "unknown hyperparameter.*'learning_rate'.*adam takes lr, betas, eps, weight_decay"),
     ("sgd", {"lr": 0.1, "betas": (0.9, 0.9)}, "unknown hyperparameter.*'betas'"),
     ("adam", {"decoupled": True}, "unknown hyperparameter.*'decoupled'"),
-    ("sgd", {}, "learning rate lr is required"),
     ("momentum", {"lr": 0.1, "momentum": 0}, "momentum must be > 0"),
     ("sgd", {"lr": -0.1}, "lr must be a finite number >= 0"),
     ("sgd", {"lr": float("nan")}, "lr must be a finite number"),
@@ -297,3 +296,14 @@ def test_a_hyperparameter_beyond_the_float_range_is_a_value_error():
     """JSON allows integers of any size; float() of one overflows: a ValueError, never an OverflowError."""
     with pytest.raises(ValueError, match="finite"):
         make_optimizer(name="sgd", lr=10**400)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_defaults_are_defined_once_and_are_what_make_optimizer_uses(name):
+    """The CLI, the client and the API leave unset hyperparameters out, so the library's
+    defaults are the only ones: Adam without lr trains at 1e-3, never at SGD's rate."""
+    defaults = optimizer_defaults(name)
+    built = make_optimizer(name).config()
+    assert {k: (list(v) if isinstance(v, tuple) else v) for k, v in defaults.items()} == \
+        {k: v for k, v in built.items() if k != "name"}
+    assert defaults["lr"] == {"sgd": 0.01, "momentum": 0.01, "adam": 1e-3, "adamw": 1e-3}[name]

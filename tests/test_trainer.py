@@ -143,6 +143,9 @@ def test_epochs_cover_every_example_once_and_fixed_inputs_pass_whole(shuffle, co
     assert result.steps == 9 and result.epochs == 3  # ceil(10 / 4) = 3 batches per epoch
     assert [len(s["t"]) for s in seen] == [4, 4, 2] * 3
     assert [(r.epoch, r.batch_index) for r in reports] == [(e, b) for e in range(3) for b in range(3)]
+    # one epoch count everywhere: a report's `epochs` (what a job shows) is the result's count so far
+    assert [r.epochs for r in reports] == [0, 0, 1, 1, 1, 2, 2, 2, 3]
+    assert reports[-1].epochs == result.epochs
     orders = []
     for epoch in range(3):
         rows = np.concatenate([s["t"] for s in seen[3 * epoch: 3 * epoch + 3]]).astype(int)
@@ -499,7 +502,7 @@ def test_eval_split(logreg, compiled):
 def test_eval_data_is_checked(logreg, compiled):
     graph, plan = logreg
     trainer = Trainer(plan, make_optimizer("sgd", lr=1.0), compiled=compiled)
-    with pytest.raises(InputError, match="eval_data has no array for graph input 'y'"):
+    with pytest.raises(InputError, match=r"eval_data: missing input 'y' \(float64\['N'\]\); give every input: x1, x2, y"):
         trainer.fit(separable(10), runtime.init_params(graph), steps=1, eval_data={"x1": np.ones(3),
                                                                                   "x2": np.ones(3)})
     with pytest.raises(ValueError, match="eval_every needs eval_data"):
@@ -535,11 +538,15 @@ def test_data_must_cover_every_input(logreg, compiled):
     graph, plan = logreg
     data = separable(10)
     trainer = Trainer(plan, make_optimizer("sgd", lr=1.0), compiled=compiled)
-    with pytest.raises(InputError, match="data has no array for graph input 'x2'") as info:
+    with pytest.raises(InputError, match=r"^data: missing input 'x2' .*give every input: x1, x2, y$") as info:
         trainer.fit({"x1": data["x1"], "y": data["y"]}, runtime.init_params(graph), steps=1)
     assert info.value.name == "x2"
-    with pytest.raises(InputError, match=r"'x22' that is not a graph input \(did you mean"):
+    with pytest.raises(InputError, match=r"unexpected input 'x22' \(did you mean 'x2'.*\); the graph's inputs are"):
         trainer.fit({**data, "x22": data["x1"]}, runtime.init_params(graph), steps=1)
+    # a misspelt key is named as such (it is also "missing x2", the less useful message)
+    with pytest.raises(InputError, match=r"^data: unexpected input 'x_2' \(did you mean 'x2'\?\); the graph's "
+                                         r"inputs are: x1, x2, y$"):
+        trainer.fit({"x1": data["x1"], "x_2": data["x2"], "y": data["y"]}, runtime.init_params(graph), steps=1)
 
 
 def test_batch_dimensions_must_agree(logreg, compiled):
