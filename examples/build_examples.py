@@ -95,6 +95,26 @@ def seed_data(n: int = 64, seed: int = 7) -> dict[str, np.ndarray]:
     return {"x1": x1[keep], "x2": x2[keep], "y": (margin[keep] > 0).astype(np.float64)}
 
 
+def small_mlp_data(per_class: int = 40, seed: int = 11) -> dict[str, np.ndarray]:
+    """Three Gaussian blobs in four dimensions, one per class, for small_mlp (float32 features,
+    int64 class indices, as the graph declares them)."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[2.0, 0.0, 0.0, -1.0], [-1.0, 2.0, 0.5, 0.0], [0.0, -2.0, -1.0, 1.5]])
+    x = np.concatenate([c + rng.normal(scale=0.7, size=(per_class, 4)) for c in centres])
+    labels = np.repeat(np.arange(3), per_class)
+    order = rng.permutation(len(labels))
+    return {"x": np.round(x[order], 4).astype(np.float32), "labels": labels[order].astype(np.int64)}
+
+
+# Every example graph has a training data file, so `chainrule train GRAPH --data FILE` and
+# `chainrule submit ...` work on each as written (examples/README.md shows the commands).
+TRAINING_DATA = {
+    "logistic_regression.json": "seed_data.json",
+    "sigmoid_primitives.json": "seed_data.json",
+    "small_mlp.json": "small_mlp_data.json",
+}
+
+
 def main() -> int:
     for filename, make in EXAMPLES.items():
         graphspec.dump(make(), HERE / filename)
@@ -104,7 +124,8 @@ def main() -> int:
     save_tensors(HERE / "data" / "seed_data.json", seed_data())
     save_tensors(HERE / "data" / "seed_one_example.json", {"x1": np.array([1.0]), "x2": np.array([2.0]), "y": np.array([1.0])})
     save_tensors(HERE / "data" / "seed_params.json", {"w1": np.array(0.5), "w2": np.array(-0.3), "b": np.array(0.1)})
-    print(f"wrote {HERE / 'data'}/seed_data.json, seed_one_example.json, seed_params.json")
+    save_tensors(HERE / "data" / "small_mlp_data.json", small_mlp_data())
+    print(f"wrote {HERE / 'data'}/seed_data.json, seed_one_example.json, seed_params.json, small_mlp_data.json")
     return 0
 
 

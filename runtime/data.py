@@ -26,23 +26,31 @@ class DataFileError(ChainruleRuntimeError, ValueError):
     """A tensor file that cannot be read; the message names the file and the entry."""
 
 
+HOW_TO_MAKE = ("chainrule reads named tensors from .npz (np.savez(path, x=..., y=...) with the graph's input "
+               "names as keys), .json or .msgpack (runtime.save_tensors(path, {name: array}))")
+_SUFFIXES = {".npz": "npz", ".msgpack": "msgpack", ".mpk": "msgpack", ".msgp": "msgpack", ".json": "json"}
+
+
 def _format(path: Path) -> str:
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        return "npz"
-    if suffix in (".msgpack", ".mpk", ".msgp"):
-        return "msgpack"
-    return "json"
+    try:
+        return _SUFFIXES[path.suffix.lower()]
+    except KeyError:
+        # .npy holds one unnamed array and .csv unnamed columns: which graph input is which
+        # would be a guess, so they are refused with the way to write a file that says.
+        raise DataFileError(f"{path}: unsupported tensor file type {path.suffix or '(no extension)'!r}; "
+                            f"{HOW_TO_MAKE}") from None
 
 
 def load_tensors(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
-    """Read a map of named tensors from .npz, .json or .msgpack."""
+    """Read a map of named tensors from .npz, .json or .msgpack (by the extension; any other is
+    refused with how to make such a file)."""
     path = Path(path)
+    fmt = _format(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise DataFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if _format(path) == "npz":
+    if fmt == "npz":
         try:
             with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
                 return {name: archive[name] for name in archive.files}
@@ -51,7 +59,7 @@ def load_tensors(path: str | os.PathLike, *, limits: Limits = DEFAULT_LIMITS) ->
     try:
         tree = graphspec.parse(raw, limits=limits)
     except graphspec.GraphSpecError as exc:
-        raise DataFileError(f"{path}: {exc.issues[0]}") from None
+        raise DataFileError(f"{path}: {exc.issues[0]} ({HOW_TO_MAKE})") from None
     return tensors_from_tree(tree, str(path), limits=limits)
 
 
@@ -68,8 +76,14 @@ def tensors_from_tree(tree, source: str = "data", *, limits: Limits = DEFAULT_LI
     return out
 
 
+def check_tensor_path(path: str | os.PathLike) -> None:
+    """Refuse a file name whose extension chainrule cannot write or read (before hours of
+    training end in a file that cannot be written)."""
+    _format(Path(path))
+
+
 def save_tensors(path: str | os.PathLike, tensors: dict[str, np.ndarray]) -> None:
-    """Write named tensors; the form follows the extension (.npz, .msgpack, else JSON)."""
+    """Write named tensors; the form follows the extension (.npz, .json or .msgpack)."""
     path = Path(path)
     fmt = _format(path)
     if fmt == "npz":

@@ -18,6 +18,52 @@ from graphspec.codec import encoding_for_path
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 
 
+def _counting_from(low: int):
+    """An argparse type: an integer >= ``low`` (argparse names the flag in the error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _rate(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+_positive, _non_negative = _counting_from(1), _counting_from(0)
+
+
+def _check_output(parser: argparse.ArgumentParser, flag: str, path: Path) -> None:
+    from runtime.data import DataFileError, check_tensor_path
+
+    try:
+        check_tensor_path(path)
+    except DataFileError as exc:
+        parser.error(f"{flag}: {exc}")
+
+
+def _require_budget(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.steps is None and args.epochs is None:
+        parser.error("give --steps N, --epochs N or both (training stops at whichever comes first)")
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.files:
@@ -142,6 +188,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _optimizer_hyper(args: argparse.Namespace) -> dict:
     """The optimizer hyperparameters given on the command line (besides the learning rate)."""
     hyper: dict = {}
+    if args.lr is not None:  # else the optimizer's own default (runtime.optimizer_defaults)
+        hyper["lr"] = args.lr
     if args.momentum is not None:
         hyper["momentum"] = args.momentum
     if args.nesterov:
@@ -154,7 +202,7 @@ def _optimizer_hyper(args: argparse.Namespace) -> dict:
 def _optimizer_from_args(args: argparse.Namespace):
     from runtime import make_optimizer
 
-    return make_optimizer(args.optimizer, lr=args.lr, **_optimizer_hyper(args))
+    return make_optimizer(args.optimizer, **_optimizer_hyper(args))
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -175,6 +223,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume = runtime.Checkpoint.load(args.resume) if args.resume else None
         params = None if resume else (load_tensors(args.params) if args.params
                                       else runtime.init_params(graph, seed=args.seed))
+        settings = ", ".join(f"{k} {v}" for k, v in optimizer.config().items() if k != "name")
+        print(f"optimizer {optimizer.config()['name']}: {settings}", flush=True)
         bar = ProgressBar(args.steps)
 
         def report(step: runtime.StepReport) -> None:
@@ -332,7 +382,7 @@ def _save_result(client, job_id: str, out: Path) -> dict:
 def _submit(client, args: argparse.Namespace) -> int:
     hyper = _optimizer_hyper(args)
     graph = str(args.graph) if str(args.graph).startswith("sha256:") else args.graph
-    job = client.submit(graph, args.data, optimizer=args.optimizer, lr=args.lr, steps=args.steps,
+    job = client.submit(graph, args.data, optimizer=args.optimizer, steps=args.steps,
                         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                         report_every=args.report_every, gradients=args.gradients, eval_data=args.eval_data,
                         eval_every=args.eval_every, idempotency_key=args.idempotency_key, **hyper)
@@ -373,7 +423,7 @@ def _status(client, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(job))
         return 0
-    fields = [("state", job["state"]), ("step", _progress(job)), ("epoch", job.get("epoch")),
+    fields = [("state", job["state"]), ("step", _progress(job)), ("epochs", job.get("epoch")),
               ("loss", _loss(job.get("loss"))), ("created", _when(job.get("created"))),
               ("started", _when(job.get("started"))), ("finished", _when(job.get("finished"))),
               ("worker", job.get("worker") or "-"), ("attempts", job.get("attempts")), ("graph", job["graph_id"])]
@@ -433,15 +483,19 @@ def _remote_options() -> argparse.ArgumentParser:
 
 def _training_options() -> argparse.ArgumentParser:
     """Optimizer and schedule options, the same for local training and for submitted jobs."""
+    from runtime.optim import OPTIMIZERS, optimizer_defaults
+
+    lr_defaults = ", ".join(f"{name} {optimizer_defaults(name)['lr']:g}" for name in OPTIMIZERS)
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--optimizer", default="sgd", help="sgd, momentum, adam or adamw (default sgd)")
-    p.add_argument("--lr", type=float, default=0.1, help="learning rate (default 0.1)")
-    p.add_argument("--momentum", type=float)
+    p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS, help="the optimizer (default sgd)")
+    p.add_argument("--lr", type=_rate, help=f"learning rate (default: the optimizer's own: {lr_defaults})")
+    p.add_argument("--momentum", type=_rate)
     p.add_argument("--nesterov", action="store_true")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--steps", type=int, help="number of updates")
-    p.add_argument("--epochs", type=int, help="number of passes over the data (with --steps: whichever comes first)")
-    p.add_argument("--batch-size", type=int, help="mini-batch size (default: the whole data set)")
+    p.add_argument("--weight-decay", type=_rate)
+    p.add_argument("--steps", type=_positive, help="number of updates")
+    p.add_argument("--epochs", type=_positive,
+                   help="number of passes over the data (with --steps: whichever comes first)")
+    p.add_argument("--batch-size", type=_positive, help="mini-batch size (default: the whole data set)")
     return p
 
 
@@ -478,12 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("graph", type=Path)
     p.add_argument("--data", type=Path, required=True, help="training tensors by input name (.npz/.json/.msgpack)")
     p.add_argument("--eval-data", type=Path, help="held-out tensors, evaluated every --eval-every steps and at the end")
-    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--eval-every", type=_positive, default=50)
     p.add_argument("--no-shuffle", action="store_true")
-    p.add_argument("--seed", type=int, default=0, help="seed for initializers and shuffling")
+    p.add_argument("--seed", type=_non_negative, default=0, help="seed for initializers and shuffling")
     p.add_argument("--params", type=Path, help="start from these parameters instead of the initializers")
     p.add_argument("--checkpoint", type=Path, help="write checkpoints here (msgpack)")
-    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--checkpoint-every", type=_positive, default=100)
     p.add_argument("--resume", type=Path, help="continue from a checkpoint file")
     p.add_argument("--out", type=Path, help="write the trained parameters (.msgpack, .json or .npz)")
     p.set_defaults(func=_cmd_train)
@@ -507,9 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("graph", type=Path, help="graph document (.json or .msgpack, sent inline) or a stored 'sha256:...' id")
     p.add_argument("--data", type=Path, required=True, help="training tensors by input name (.npz/.json/.msgpack)")
     p.add_argument("--eval-data", type=Path, help="held-out tensors, evaluated on the server")
-    p.add_argument("--eval-every", type=int, help="evaluate every this many steps")
-    p.add_argument("--seed", type=int, default=0, help="seed for initializers and shuffling")
-    p.add_argument("--report-every", type=int, default=1, help="record a step entry every this many steps")
+    p.add_argument("--eval-every", type=_positive, help="evaluate every this many steps")
+    p.add_argument("--seed", type=_non_negative, default=0, help="seed for initializers and shuffling")
+    p.add_argument("--report-every", type=_positive, default=1, help="record a step entry every this many steps")
     p.add_argument("--gradients", choices=("norms", "full", "none"), default="norms",
                    help="per step entry: gradient norms (default), full gradients, or nothing")
     p.add_argument("--idempotency-key", help="submitting again with the same key returns the same job")
@@ -520,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("jobs", parents=[remote], help="list your jobs on the chainrule API, newest first")
     p.add_argument("--state", choices=("queued", "running", "succeeded", "failed", "cancelling", "cancelled"))
-    p.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    p.add_argument("--limit", type=_positive, default=20, help="at most this many (default 20)")
     p.add_argument("--json", action="store_true", help="print the job resources as JSON")
     p.set_defaults(func=_remote(_jobs))
 
@@ -545,13 +599,20 @@ def build_parser() -> argparse.ArgumentParser:
                       "until Ctrl-C"))
 
     p = sub.add_parser("demo", help="train and explain the seed example")
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=_positive, default=200)
     p.set_defaults(func=_cmd_demo)
+    for subparser in sub.choices.values():
+        subparser.set_defaults(subparser=subparser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # what argparse alone cannot say, named by flag, with the subcommand's usage
+    if args.command in ("train", "submit"):
+        _require_budget(args.subparser, args)
+    if getattr(args, "out", None) is not None:  # refused now, not after the training it would have saved
+        _check_output(args.subparser, "--out", args.out)
     try:
         return args.func(args)
     except BrokenPipeError:  # `chainrule schema | head`

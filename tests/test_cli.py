@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from conftest import EXAMPLES
 import graphspec
 
 CHAINRULE = shutil.which("chainrule")
+ROOT = EXAMPLES.parent
 
 
 def run(*args, check=False):
@@ -118,7 +120,92 @@ def test_train_reports_bad_data_clearly(tmp_path):
     assert result.returncode == 1 and "error:" in result.stderr and "Traceback" not in result.stderr
     result = run("train", EXAMPLES / "logistic_regression.json", "--data", EXAMPLES / "data" / "seed_data.json",
                  "--steps", 5, "--optimizer", "adagrad")
-    assert result.returncode == 1 and "adagrad" in result.stderr
+    assert result.returncode == 2 and "--optimizer: invalid choice: 'adagrad'" in result.stderr
+
+
+SEED = (EXAMPLES / "logistic_regression.json", "--data", EXAMPLES / "data" / "seed_data.json")
+
+
+def example_commands() -> list[list[str]]:
+    text = (EXAMPLES / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
+    return [line.split()[1:] for line in block.splitlines() if line.startswith("chainrule train ")]
+
+
+def test_every_example_graph_has_training_data_and_a_command_that_works():
+    """examples/README.md lists one `chainrule train` per graph; each runs as written."""
+    from test_builder import load_example_builders
+
+    data_files = load_example_builders().TRAINING_DATA
+    graphs = {p.name for p in EXAMPLES.glob("*.json")}
+    assert set(data_files) == graphs
+    commands = example_commands()
+    assert sorted(Path(c[1]).name for c in commands) == sorted(graphs)
+    for command in commands:
+        assert f"examples/data/{data_files[Path(command[1]).name]}" in command
+        result = subprocess.run([CHAINRULE, *command], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert result.returncode == 0, (command, result.stderr)
+        first, last = map(float, re.search(r"loss ([0-9.e-]+) -> ([0-9.e-]+)", result.stdout).groups())
+        assert last < first / 3, (command, result.stdout)
+
+
+def test_train_without_a_budget_names_the_flags():
+    result = run("train", *SEED)
+    assert result.returncode == 2
+    assert "chainrule train: error: give --steps N, --epochs N or both" in result.stderr
+    assert "fit needs" not in result.stderr
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--batch-size", "0", "argument --batch-size: must be 1 or more, got 0"),
+    ("--steps", "ten", "argument --steps: expected a whole number, got 'ten'"),
+    ("--lr", "-1", "argument --lr: must be a finite number >= 0, got -1"),
+    ("--seed", "-3", "argument --seed: must be 0 or more, got -3"),
+])
+def test_bad_numbers_are_named_by_their_flag(flag, value, message):
+    args = ["--steps", "5", flag, value] if flag != "--steps" else [flag, value]
+    result = run("train", *SEED, *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("optimizer,lr", [("adam", "0.001"), ("adamw", "0.001"), ("sgd", "0.01")])
+def test_optimizer_without_lr_trains_at_its_own_default(optimizer, lr):
+    result = run("train", *SEED, "--steps", 2, "--optimizer", optimizer)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"optimizer {optimizer}: lr {lr},")
+
+
+@pytest.mark.parametrize("name,content", [("x.npy", None), ("data.csv", "x1,x2,y\n1,2,1\n"),
+                                          ("data.txt", "1 2 1\n")])
+def test_unsupported_data_files_say_which_formats_work_and_how_to_make_one(tmp_path, name, content):
+    path = tmp_path / name
+    if content is None:
+        np.save(path, np.zeros(3))
+    else:
+        path.write_text(content)
+    result = run("train", EXAMPLES / "logistic_regression.json", "--data", path, "--steps", 2)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"unsupported tensor file type '{path.suffix}'" in result.stderr
+    assert "np.savez(path, x=..., y=...)" in result.stderr and ".json or .msgpack" in result.stderr
+    assert "not valid json" not in result.stderr
+
+
+def test_wrong_data_key_is_named_with_the_graphs_inputs(tmp_path):
+    from runtime.data import load_tensors
+
+    data = load_tensors(EXAMPLES / "data" / "seed_data.json")
+    np.savez(tmp_path / "d.npz", x1=data["x1"], x_2=data["x2"], y=data["y"])
+    result = run("train", EXAMPLES / "logistic_regression.json", "--data", tmp_path / "d.npz", "--steps", 2)
+    assert result.returncode == 1
+    assert "error: data: unexpected input 'x_2' (did you mean 'x2'?); the graph's inputs are: x1, x2, y" \
+        in result.stderr
+
+
+def test_an_unwritable_output_type_is_refused_before_training(tmp_path):
+    result = run("train", *SEED, "--steps", 2, "--out", tmp_path / "params.txt")
+    assert result.returncode == 2 and "--out: " in result.stderr and "unsupported tensor file type '.txt'" \
+        in result.stderr
+    assert result.stdout == ""  # nothing trained
 
 
 @pytest.mark.parametrize("args", [[], ["validate"], ["frobnicate"]])
