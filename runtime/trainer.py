@@ -76,7 +76,8 @@ class TrainResult:
     """``params`` after training; ``losses[i]`` is the training loss of step ``i + 1``
     (the whole history, including steps before a resumption); ``eval_losses`` the
     ``(step, loss)`` of each evaluation; ``steps`` the number of updates so far and
-    ``epochs`` the number of complete epochs; ``checkpoint`` the final state."""
+    ``epochs`` the number of complete epochs; ``checkpoint`` the final state; ``loss`` and
+    ``eval_loss`` the last of each. Its repr is one line (the arrays and the history are not printed)."""
 
     params: Arrays
     losses: list[float]
@@ -85,6 +86,26 @@ class TrainResult:
     epochs: int
     stopped_early: bool
     checkpoint: Checkpoint
+
+    @property
+    def loss(self) -> float | None:
+        """The training loss of the last step (None when no step ran)."""
+        return self.losses[-1] if self.losses else None
+
+    @property
+    def eval_loss(self) -> float | None:
+        """The last held-out loss (None without eval data)."""
+        return self.eval_losses[-1][1] if self.eval_losses else None
+
+    def __repr__(self) -> str:
+        # short: a result holds every parameter and every step's loss, which a REPL would print in full
+        params = ", ".join(f"{name}: {a.dtype}{list(a.shape)}" for name, a in self.params.items())
+        losses = "no steps" if not self.losses else (
+            f"loss {self.losses[0]:.6g} -> {self.losses[-1]:.6g}" if len(self.losses) > 1 else f"loss {self.losses[0]:.6g}")
+        extra = "" if self.eval_loss is None else f", eval_loss {self.eval_loss:.6g}"
+        early = ", stopped early" if self.stopped_early else ""
+        return (f"TrainResult(steps={self.steps}, epochs={self.epochs}, {losses}{extra}{early}, "
+                f"params={{{params}}})")
 
 
 class GradNorms(Mapping[str, float]):

@@ -240,10 +240,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except (runtime.ChainruleRuntimeError, ValueError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
-    bar.close(result.steps, result.losses[-1] if result.losses else float("nan"))
+    bar.close(result.steps, float("nan") if result.loss is None else result.loss)
     if checkpoint_path:
         result.checkpoint.save(checkpoint_path)
-    summary = f"trained {result.steps} steps ({result.epochs} epochs): loss {result.losses[0]:.6g} -> {result.losses[-1]:.6g}"
+    summary = f"trained {result.steps} steps ({result.epochs} epochs): loss {result.losses[0]:.6g} -> {result.loss:.6g}"
     if result.eval_losses:
         summary += f", eval loss {result.eval_losses[-1][1]:.6g}"
     print(summary)

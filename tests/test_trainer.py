@@ -584,3 +584,16 @@ def test_fit_argument_errors(logreg, compiled):
         trainer.fit(separable(10), {k: v.astype(np.float32) for k, v in params.items()}, steps=1)
     result = trainer.fit(separable(10), params, steps=0)
     assert result.steps == 0 and result.losses == [] and same_bytes(result.params, params)
+
+
+def test_result_has_a_short_repr_and_its_last_losses(logreg, compiled):
+    graph, plan = logreg
+    data = separable(200)
+    result = Trainer(plan, make_optimizer("sgd", lr=0.5), batch_size=4, compiled=compiled).fit(
+        data, runtime.init_params(graph), steps=500, eval_data=data, eval_every=100)
+    text = repr(result)
+    assert len(text) < 200 and "\n" not in text, text
+    assert text.startswith("TrainResult(steps=500, epochs=10, loss 0.693147 -> ")
+    assert "params={w1: float64[], w2: float64[], b: float64[]}" in text
+    assert result.loss == result.losses[-1] and result.eval_loss == result.eval_losses[-1][1]
+    assert f"eval_loss {result.eval_loss:.6g}" in text

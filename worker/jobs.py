@@ -262,11 +262,11 @@ def _train(store: JobStore, job_id: str, job: dict[str, str], token: str, worker
         patiently(store, store.transition, job_id, ["cancelling", "running"], "cancelled", token=token,
                   finished=repr(now()), step=result.steps)
         return "cancelled"
-    final_loss = float(result.losses[-1]) if result.losses else float("nan")
+    final_loss = float("nan") if result.loss is None else float(result.loss)
     blob = pack({
         "params": {k: encode_tensor_raw(np.asarray(v)) for k, v in result.params.items()},
         "loss": final_loss, "steps": result.steps, "epochs": result.epochs,
-        "eval_loss": result.eval_losses[-1][1] if result.eval_losses else None,
+        "eval_loss": result.eval_loss,
     })
     # The result and the state move together: a cancel that lands first leaves no result behind.
     ok, previous = patiently(store, store.transition, job_id, ["running"], "succeeded", token=token,
