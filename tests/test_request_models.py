@@ -25,7 +25,7 @@ import anyio
 import msgpack
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from starlette.requests import Request
 
@@ -39,6 +39,7 @@ from service.models import ExplainRequest, JobRequest, OptimizerSpec
 from service.problems import ProblemError, problem_body
 from service.submit import PreparedJob, prepare_job
 from worker.settings import Settings
+from worker.store import decode_tensors
 from helpers import msgpack_safe_ints
 
 # When a @given test fails, hypothesis imports libcst to explain the failure, and that import
@@ -94,9 +95,31 @@ def outcome(fn: Callable[[], Any]) -> Any:
         return None
 
 
+def check_stored(request: JobRequest, prepared: PreparedJob, limits: Settings = SETTINGS) -> None:
+    """An accepted body is stored as the limits require, not only accepted: its data and eval
+    data together within max_job_data_bytes, its time limit (the request's, else the default)
+    capped at max_time_limit_s, and the same time limit in the spec as the one it is sent with."""
+    stored = list(decode_tensors(prepared.data).values())
+    if prepared.eval_data is not None:
+        stored += list(decode_tensors(prepared.eval_data).values())
+    total = sum(array.nbytes for array in stored)
+    assert total <= limits.max_job_data_bytes, f"{total} bytes of data stored; the limit is {limits.max_job_data_bytes}"
+    assert (request.eval_data is None) == (prepared.eval_data is None)
+    wanted = request.time_limit_s or limits.default_time_limit_s
+    assert prepared.time_limit_s == prepared.spec["time_limit_s"] == min(wanted, limits.max_time_limit_s), (
+        request.time_limit_s, prepared.time_limit_s, prepared.spec["time_limit_s"])
+
+
 def submit(tree: Any) -> PreparedJob | None:
-    """A body through everything POST /v1/jobs does before it stores anything."""
-    return outcome(lambda: prepare_job(validate_model(JobRequest, tree), "tenant-a", StoredGraphs(), SETTINGS))
+    """A body through everything POST /v1/jobs does before it stores anything (and, when it is
+    accepted, what would be stored checked against the limits)."""
+    def prepare() -> PreparedJob:
+        request = validate_model(JobRequest, tree)
+        prepared = prepare_job(request, "tenant-a", StoredGraphs(), SETTINGS)
+        check_stored(request, prepared)
+        return prepared
+
+    return outcome(prepare)
 
 
 def explain(tree: Any) -> Any:
@@ -315,6 +338,74 @@ def test_arbitrary_accept_headers(accept):
     scope = {"type": "http", "method": "GET", "path": "/", "query_string": b"",
              "headers": [(b"accept", accept.encode("latin-1"))]}
     assert wants_msgpack(Request(scope)) in (True, False)
+
+
+# -- properties: what an accepted job is stored with ----------------------------------------------
+ROW_BYTES = 3 * 8  # a row of the seed graph's data: x1, x2, y, float64
+LIMIT_ROWS = SETTINGS.max_job_data_bytes // ROW_BYTES
+
+
+def seed_rows(rows: int, offset: float = 0.0) -> dict[str, Any]:
+    """``rows`` examples for the seed graph, base64 tensors (declared size: rows x 24 bytes)."""
+    column = np.linspace(-1.0, 1.0, rows) + offset
+    return {"x1": _b64({"dtype": "float64", "data": column}), "x2": _b64({"dtype": "float64", "data": -column}),
+            "y": _b64({"dtype": "float64", "data": (column > 0).astype(np.float64)})}
+
+
+def job_with_rows(rows: int, eval_rows: int | None) -> dict[str, Any]:
+    body = {**JOB_EXAMPLE, "data": seed_rows(rows)}
+    if eval_rows is not None:
+        body.update(eval_data=seed_rows(eval_rows, 0.5), eval_every=10)
+    return body
+
+
+def refused_for_job_data_size(tree: dict[str, Any]) -> bool:
+    """True when ``tree`` is refused with the 413 that names max_job_data_bytes; False when accepted."""
+    try:
+        request = validate_model(JobRequest, tree)
+        prepared = prepare_job(request, "tenant-a", StoredGraphs(), SETTINGS)
+    except ProblemError as exc:
+        check_problem(exc)
+        assert exc.status == 413, (exc.status, exc.detail)
+        assert exc.extra.get("limit") == SETTINGS.max_job_data_bytes and str(SETTINGS.max_job_data_bytes) in exc.detail
+        return True
+    check_stored(request, prepared)
+    return False
+
+
+@example(rows=LIMIT_ROWS // 2, eval_rows=LIMIT_ROWS - LIMIT_ROWS // 2)  # together exactly at the limit's last row
+@example(rows=LIMIT_ROWS // 2, eval_rows=LIMIT_ROWS - LIMIT_ROWS // 2 + 1)  # one row over, each alone far under
+@example(rows=LIMIT_ROWS, eval_rows=1)
+@example(rows=LIMIT_ROWS, eval_rows=None)
+@fuzz_settings(40)
+@given(rows=st.integers(1, LIMIT_ROWS + 20), eval_rows=st.none() | st.integers(1, LIMIT_ROWS + 20))
+def test_data_and_eval_data_together_are_held_to_max_job_data_bytes(rows, eval_rows):
+    """Eval data is job data too: a body is accepted exactly when its data and eval data
+    together fit max_job_data_bytes, and refused with a 413 naming the limit otherwise."""
+    total = ROW_BYTES * (rows + (eval_rows or 0))
+    assert refused_for_job_data_size(job_with_rows(rows, eval_rows)) == (total > SETTINGS.max_job_data_bytes)
+
+
+@pytest.mark.parametrize("time_limit_s", [None, 1, 60, SETTINGS.default_time_limit_s, SETTINGS.max_time_limit_s - 1,
+                                          SETTINGS.max_time_limit_s, SETTINGS.max_time_limit_s + 1, 10**6, 2**63 - 1])
+def test_the_stored_time_limit_is_capped_at_max_time_limit_s(time_limit_s):
+    prepared = submit({**JOB_EXAMPLE, "time_limit_s": time_limit_s} if time_limit_s else dict(JOB_EXAMPLE))
+    assert prepared is not None  # a long time limit is capped, not refused
+    expected = min(time_limit_s or SETTINGS.default_time_limit_s, SETTINGS.max_time_limit_s)
+    assert prepared.time_limit_s == prepared.spec["time_limit_s"] == expected
+    assert 1 <= prepared.time_limit_s <= SETTINGS.max_time_limit_s
+
+
+@fuzz_settings(100)
+@given(st.integers(1, 2**64) | st.none(), st.integers(1, 10**5), st.integers(1, 10**5))
+def test_any_accepted_time_limit_is_stored_capped(time_limit_s, default, maximum):
+    """With any deployment's default and maximum, not only the test settings'."""
+    limits = SETTINGS.model_copy(update={"default_time_limit_s": default, "max_time_limit_s": maximum})
+    body = {**JOB_EXAMPLE, "time_limit_s": time_limit_s} if time_limit_s is not None else dict(JOB_EXAMPLE)
+    request = validate_model(JobRequest, body)
+    prepared = prepare_job(request, "tenant-a", StoredGraphs(), limits)
+    check_stored(request, prepared, limits)
+    assert prepared.time_limit_s <= limits.max_time_limit_s
 
 
 # -- pinned: what the properties found -----------------------------------------------------------

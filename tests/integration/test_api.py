@@ -7,7 +7,6 @@ and no request may end in a 500 (the TestClient re-raises server exceptions).
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import threading
 import time
@@ -20,11 +19,9 @@ import pytest
 import graphspec
 import runtime
 from graphspec.tensors import decode_tensor
+from worker.store import decode_tensors
 
 from .conftest import EXAMPLES, starlette_test_client, wait_for
-
-if importlib.util.find_spec("service.app") is None:
-    pytest.skip("service/app.py does not exist yet", allow_module_level=True)
 
 pytestmark = pytest.mark.integration
 
@@ -594,6 +591,39 @@ def test_job_data_over_limit(api, settings):
     assert_problem(resp, 413)
 
 
+def test_eval_data_counts_toward_the_job_data_limit(api, store, settings):
+    """Data and eval data each under max_job_data_bytes, together over it: a 413 naming the
+    limit, and nothing stored. Together just under it: accepted, and stored within it."""
+    def columns(rows: int) -> dict:
+        column = {"dtype": "float64", "shape": [rows], "data": [0.5] * rows}
+        return {"x1": column, "x2": column, "y": {**column, "data": [1.0] * rows}}
+
+    half = settings.max_job_data_bytes // (2 * 3 * 8)  # rows of three float64 columns in half the limit
+    listing = store.tenant_key("tenant-a", "jobs")
+    before = store.r.zcard(listing)
+    resp = api.post("/v1/jobs", json=job_body(data=columns(half), eval_data=columns(half + 1), eval_every=10))
+    problem = assert_problem(resp, 413)
+    assert problem.get("limit") == settings.max_job_data_bytes, problem
+    assert str(settings.max_job_data_bytes) in problem["detail"]
+    assert store.r.zcard(listing) == before
+
+    job = submit(api, data=columns(half), eval_data=columns(half), eval_every=10, steps=5)
+    stored = [store.get_blob(job["id"], part) for part in ("data", "eval_data")]
+    assert sum(a.nbytes for blob in stored for a in decode_tensors(blob).values()) <= settings.max_job_data_bytes
+    assert wait_job(api, job["id"])["state"] == "succeeded"
+
+
+@pytest.mark.parametrize("asked", [None, 5, "max", "max+1", 10**9])
+def test_the_stored_time_limit_is_capped(api, store, settings, asked):
+    """What the job is stored (and sent) with: the time limit asked for, else the default, never
+    more than max_time_limit_s (a longer one is capped, not refused)."""
+    wanted = {"max": settings.max_time_limit_s, "max+1": settings.max_time_limit_s + 1}.get(asked, asked)
+    job = submit(api, time_limit_s=wanted, steps=5)
+    stored = json.loads(store.get_job(job["id"])["spec"])["time_limit_s"]
+    assert stored == min(wanted or settings.default_time_limit_s, settings.max_time_limit_s)
+    wait_job(api, job["id"])
+
+
 def test_steps_over_limit(api, settings):
     problem = assert_problem(api.post("/v1/jobs", json=job_body(steps=settings.max_steps + 1)), 422)
     assert "/steps" in locations(problem), problem
@@ -742,6 +772,8 @@ def test_msgpack_job_submission(api):
     else:
         assert cancelled.status_code == 202
         assert msgpack.unpackb(cancelled.content)["state"] in ("cancelling", "cancelled")
+        # Accepted: the job ends cancelled (a worker that ignored the request would finish it).
+        assert wait_job(api, replay_id)["state"] == "cancelled"
 
 
 def test_unknown_job_is_404(api):

@@ -267,6 +267,21 @@ def _wait_terminal(api, job_id: str, timeout: float = 30.0) -> dict:
     return wait_for(check, timeout=timeout, interval=0.01, message=f"job {job_id} to finish")
 
 
+def _assert_unchanged_until_let_go(api, store, job_id: str, final: dict, history: list[int], steps: int) -> None:
+    """A terminal job stays as it ended, checked again and again until its trainer has let go
+    of it (the lease released after the trainer's last write: from then on every write it
+    could still try is refused by the fence), and once more after that; not after a fixed pause."""
+    def unchanged_and_released() -> bool:
+        released = not store.r.exists(store.job_key(job_id, "lease"))
+        again = api.get(f"/v1/jobs/{job_id}").json()
+        assert (again["state"], again["step"], again["finished"]) == (final["state"], final["step"],
+                                                                     final["finished"]), (final, again)
+        assert [r.step for r in store.read_steps(job_id, limit=steps + 10)] == history
+        return released
+
+    wait_for(unchanged_and_released, timeout=10, interval=0.01, message=f"job {job_id}'s trainer to release it")
+
+
 def test_cancel_racing_completion(api, store):
     rng = random.Random(7)
     # How long a job takes here, submit to succeeded, per step (the best of three: the
@@ -321,11 +336,7 @@ def test_cancel_racing_completion(api, store):
             assert api.get(f"/v1/jobs/{job_id}/result").status_code == 409
 
         # Terminal means terminal: nothing changes afterwards.
-        time.sleep(0.3)
-        again = api.get(f"/v1/jobs/{job_id}").json()
-        assert (again["state"], again["step"], again["finished"]) == (final["state"], final["step"],
-                                                                     final["finished"]), (final, again)
-        assert [r.step for r in store.read_steps(job_id, limit=steps + 10)] == history
+        _assert_unchanged_until_let_go(api, store, job_id, final, history, steps)
         late = api.post(f"/v1/jobs/{job_id}/cancel")  # and a cancel of a finished job is a 409
         assert late.status_code == 409 and late.json()["state"] == final["state"], late.text
 

@@ -7,6 +7,7 @@ run real worker processes.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 
@@ -15,7 +16,7 @@ import pytest
 import graphspec
 import runtime
 from worker.recovery import sweep
-from worker.store import LeaseLost, StepRecord, encode_tensors
+from worker.store import JobStore, LeaseLost, StepRecord, encode_tensors
 
 from .conftest import ROOT, run_worker, wait_for, wait_for_state
 
@@ -108,6 +109,43 @@ def test_the_sweep_leaves_a_job_whose_trainer_came_back(store, cleanup):
     assert store.get_job(job_id)["state"] == "running"
 
 
+@pytest.mark.parametrize("state,attempts", [("running", 1), ("running", None), ("cancelling", 1)],
+                         ids=["requeue", "poison", "cancel"])
+def test_the_sweep_does_not_move_a_job_whose_lease_came_back_after_it_listed_orphans(
+        store, settings, cleanup, state, attempts):
+    """The race the "!" token exists for, through sweep() itself: the job is listed as an
+    orphan (no lease), then its trainer takes its lapsed lease back before the sweep's move.
+    Whichever move the sweep would make (requeue, fail as poison, finish a cancel), it must
+    not happen: the trainer carries on with its job."""
+    job_id = _running_job(store, "back")
+    cleanup.append(job_id)
+    if state == "cancelling":
+        assert store.request_cancel(job_id) == "cancelling"
+    store.r.hset(store.job_key(job_id), "attempts", settings.max_attempts if attempts is None else attempts)
+    store.r.delete(store.job_key(job_id, "lease"))  # lapsed: the trainer paused past its TTL
+
+    class TrainerBackRightAfterTheListing(JobStore):
+        def orphans(self):
+            listed = super().orphans()
+            assert job_id in listed
+            assert self.renew_lease(job_id, "back")  # the trainer takes its lease back, now
+            return [job_id]  # only this job: other tests' jobs are none of this sweep's business
+
+    celery = RecordingCelery()
+    done = sweep(TrainerBackRightAfterTheListing(store.r, settings), celery)
+
+    assert [what for j, what in done if j == job_id] == []
+    assert job_id not in celery.sent
+    job = store.get_job(job_id)
+    assert job["state"] == state and "error_type" not in job and "finished" not in job, job
+    assert store.r.get(store.job_key(job_id, "lease")) == b"back"
+    assert store.outbox_entry(job_id) is None  # not queued to be sent again ...
+    assert store.r.zscore(store.queued_key, job_id) is None  # ... nor listed as queued
+    assert store.r.sismember(store.active_key, job_id)
+    # ... and the trainer's writes are still accepted.
+    assert store.report_steps(job_id, "back", [_record(1)], {"step": 1}) == ([], state)
+
+
 def test_once_the_sweep_requeued_a_job_its_old_trainer_is_fenced_off(store, cleanup):
     job_id = _running_job(store, "old")
     cleanup.append(job_id)
@@ -175,7 +213,7 @@ def test_a_worker_whose_lease_is_stolen_stops_writing(store, celery_app, env, se
     try:
         with run_worker(celery_app, worker_env, queue=queue, hostname=f"fence-{job_id}@localhost",
                         log_path=tmp_path / "fence.log") as worker:
-            celery_app.send_task("chainrule.train", args=[job_id], queue=queue)
+            task = celery_app.send_task("chainrule.train", args=[job_id], queue=queue)
             store.mark_sent(job_id)
             wait_for(lambda: int(store.get_job(job_id).get("step", 0)) > 100, timeout=30,
                      message="the job to be running")
@@ -183,9 +221,15 @@ def test_a_worker_whose_lease_is_stolen_stops_writing(store, celery_app, env, se
             wait_for(lambda: f"job {job_id}: lease lost" in worker.log(), timeout=10,
                      message="the trainer to notice")
             written = len(store.read_steps(job_id, limit=300_000))
-            time.sleep(0.5)
+            progress = store.get_job(job_id)["step"]
+            # Not a fixed pause: the task itself has returned, so whatever the trainer was
+            # going to write after the loss, it has written by now.
+            wait_for(lambda: f"Task chainrule.train[{task.id}] succeeded" in worker.log(), timeout=10,
+                     message="the task to return")
+            assert re.search(rf"Task chainrule\.train\[{task.id}\] succeeded in \S+: 'lease lost'", worker.log())
             assert len(store.read_steps(job_id, limit=300_000)) == written  # nothing after the loss
             job = store.get_job(job_id)
+            assert job["step"] == progress
             assert job["state"] == "running" and "error_type" not in job  # the job is not the trainer's to fail
             assert store.r.get(store.job_key(job_id, "lease")) == b"thief"  # and it did not release another's lease
     finally:

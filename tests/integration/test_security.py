@@ -21,6 +21,7 @@ import subprocess
 import sys
 import uuid
 
+import httpx
 import pytest
 
 import graphspec
@@ -28,8 +29,6 @@ from worker.settings import Settings
 
 from .conftest import API_KEYS, EXAMPLES, ROOT, stop_process, wait_for
 from .redis_server import free_port
-
-httpx = pytest.importorskip("httpx")
 
 pytestmark = pytest.mark.integration
 
@@ -307,6 +306,7 @@ def test_listing_never_shows_another_tenants_jobs(api):
     assert api.post(f"/v1/jobs/{cancelled}/cancel", tenant="tenant-a").status_code == 202
     a_jobs.append(cancelled)
     _wait_all(api, {**{j: "tenant-a" for j in a_jobs}, **{j: "tenant-b" for j in b_jobs}})
+    assert api.get(f"/v1/jobs/{cancelled}", tenant="tenant-a").json()["state"] == "cancelled"
 
     a_listed = {j["id"] for j in _list_all(api, "tenant-a")}
     b_listed = {j["id"] for j in _list_all(api, "tenant-b")}

@@ -283,6 +283,116 @@ def test_redelivered_job_resumes_from_its_checkpoint(store, submit, seed_graph, 
     assert final.step == 60
 
 
+def _marked_checkpoint(graph, data, spec, at: int) -> runtime.Checkpoint:
+    """The run's checkpoint at step ``at``, its parameters moved off the normal path: a run that
+    resumes from it ends elsewhere than one that starts again from step 0 (which, training being
+    deterministic, would otherwise end bit for bit the same)."""
+    checkpoints = []
+    trainer = runtime.Trainer(graph, runtime.make_optimizer(**spec["optimizer"]), batch_size=spec["batch_size"],
+                              seed=spec.get("seed", 0))
+    trainer.fit(data, runtime.init_params(graph, seed=spec.get("seed", 0)), steps=at, checkpoint_every=at,
+                on_checkpoint=checkpoints.append)
+    [checkpoint] = checkpoints
+    assert checkpoint.step == at
+    checkpoint.params = {name: np.asarray(value) + 0.25 for name, value in checkpoint.params.items()}
+    return runtime.Checkpoint.from_bytes(checkpoint.to_bytes())
+
+
+def _resumed_run(graph, data, spec, checkpoint: runtime.Checkpoint):
+    """What a run resumed from ``checkpoint`` reports and ends with, in this process."""
+    reports = []
+    trainer = runtime.Trainer(graph, runtime.make_optimizer(**spec["optimizer"]), batch_size=spec["batch_size"],
+                              seed=spec.get("seed", 0))
+    result = trainer.fit(data, None, steps=spec["steps"], callback=reports.append,
+                         resume=runtime.Checkpoint.from_bytes(checkpoint.to_bytes()))
+    return result, {r.step: r for r in reports}
+
+
+def _orphaned_at_checkpoint(store, job_id: str, checkpoint: runtime.Checkpoint, losses: dict[int, float]) -> None:
+    """The job as its first trainer left it when it died right after checkpointing: running,
+    steps up to the checkpoint written, its lease expired."""
+    assert store.acquire_lease(job_id, "dead")
+    assert store.transition(job_id, ["queued"], "running", token="dead", started="1.0", worker="dead@host",
+                            lease="dead")[0]
+    store.r.hincrby(store.job_key(job_id), "attempts", 1)
+    first = [StepRecord(step, losses[step], {}, time.time()) for step in range(5, checkpoint.step + 1, 5)]
+    assert store.report_steps(job_id, "dead", first, {"step": checkpoint.step})[0] == []
+    store.put_blob(job_id, "checkpoint", checkpoint.to_bytes(), token="dead")
+    store.r.delete(store.job_key(job_id, "lease"))
+
+
+def test_redelivered_job_continues_from_its_checkpoint_not_from_step_0(store, submit, seed_graph, seed_data):
+    """Regression guard: a redelivery that ignored the checkpoint and trained again from step 0
+    would end exactly as the test above expects (deterministic training, replayed steps refused),
+    losing only time. Here the checkpoint is marked (its parameters moved off the normal path):
+    the steps after it and the result must be those of a run resumed from it."""
+    spec = {**SEED_SPEC, "checkpoint_every": 20}
+    _, normal = local_run(seed_graph, seed_data, spec)
+    normal = {r.step: r for r in normal}
+    checkpoint = _marked_checkpoint(seed_graph, seed_data, spec, 20)
+    expected, resumed = _resumed_run(seed_graph, seed_data, spec, checkpoint)
+    assert resumed[25].loss != normal[25].loss  # the mark shows in the losses after the checkpoint
+
+    job_id = submit(seed_graph, seed_data, spec, send=False)
+    _orphaned_at_checkpoint(store, job_id, checkpoint, {s: normal[s].loss for s in normal})
+    submit.send(job_id)
+    job, _ = wait_for_state(store, job_id, {"succeeded", "failed", "cancelled"})
+    assert job["state"] == "succeeded", job
+    assert job["attempts"] == "2"
+
+    steps = all_steps(store, job_id)
+    assert [s.step for s in steps] == list(range(5, 61, 5))
+    after = [s for s in steps if s.step > 20]
+    assert [s.loss for s in after] == [resumed[s.step].loss for s in after], "did not resume from the checkpoint"
+    result = graphspec.parse(store.get_blob(job_id, "result"), "msgpack")
+    assert result["steps"] == 60
+    for name, value in runtime.data.tensors_from_tree(result["params"]).items():
+        np.testing.assert_array_equal(value, expected.params[name])  # bit for bit: resumed from the mark
+
+
+def test_a_resumed_job_never_reports_a_step_before_its_checkpoint(settings, seed_graph, seed_data):
+    """The job's progress (its ``step``, what GET /v1/jobs/{id} shows) never goes back: a
+    redelivered job reports from the step after its checkpoint on. Inline (run_job in this
+    process), every report the trainer makes is seen, not only what Redis kept."""
+    from worker.jobs import run_job
+    from worker.store import JobStore
+
+    reported: list[tuple[list[int], int]] = []  # (steps written, progress step) per report
+
+    class Watched(JobStore):
+        def report_steps(self, job_id, token, records, progress):
+            if "step" in progress:
+                reported.append(([r.step for r in records], int(progress["step"])))
+            return super().report_steps(job_id, token, records, progress)
+
+    spec = {**SEED_SPEC, "report_every": 1, "checkpoint_every": 20}
+    _, normal = local_run(seed_graph, seed_data, spec)
+    checkpoint = _marked_checkpoint(seed_graph, seed_data, spec, 20)
+    expected, _ = _resumed_run(seed_graph, seed_data, spec, checkpoint)
+    store = Watched.connect(settings)
+    try:
+        graph_id = store.put_graph(TENANT, seed_graph)
+        job_id, _ = store.create_job(TENANT, graph_id, spec, encode_tensors(seed_data))
+        store.mark_sent(job_id)
+        _orphaned_at_checkpoint(store, job_id, checkpoint, {r.step: r.loss for r in normal})
+        store.transition(job_id, ["running"], "queued", token="!", requeued=repr(time.time()))  # as the sweep does
+        reported.clear()
+
+        assert run_job(store, job_id, worker="inline@test") == "succeeded"
+        job = store.get_job(job_id)
+        assert job["state"] == "succeeded" and job["step"] == "60" and job["attempts"] == "2", job
+        params = decode_tensors(graphspec.codec.pack(graphspec.parse(store.get_blob(job_id, "result"),
+                                                                     "msgpack")["params"]))
+    finally:
+        store.r.close()
+    written = [step for steps, _ in reported for step in steps]
+    progress = [step for _, step in reported]
+    assert written == list(range(21, 61)), f"the resumed run reported steps {written[:5]}... (checkpoint at 20)"
+    assert progress == sorted(progress) and progress[0] > 20, f"the job's step went back: {progress[:5]}..."
+    for name, value in expected.params.items():
+        np.testing.assert_array_equal(params[name], value)
+
+
 def test_replayed_step_is_refused_not_duplicated(store, submit, seed_graph, seed_data):
     job_id = submit(seed_graph, seed_data, SEED_SPEC, send=False)
 
