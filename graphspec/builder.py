@@ -14,16 +14,19 @@ Every op of the catalogue is available as ``g.<op>(...)`` and, for ops whose fir
 input is the value itself, as ``value.<op>(...)``; Python operators map to add, sub,
 mul, div, neg, pow and matmul; Python numbers become constant nodes of the other
 operand's dtype. Types are inferred as you go, so a shape error is raised at the line
-that causes it.
+that causes it. A misspelt op method is an ``AttributeError`` with a did-you-mean from the
+catalogue; an unknown initializer is refused with the valid ones listed (aliases such as
+``"xavier"`` are suggested, not accepted: see ``graphspec.model.INIT_SYNONYMS``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import replace
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .errors import GraphSpecError, Issue, pointer
+from .errors import GraphSpecError, Issue, did_you_mean, pointer
 from .model import Graph, InputSpec, Initializer, Metadata, Node, ParamSpec
 from .ops import OPS
 from .types import ContractViolation, Dim, TensorType
@@ -79,8 +82,25 @@ class Value:
     def __getattr__(self, op: str):
         contract = OPS.get(op)
         if contract is None or contract.arity == 0:
-            raise AttributeError(f"{type(self).__name__} has no attribute or op {op!r}")
+            raise _no_such_op(self, op, [name for name, c in OPS.items() if c.arity])
         return lambda *args, **kw: self.builder.op(op, self, *args, **kw)
+
+
+def _no_such_op(obj: object, name: str, ops: Iterable[str]) -> AttributeError:
+    """The AttributeError for ``obj.name`` (hasattr and getattr defaults keep working), saying
+    what was probably meant: a catalogue op (``ops``) or one of ``obj``'s own attributes."""
+    owner = type(obj).__name__
+    if name.startswith("_"):  # protocol probes (numpy, copy, IPython): no suggestions
+        return AttributeError(f"{owner!r} object has no attribute {name!r}")
+    ops = list(ops)
+    contract = OPS.get(name)
+    if contract is not None and contract.arity == 0:
+        fix = f"{name} takes no input: write g.{name}(...)"
+    else:
+        own = [a for a in dir(obj) if not a.startswith("_")]
+        fix = did_you_mean(name, [*ops, *own]) or f"the ops are: {', '.join(sorted(ops))} (docs/ops.md)"
+    # obj without name: Python does not add its own "Did you mean" (from dir(), blind to the ops)
+    return AttributeError(f"{owner!r} has no attribute or op {name!r}; {fix}", obj=obj)
 
 
 class GraphBuilder:
@@ -109,8 +129,14 @@ class GraphBuilder:
         if value is not None:
             array = np.asarray(value, dtype=dtype)
             spec = ParamSpec(dtype, tuple(shape), value=array.reshape(tuple(shape)), doc=doc)
+        elif isinstance(init, Initializer):
+            spec = ParamSpec(dtype, tuple(shape), init=init, doc=doc)
         else:
-            initializer = init if isinstance(init, Initializer) else Initializer.of(init or "zeros", **init_args)
+            try:
+                initializer = Initializer.of(init or "zeros", **init_args)
+            except GraphSpecError as exc:  # located within the initializer: place it in the document
+                raise GraphSpecError([replace(i, location=pointer("parameters", name, "init") + i.location)
+                                      for i in exc.issues]) from None
             spec = ParamSpec(dtype, tuple(shape), init=initializer, doc=doc)
         self.parameters[self._claim(name)] = spec
         return self._value(name, TensorType(dtype, spec.shape))
@@ -126,8 +152,6 @@ class GraphBuilder:
     def op(self, op: str, *inputs: Value, name: str | None = None, **attrs: Any) -> Value:
         contract = OPS.get(op)
         if contract is None:
-            from .errors import did_you_mean
-
             raise GraphSpecError([Issue("unknown_op", pointer("nodes", len(self.nodes), "op"),
                                         f"unknown op {op!r}", did_you_mean(op, OPS))])
         for attr in contract.attrs:
@@ -146,7 +170,7 @@ class GraphBuilder:
     def __getattr__(self, op: str):
         if op in OPS:
             return lambda *args, **kw: self.op(op, *(self.lift(a, self.dtype) for a in args), **kw)
-        raise AttributeError(f"GraphBuilder has no attribute or op {op!r}")
+        raise _no_such_op(self, op, OPS)
 
     def output(self, name: str, value: Value) -> Value:
         self.outputs[name] = self._own(value).name
@@ -163,7 +187,14 @@ class GraphBuilder:
 
         graph = Graph(self.name, dict(self.inputs), dict(self.parameters), list(self.nodes), dict(self.outputs),
                       self.loss_name or "", self.metadata)
-        return validate(graph)
+        try:
+            return validate(graph)
+        except GraphSpecError as exc:
+            if self.loss_name is not None:
+                raise
+            # the document has no loss field ("required field 'loss' is missing"): say how to add one
+            raise GraphSpecError([replace(i, hint="call g.loss(value) with the scalar to minimise")
+                                  if i.location == "/loss" else i for i in exc.issues]) from None
 
     # -- internals -------------------------------------------------------------------
     def _claim(self, name: str) -> str:

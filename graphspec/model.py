@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import Issue, pointer
+from .errors import GraphSpecError, Issue, pointer
 from .ops import OPS
 from .structure import (
     Any_, Bool, Const, Enum, Field, Int, Issues, List, Map, Null, Num, Obj, OneOf, Ref, Str, exactly_one_of,
@@ -49,6 +49,12 @@ INIT_KINDS: dict[str, dict[str, tuple[Any, Any]]] = {
     "uniform": {"low": (Num(), -1.0), "high": (Num(), 1.0)},
     "glorot": {"gain": (Num(exclusive_minimum=0.0), 1.0)},
 }
+# Names other libraries give these kinds. Not accepted, only suggested: a document (and the
+# builder, which writes documents) has one spelling per initializer, so two graphs that mean
+# the same thing hash the same, and no alias guesses for the caller ("xavier" is uniform in
+# some libraries and normal in others; "glorot" here is the uniform one).
+INIT_SYNONYMS: dict[str, str] = {"xavier": "glorot", "xavier_uniform": "glorot", "glorot_uniform": "glorot"}
+INIT_KIND = Enum(tuple(INIT_KINDS), synonyms=INIT_SYNONYMS)
 
 
 def _init_rule(value: dict, loc: str, issues: Issues) -> bool:
@@ -84,7 +90,7 @@ def _init_kind_schemas() -> list[dict]:
 
 
 INIT = Ref("initializer", Obj(
-    {"kind": Field(Enum(tuple(INIT_KINDS)), required=True),
+    {"kind": Field(INIT_KIND, required=True),
      **{arg: Field(spec) for args in INIT_KINDS.values() for arg, (spec, _) in args.items()}},
     description="How a parameter is initialised: zeros, ones, constant(value), normal(mean, std), "
                 "uniform(low, high), glorot(gain) (Glorot/Xavier uniform).",
@@ -149,6 +155,14 @@ class Initializer:
 
     @classmethod
     def of(cls, kind: str, **args: float) -> "Initializer":
+        """An initializer of ``kind`` with its default arguments filled in.
+
+        An unknown kind raises :class:`GraphSpecError` located at ``/kind`` (within the
+        initializer), with the message a document with that kind gets.
+        """
+        issues: list[Issue] = []
+        if not INIT_KIND.check(kind, "/kind", issues):
+            raise GraphSpecError(issues)
         defaults = {k: d for k, (_, d) in INIT_KINDS[kind].items() if d is not ...}
         return cls(kind, {**defaults, **{k: float(v) for k, v in args.items()}})
 
@@ -265,7 +279,8 @@ def to_tree(graph: Graph, encode_tensor: TensorEncoder, *, explicit_defaults: bo
     tree["parameters"] = params
     tree["nodes"] = [_node_tree(n, encode_tensor, explicit_defaults) for n in graph.nodes]
     tree["outputs"] = dict(graph.outputs)
-    tree["loss"] = graph.loss
+    if graph.loss:  # no loss yet (a builder without g.loss): the document lacks the field, and says so
+        tree["loss"] = graph.loss
     return tree
 
 

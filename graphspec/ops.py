@@ -249,13 +249,15 @@ def _softmax_cross_entropy(types, attrs):
                 f"integer labels must have the logits' shape without the class axis: "
                 f"{format_shape(logits.shape[:-1])}, got {format_shape(labels.shape)}", ("inputs", 1))
         return _reduced(attrs, dtype, logits.shape[:-1])
-    if labels.dtype != dtype:
-        raise ContractViolation(f"labels must be int64 class indices or {dtype} probabilities, got {labels.dtype}",
-                                ("inputs", 1), code="dtype_mismatch")
-    if unify_shapes(labels.shape, logits.shape) is None:
-        raise ContractViolation(f"one-hot labels must have the logits' shape {format_shape(logits.shape)}, "
-                                f"got {format_shape(labels.shape)}", ("inputs", 1))
-    return _reduced(attrs, dtype, logits.shape[:-1])
+    if labels.dtype == dtype and unify_shapes(labels.shape, logits.shape) is not None:
+        return _reduced(attrs, dtype, logits.shape[:-1])
+    # neither form: say both, and which one float labels of the class-index shape were meant to be
+    index_shaped = unify_shapes(labels.shape, logits.shape[:-1]) is not None
+    raise ContractViolation(
+        f"labels must be int64 class indices of shape {format_shape(logits.shape[:-1])} or probabilities of "
+        f"the logits' shape and dtype ({TensorType(dtype, logits.shape)}), got {labels}", ("inputs", 1),
+        hint="class-index labels must be int64: declare the labels as int64" if index_shaped else None,
+        code="dtype_mismatch" if index_shaped or labels.dtype != dtype else "shape_mismatch")
 
 
 # -- the catalogue -----------------------------------------------------------------------

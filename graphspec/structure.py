@@ -136,13 +136,18 @@ class Const(Spec):
 class Enum(Spec):
     values: tuple
     description: str | None = None
+    # Other names people use for some values (alias -> value): only for the did-you-mean hint, the
+    # enum accepts exactly ``values`` (one spelling per meaning, so content hashes never split).
+    synonyms: dict[str, str] = field(default_factory=dict)
 
     def check(self, value, loc, issues):
         if not isinstance(value, str) or value not in self.values:
+            synonym = self.synonyms.get(value) if isinstance(value, str) else None
             issues.append(Issue(
                 "invalid_value", loc,
                 f"{value!r} is not one of {', '.join(map(repr, self.values))}"[:300],
-                did_you_mean(value, self.values),
+                f"did you mean {synonym!r}? It is what the format calls {value!r}" if synonym
+                else did_you_mean(value, self.values),
             ))
             return False
         return True

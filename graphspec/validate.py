@@ -2,7 +2,10 @@
 
 Runs on a built :class:`~graphspec.model.Graph` and reports every problem at once.
 Parts already reported as structurally broken (empty ids/ops, unknown types) are
-skipped quietly so one mistake yields one issue, not a cascade.
+skipped quietly so one mistake yields one issue, not a cascade. A node's references are
+checked whatever the state of its op (unknown, missing, too new): a misspelt op and a
+dangling input are two mistakes, and both are reported; the node's type stays unknown,
+so nothing downstream of it is type-checked.
 """
 
 from __future__ import annotations
@@ -62,10 +65,12 @@ def analyze(graph: Graph, known_issues: list[Issue] | None = None, unresolved: s
         producer[node.id] = i
     known = declared | set(producer)
 
-    # 2. per node: op, version, arity, attributes, references
+    # 2. per node: op, version, arity, attributes; then references, whether or not the op is known
     usable: set[int] = set()
+    reported = {issue.location for issue in issues}  # e.g. a reference that is not a valid name
     for i, node in enumerate(graph.nodes):
-        if _check_node(graph, i, doc_version, known, issues):
+        op_ok = _check_node(graph, i, doc_version, issues)
+        if _check_references(i, node.inputs, known, reported, issues) and op_ok:
             usable.add(i)
 
     # 3. cycles and order
@@ -88,7 +93,7 @@ def analyze(graph: Graph, known_issues: list[Issue] | None = None, unresolved: s
     for name, ref in graph.outputs.items():
         if ref not in known:
             issues.append(Issue("dangling_reference", pointer("outputs", name),
-                                f"output {name!r} refers to unknown value {ref!r}", did_you_mean(ref, known)))
+                                f"output {name!r} refers to unknown value {ref!r}", _unknown_value_hint(ref, known)))
     if graph.loss:
         if graph.loss not in graph.outputs:
             issues.append(Issue("missing_loss", "/loss", f"loss {graph.loss!r} is not one of the outputs",
@@ -114,7 +119,8 @@ def validate_draft(graph: Graph, known_issues: list[Issue] | None = None, unreso
     return graph
 
 
-def _check_node(graph: Graph, i: int, doc_version, known: set[str], issues: list[Issue]) -> bool:
+def _check_node(graph: Graph, i: int, doc_version, issues: list[Issue]) -> bool:
+    """The node's op and what the op's contract asks of it (version, arity, attributes)."""
     node = graph.nodes[i]
     loc = pointer("nodes", i)
     if not node.op:
@@ -159,14 +165,27 @@ def _check_node(graph: Graph, i: int, doc_version, known: set[str], issues: list
             issues.append(Issue("missing_attribute", loc + pointer("attrs", attr.name),
                                 f"{node.op} needs attribute {attr.name!r} ({attr.doc})"))
             ok = False
-    for j, ref in enumerate(node.inputs):
-        if ref and ref not in known:
-            issues.append(Issue("dangling_reference", loc + pointer("inputs", j),
-                                f"{ref!r} is not an input, parameter or node id", did_you_mean(ref, known)))
-            ok = False
-        elif not ref:
-            ok = False
     return ok
+
+
+def _check_references(i: int, refs: tuple[str, ...], known: set[str], reported: set[str],
+                      issues: list[Issue]) -> bool:
+    """Whether every input of node ``i`` names a value; dangling ones are reported unless the
+    structural check already reported that reference (a non-string, a name breaking the pattern)."""
+    ok = True
+    for j, ref in enumerate(refs):
+        if ref in known:
+            continue
+        ok = False
+        loc = pointer("nodes", i, "inputs", j)
+        if ref and loc not in reported:
+            issues.append(Issue("dangling_reference", loc,
+                                f"{ref!r} is not an input, parameter or node id", _unknown_value_hint(ref, known)))
+    return ok
+
+
+def _unknown_value_hint(ref: str, known: set[str]) -> str:
+    return did_you_mean(ref, known) or f"declare {ref!r} under inputs or parameters, or give a node that id"
 
 
 def _as_tree(value):

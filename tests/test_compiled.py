@@ -418,6 +418,69 @@ def test_sigmoid_bce_fusion_with_saturated_logits(eps):
     assert np.all(np.isfinite(c_grads["w"]))
 
 
+# the smallest positive float64 and float32 (subnormal): bce's eps may be any number > 0
+TINIEST_F64 = float(np.nextafter(0.0, 1.0))
+TINIEST_F32 = float(np.nextafter(np.float32(0), np.float32(1)))
+
+
+@pytest.mark.parametrize("dtype, eps", [
+    ("float64", 1e-20), ("float64", 1e-300), ("float64", TINIEST_F64),
+    ("float32", 1e-8), ("float32", 1e-20), ("float32", 1e-300), ("float32", TINIEST_F32), ("float32", TINIEST_F64),
+])
+def test_sigmoid_bce_fusion_with_eps_below_the_dtype_s_resolution(dtype, eps):
+    """1 - eps rounds to 1 (and, in float32, eps itself may round to 0): the fused kernel's logit
+    bounds must still exist. Logits where the interpreter's probabilities are exact, and logits far
+    below eps's bound (clipped on both engines): loss, gradients and SGD steps agree."""
+    graph = _sigmoid_bce_graph("sum", eps, dtype)
+    z = [3.0, -2.0, 0.5, -12.0, -60.0, -800.0] if dtype == "float64" else [3.0, -2.0, 0.5, -12.0, -60.0]
+    x = np.array([[v, 0.0] for v in z], dtype=dtype)
+    y = np.array([[1.0], [0.0], [1.0], [1.0], [1.0], [0.0]][:len(z)], dtype=dtype)
+    params = {"w": np.array([[1.0], [0.0]], dtype=dtype), "b": np.array([0.0], dtype=dtype)}
+    step = assert_matches_interpreter(graph, {"x": x, "y": y}, params, grad_inputs=True, lr=0.01, steps=2)
+    assert step.program({"x": x, "y": y}).fused == ("sigmoid+bce",)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_sigmoid_bce_fusion_with_tiny_eps_clips_large_logits_at_the_exact_bound(dtype):
+    """Where sigmoid(z) rounds to 1, the interpreter's loss is inf or NaN (a log of a rounded
+    probability, which the fusion exists to avoid); the fused kernel clips z at logit(1 - eps),
+    computed without forming 1 - eps: the loss is at most -log(eps) and the gradient is zero there."""
+    eps = 1e-20
+    g = GraphBuilder("sbce", dtype=dtype)
+    zin, yin = g.input("z", ["N", 1]), g.input("y", ["N", 1])
+    w = g.param("w", [1], init="ones")
+    g.loss(g.bce(g.sigmoid(zin * w), yin, eps=eps, reduction="sum"))
+    z = np.array([[40.0], [800.0], [40.0], [800.0], [1.0]], dtype=dtype)
+    y = np.array([[1.0], [1.0], [0.0], [0.0], [0.0]], dtype=dtype)
+    step = runtime.CompiledStep(g.build(), grad_inputs=True)
+    step.load_params({"w": np.ones(1, dtype=dtype)})
+    loss, grads = step.gradients({"z": z, "y": y})
+    assert step.program({"z": z, "y": y}).fused == ("sigmoid+bce",)
+    bound = np.log1p(-eps) - np.log(eps)  # logit(1 - eps), about 46.05
+    clipped = np.minimum(z.astype(np.float64), bound)
+    expected = np.sum(np.logaddexp(0.0, clipped) - y * clipped)  # -(y log a + (1 - y) log(1 - a))
+    np.testing.assert_allclose(loss, expected, rtol=RTOL[np.dtype(dtype)])
+    np.testing.assert_array_equal(grads["z"][[1, 3]], 0.0)  # clipped: flat, as bce's clip is
+    assert np.all(np.isfinite(grads["z"])) and np.all(np.isfinite(grads["w"]))
+
+
+@pytest.mark.parametrize("eps", [1.0, 1.5])
+def test_bce_with_eps_of_1_or_more_is_not_fused_and_runs_as_the_interpreter_does(eps):
+    """1 - eps is no probability, so it has no logit: the compiled engine runs the plain bce kernel."""
+    graph = _sigmoid_bce_graph("sum", eps)
+    rng = rng_values(27)
+    inputs = {"x": rng.normal(size=(4, 2)), "y": rng.integers(0, 2, size=(4, 1)).astype(np.float64)}
+    params = {"w": rng.normal(size=(2, 1)), "b": rng.normal(size=1)}
+    loss, grads = interpreted(graph, inputs, params)
+    step = runtime.CompiledStep(graph)
+    step.load_params(params)
+    c_loss, c_grads = step.gradients(inputs)
+    assert step.program(inputs).fused == ()
+    np.testing.assert_array_equal(c_loss, loss)  # NaN where the interpreter's is NaN
+    for name in params:
+        np.testing.assert_array_equal(c_grads[name], grads[name])
+
+
 def test_sigmoid_feeding_bce_and_another_node_is_not_fused():
     g = GraphBuilder("nofuse", dtype="float64")
     x = g.input("x", ["N", 2])

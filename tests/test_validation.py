@@ -169,6 +169,7 @@ def test_dangling_output_and_loss():
     tree = doc([node("loss", "sum", ["x"])], outputs={"loss": "loss", "extra": "nowhere"})
     found = by_location(issues_of(tree))
     assert found["/outputs/extra"].code == "dangling_reference"
+    assert found["/outputs/extra"].hint == "declare 'nowhere' under inputs or parameters, or give a node that id"
 
 
 def test_missing_loss_field_is_located(example_tree):
@@ -324,10 +325,67 @@ def test_losses_shapes_and_labels():
     assert found["/nodes/2/attrs/reduction"].code == "invalid_attribute"
 
 
+@pytest.mark.parametrize("dtype, shape", [("float32", ["N"]), ("float64", ["N"]), ("bool", ["N"]),
+                                          ("float64", ["N", 3]), ("float32", ["N", 4])])
+def test_softmax_cross_entropy_labels_say_what_they_must_be(dtype, shape):
+    """Labels that are neither int64 class indices of shape [N] nor probabilities of the logits'
+    shape and dtype: one message, at the labels input, giving both forms."""
+    inputs = {"x": {"dtype": F32, "shape": ["N", 3]}, "labels": {"dtype": dtype, "shape": shape}}
+    (issue,) = issues_of(doc([node("loss", "softmax_cross_entropy", ["x", "labels"])], inputs=inputs))
+    assert issue.location == "/nodes/0/inputs/1"
+    assert issue.message == ("labels must be int64 class indices of shape [N] or probabilities of the logits' "
+                             f"shape and dtype (float32[N, 3]), got {dtype}[{', '.join(map(str, shape))}]")
+    class_index_shaped = shape == ["N"]
+    assert issue.code == ("dtype_mismatch" if class_index_shaped or dtype != F32 else "shape_mismatch")
+    if class_index_shaped:
+        assert issue.hint == "class-index labels must be int64: declare the labels as int64"
+
+
 def test_errors_do_not_cascade_through_unknown_types():
     tree = doc([node("a", "nope", ["x"]), node("b", "relu", ["a"]), node("loss", "sum", ["b"])])
     (issue,) = issues_of(tree)
     assert issue.code == "unknown_op"
+
+
+def test_an_unknown_op_does_not_hide_its_dangling_references():
+    """docs/api.md's broken document: the op is misspelt *and* 'w' is declared nowhere."""
+    tree = doc([node("h", "matmull", ["x", "w"])], outputs={"loss": "h"})
+    issues = issues_of(tree)
+    assert [(i.code, i.location) for i in issues] == [
+        ("unknown_op", "/nodes/0/op"), ("dangling_reference", "/nodes/0/inputs/1")]
+    assert issues[0].hint == "did you mean 'matmul' or 'mul'?"
+    assert issues[1].message == "'w' is not an input, parameter or node id"
+    assert issues[1].hint == "declare 'w' under inputs or parameters, or give a node that id"  # nothing is close
+    # a dangling reference with a near miss gets its did-you-mean whatever the op
+    tree = doc([node("h", "nope", ["x", "w_1"]), node("loss", "sum", ["h"])], params={"w1": param([3])})
+    found = by_location(issues_of(tree))
+    assert set(found) == {"/nodes/0/op", "/nodes/0/inputs/1"}
+    assert found["/nodes/0/inputs/1"].hint == "did you mean 'w1'?"
+
+
+def test_references_are_checked_when_the_op_field_is_broken():
+    tree = doc([{"id": "h", "inputs": ["x", "w"]}, node("k", "relu", ["h"], alpha=1), node("loss", "sum", ["k"])])
+    tree["nodes"][1]["attrs"] = 7  # not an object: the node's attributes cannot be checked
+    tree["nodes"][1]["inputs"] = ["hh"]
+    assert [(i.code, i.location) for i in issues_of(tree)] == [
+        ("missing_field", "/nodes/0/op"), ("wrong_type", "/nodes/1/attrs"),
+        ("dangling_reference", "/nodes/0/inputs/1"), ("dangling_reference", "/nodes/1/inputs/0")]
+
+
+def test_unknown_ops_and_references_do_not_cascade():
+    """Nodes downstream of an unknown op or a dangling reference have unknown types: they are
+    not type-checked, so neither mistake brings shape errors that are not there."""
+    tree = doc([node("a", "nope", ["x", "missing"]), node("b", "matmul", ["a", "x"]),
+                node("c", "add", ["x", "ghost"]), node("d", "matmul", ["c", "x"]),
+                node("loss", "sum", ["b"])])
+    assert [(i.code, i.location) for i in issues_of(tree)] == [
+        ("unknown_op", "/nodes/0/op"), ("dangling_reference", "/nodes/0/inputs/1"),
+        ("dangling_reference", "/nodes/2/inputs/1")]
+
+
+def test_a_reference_that_is_not_a_name_is_reported_once():
+    tree = doc([node("loss", "sum", ["bad name!"])])
+    assert [(i.code, i.location) for i in issues_of(tree)] == [("invalid_name", "/nodes/0/inputs/0")]
 
 
 def test_constant_values_are_typed_and_checked():

@@ -9,7 +9,9 @@ are: ``forward_into`` and ``vjp_into``.
   is ``sigmoid(z) - y`` instead of ``(a - y) / (a (1 - a))`` times ``a (1 - a)``, and
   no log of a rounded probability is taken. The clip of ``a`` to ``[eps, 1 - eps]`` is
   kept exactly where it matters: ``z`` is clipped to the logits of those bounds, and
-  where it was clipped the gradient is zero, as ``bce``'s is.
+  where it was clipped the gradient is zero, as ``bce``'s is. Every ``eps`` in ``(0, 1)`` has
+  finite bounds (see :func:`_logit_bounds`); for ``eps >= 1``, ``1 - eps`` is no probability
+  and has no logit, so such a ``bce`` is not fused and runs as the interpreter runs it.
 """
 
 from __future__ import annotations
@@ -34,12 +36,33 @@ def _logit(p: float) -> float:
     return math.log(p) - math.log1p(-p)
 
 
+def _fusable_eps(eps: float) -> bool:
+    """Whether bce's clip ``[eps, 1 - eps]`` has logits (:func:`_logit_bounds`) to clip ``z`` to."""
+    return eps < 1
+
+
+def _logit_bounds(eps: float, dtype: np.dtype) -> tuple[float, float]:
+    """The logits of bce's clip bounds ``[eps, 1 - eps]``, for ``0 < eps < 1``.
+
+    Each bound is rounded to ``dtype`` first, as the interpreter's clip rounds it, so both
+    engines clip at the same probability. When rounding makes a bound 0 or 1 (eps below the
+    dtype's resolution: ``1 - 1e-20 == 1.0``; in float32 ``1e-50`` is 0), bce does not clip on
+    that side, and a probability that rounds to 0 or 1 there gives it an infinite or NaN loss.
+    The fused kernel has the logit, not a rounded probability, so it clips at the exact logit of
+    the unrounded bound instead, ``±(log(eps) - log1p(-eps))``: finite for every eps in (0, 1)
+    (``1 - eps`` is never formed), and each element's loss stays at most ``-log(eps)``, as bce intends.
+    """
+    exact = math.log(eps) - math.log1p(-eps)  # logit(eps) = -logit(1 - eps)
+    low, high = float(dtype.type(eps)), float(dtype.type(1 - eps))
+    return (_logit(low) if 0 < low < 1 else exact,
+            _logit(high) if 0 < high < 1 else -exact)
+
+
 def _sigmoid_bce_into(e, out, z, y, *, eps, reduction):
-    # the bounds bce clips to, rounded to z's dtype as the interpreter's clip rounds them
-    low, high = (float(z.dtype.type(eps)), float(z.dtype.type(1 - eps)))
+    low, high = _logit_bounds(eps, z.dtype)
     clipped = e.state["clipped"] = e.buffer(z.shape, z.dtype)
     softplus = e.state["softplus"] = e.buffer(z.shape, z.dtype)  # log(1 + e^z) = -log(1 - a)
-    e.emit(_CLIP, z, _logit(low), _logit(high), clipped)
+    e.emit(_CLIP, z, low, high, clipped)
     e.emit(np.logaddexp, 0, clipped, softplus)
     per_element = e.scratch(np.broadcast_shapes(z.shape, y.shape), z.dtype)
     yz = e.scratch(per_element.shape, z.dtype)
@@ -75,7 +98,7 @@ def fuse(nodes: list["LNode"], plan: "Plan") -> list["LNode"]:
     producer = {n.id: n for n in nodes}
     fused = []
     for n in nodes:
-        inner = producer.get(n.inputs[0]) if n.op == "bce" else None
+        inner = producer.get(n.inputs[0]) if n.op == "bce" and _fusable_eps(n.attrs["eps"]) else None
         if inner is not None and inner.op == "sigmoid" and consumers[inner.id] == 1 and len(inner.covers) == 1:
             n = LNode(n.id, "sigmoid+bce", (inner.inputs[0], n.inputs[1]), n.attrs, (0,), False, (0, 1),
                       _sigmoid_bce_into, _sigmoid_bce_vjp_into, False, None, inner.covers + n.covers)
