@@ -68,7 +68,9 @@ class ClientError(Exception):
 
     def _message(self) -> str:
         head = f"{self.status} {self.title}"
-        if self.detail:
+        # A single located error usually repeats the detail: say it once, with its location.
+        repeated = len(self.errors) == 1 and self.errors[0].get("message") == self.detail
+        if self.detail and not repeated:
             head += f": {self.detail}"
         lines = [head]
         for error in self.errors:
@@ -142,6 +144,20 @@ def _tensor_map(data: Any) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise TypeError(f"data must be a dict of arrays or a tensor file path, not {type(data).__name__}")
     return {str(name): _tensor(value) for name, value in data.items()}
+
+
+def _optimizer_field(optimizer: str | Mapping[str, Any], lr: float | None, hyper: Mapping[str, Any]) -> dict[str, Any]:
+    """The body's ``optimizer`` object from either calling form (a name plus keywords, or the object)."""
+    given = dict(hyper, **({} if lr is None else {"lr": lr}))
+    if isinstance(optimizer, str):
+        return {"name": optimizer, **given}
+    if not isinstance(optimizer, Mapping) or "name" not in optimizer:
+        raise TypeError("optimizer must be a name ('sgd', 'adam', ...) or an object such as "
+                        "{'name': 'adam', 'lr': 0.001}")
+    both = sorted(set(given) & set(optimizer))
+    if both:
+        raise TypeError(f"{', '.join(both)} given both in the optimizer object and as a keyword; give it once")
+    return {**optimizer, **given}
 
 
 def _decode_tensors(tree: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
@@ -345,7 +361,7 @@ class Client:
         return graphspec.loads(response.content, "msgpack")
 
     # -- jobs ------------------------------------------------------------------------------
-    def submit(self, graph: Any, data: Any, *, optimizer: str = "sgd", lr: float | None = 0.1,
+    def submit(self, graph: Any, data: Any, *, optimizer: str | Mapping[str, Any] = "sgd", lr: float | None = None,
                steps: int | None = None, epochs: int | None = None, batch_size: int | None = None, seed: int = 0,
                report_every: int = 1, gradients: str = "norms", eval_data: Any = None,
                eval_every: int | None = None, shuffle: bool = True, checkpoint_every: int | None = None,
@@ -355,13 +371,15 @@ class Client:
 
         ``graph``: a Graph, a graph file (sent inline), a document dict, or the ``sha256:...`` id of a
         stored graph. ``data``/``eval_data``: dicts of arrays or tensor files (.npz/.json/.msgpack).
-        Further keywords are the optimizer's hyperparameters (``momentum=0.9``, ``weight_decay=...``).
-        With the same ``idempotency_key`` a repeated call returns the first job.
+        ``optimizer``: a name with ``lr`` and the other hyperparameters as keywords
+        (``optimizer="sgd", lr=0.5, momentum=0.9``), or the HTTP body's object
+        (``optimizer={"name": "adam", "lr": 1e-3}``). Hyperparameters left out take the optimizer's
+        defaults (``runtime.optimizer_defaults``). With the same ``idempotency_key`` a repeated
+        call returns the first job.
         """
         field, value = _graph_field(graph)
         body: dict[str, Any] = {field: value, "data": _tensor_map(data),
-                                "optimizer": {"name": optimizer, **({} if lr is None else {"lr": lr}),
-                                              **optimizer_hyper},
+                                "optimizer": _optimizer_field(optimizer, lr, optimizer_hyper),
                                 "seed": seed, "shuffle": shuffle, "report_every": report_every,
                                 "gradients": gradients}
         optional = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "eval_every": eval_every,

@@ -1,5 +1,5 @@
-"""Size limits: the request-body cap (enforced while the body streams in) and the
-graphspec limits derived from Settings."""
+"""Size limits: the request-body cap (enforced while the body streams in), the graphspec
+limits derived from Settings, and a job's step-history budget."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import graphspec
 from graphspec.types import DTYPES, numpy_dtype
 from worker.settings import Settings
+from worker.store import StepRecord
 
-from .problems import ProblemError, problem_response, too_large
+from .problems import ProblemError, problem_response, too_large, unprocessable
 
 # Room for the body's own nesting around a graph document or a tensor map.
 _EXTRA_DEPTH = 4
@@ -53,6 +54,38 @@ def declared_totals(tree: Any) -> tuple[int, int]:
         e, b = declared_size(obj)
         elements, nbytes = elements + e, nbytes + b
     return elements, nbytes
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.3g} MiB"
+
+
+def check_history_budget(graph: graphspec.Graph, total_steps: int, report_every: int, gradients: str,
+                         settings: Settings) -> None:
+    """Refuse (422) a job whose step history would not fit: more entries than a job's stream
+    keeps (``stream_maxlen``: trimming would lose steps) or more bytes than
+    ``max_job_history_bytes``, bounded from the parameters' static shapes before anything runs.
+    The problem says how to fit: the smallest ``report_every`` that does, or norms instead of
+    full gradients."""
+    entries = -(-total_steps // report_every)  # every report_every-th step, and always the last
+    params = {name: (numpy_dtype(spec.dtype), tuple(spec.shape)) for name, spec in graph.parameters.items()}
+    per_entry = StepRecord.size_bound(params, gradients)
+    fits = min(settings.stream_maxlen, settings.max_job_history_bytes // per_entry)
+    if entries <= fits:
+        return
+    ways = []
+    if fits >= 1:
+        ways.append(f"set report_every to {-(-total_steps // fits)} or more")
+    if gradients == "full":
+        norms = StepRecord.size_bound(params, "norms")
+        ways.append(f'report gradient norms instead of full gradients (gradients: "norms", up to {norms} bytes '
+                    "per entry)")
+    message = (f"{total_steps} steps reported every {report_every} are {entries} step entries of up to {per_entry} "
+               f"bytes ({_mib(entries * per_entry)}); a job keeps at most {settings.stream_maxlen} entries and "
+               f"{_mib(settings.max_job_history_bytes)} of history: {', or '.join(ways)}")
+    location = "/report_every" if fits >= 1 else "/gradients"
+    raise unprocessable(message, [{"code": "history_too_large", "location": location, "message": message}],
+                        kind="history-too-large", title="The step history would not fit")
 
 
 class BodyTooLarge(ProblemError):

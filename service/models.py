@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from graphspec import DTYPES
-from runtime import OPTIMIZERS
+from runtime import OPTIMIZERS, optimizer_defaults
 from worker.store import STATES
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
@@ -97,16 +97,20 @@ def _float_sized(value: Any) -> Any:
 Hyperparameter = Annotated[Any, AfterValidator(_float_sized)]
 
 
+_LR_DEFAULTS = ", ".join(f"{name} {optimizer_defaults(name)['lr']:g}" for name in OPTIMIZERS)
+
+
 class OptimizerSpec(BaseModel):
     """An optimizer by name with its hyperparameters (checked by runtime.make_optimizer): ``lr``
-    and e.g. ``momentum``, ``nesterov``, ``weight_decay`` (SGD) or ``betas``, ``eps``, ``weight_decay`` (Adam)."""
+    and e.g. ``momentum``, ``nesterov``, ``weight_decay`` (SGD) or ``betas``, ``eps``, ``weight_decay`` (Adam).
+    Hyperparameters left out take the optimizer's defaults; the job stores them all."""
 
     model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": True})
     __pydantic_extra__: dict[str, Hyperparameter] = Field(init=False)  # validates the other hyperparameters
     name: Annotated[str, WithJsonSchema({"type": "string", "enum": list(OPTIMIZERS)})]
     lr: Annotated[Hyperparameter, WithJsonSchema({
         "anyOf": [{"type": "number", "minimum": 0}, {"type": "null"}],
-        "description": "learning rate (required for sgd and momentum)"})] = None
+        "description": f"learning rate (default: the optimizer's own: {_LR_DEFAULTS})"})] = None
 
     def as_kwargs(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
@@ -157,7 +161,8 @@ class JobResource(BaseModel):
     state: JobState
     step: int
     total_steps: int | None = Field(description="steps the job will run (null when unknown)")
-    epoch: int | None
+    epoch: int | None = Field(description="complete passes over the training data so far (the result's `epochs` "
+                                          "counts the same way)")
     loss: float | None = Field(description="latest training loss")
     created: datetime | None
     started: datetime | None

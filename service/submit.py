@@ -21,7 +21,7 @@ from worker.settings import Settings
 from worker.store import IdempotencyConflict, JobStore, encode_tensors, now
 
 from .data import check_fits, decode_map
-from .limits import declared_totals, graph_limits
+from .limits import check_history_budget, declared_totals, graph_limits
 from .models import JobRequest
 from .problems import ProblemError, conflict, graph_problem, too_large, unavailable, unprocessable
 
@@ -76,9 +76,9 @@ def prepare_job(req: JobRequest, tenant: str, store: JobStore, settings: Setting
         raise unprocessable(f"steps is {req.steps}; the limit is {settings.max_steps}",
                             _issue("too_large", "/steps", f"at most {settings.max_steps} steps"))
 
-    optimizer = req.optimizer.as_kwargs()
     try:
-        runtime.make_optimizer(**optimizer)
+        # stored in full (defaults filled in): the job's settings say what it trains with
+        optimizer = runtime.make_optimizer(**req.optimizer.as_kwargs()).config()
         json.dumps(optimizer, allow_nan=False)
     except (ValueError, TypeError, OverflowError) as exc:
         raise unprocessable(f"invalid optimizer: {exc}", _issue("invalid_optimizer", "/optimizer", str(exc)),
@@ -107,6 +107,8 @@ def prepare_job(req: JobRequest, tenant: str, store: JobStore, settings: Setting
     if total_steps is not None and total_steps > settings.max_steps:
         raise unprocessable(f"{req.epochs} epochs are {total_steps} steps; the limit is {settings.max_steps}",
                             _issue("too_large", "/epochs", f"at most {settings.max_steps} steps in all"))
+
+    check_history_budget(graph, total_steps, req.report_every, req.gradients, settings)
 
     time_limit = min(req.time_limit_s or settings.default_time_limit_s, settings.max_time_limit_s)
     spec = {

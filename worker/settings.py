@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     max_job_data_bytes: int = 32 * 1024 * 1024
     max_steps: int = 1_000_000
     max_explain_elements: int = 10_000
+    # A job's step history (entries x bytes per entry, bounded at submit from the parameters'
+    # shapes): one request must not be able to fill Redis.
+    max_job_history_bytes: int = 64 * 1024 * 1024
 
     # Jobs
     default_time_limit_s: int = 3600

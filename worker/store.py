@@ -238,6 +238,24 @@ class StepRecord:
         return fields
 
     @classmethod
+    def size_bound(cls, params: Mapping[str, tuple[np.dtype, tuple[int, ...]]], gradients: str) -> int:
+        """At most how many bytes one entry of a job takes in Redis, for parameters
+        ``{name: (dtype, shape)}`` and the job's ``gradients`` option: the fields as
+        :meth:`to_fields` writes them, with the longest floats, plus Redis's per-field overhead."""
+        longest = -2.2250738585072014e-308  # as long as a float's repr gets
+        norms = {name: longest for name in params} if gradients != "none" else {}
+        record = cls(step=2**63 - 1, loss=longest, grad_norms=norms, time=longest, eval_loss=longest)
+        fields = record.to_fields()
+        size = sum(len(str(k)) + len(str(v)) for k, v in fields.items())
+        if gradients == "full":
+            # the encoding of empty arrays of the same dtype and rank, plus the data and its
+            # length prefix, plus room for the shape's integers: no gradient is allocated here
+            size += len(encode_tensors({n: np.zeros((0,) * len(shape), dtype) for n, (dtype, shape) in params.items()}))
+            size += sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize + 5 + 9 * len(shape)
+                        for dtype, shape in params.values())
+        return size + 16 * (len(fields) + 1) + 64
+
+    @classmethod
     def from_fields(cls, fields: dict[bytes, bytes]) -> "StepRecord":
         get = {k.decode(): v for k, v in fields.items()}
         return cls(step=int(get["step"]), loss=float(get["loss"]), grad_norms=json.loads(get["norms"]),

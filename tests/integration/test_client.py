@@ -204,7 +204,7 @@ def test_client_error_carries_the_problem_and_locations(client, tmp_path):
         info.value.problem
 
     with pytest.raises(ClientError) as info:
-        client.submit(SEED_GRAPH, SEED_DATA, optimizer="sgd", lr=None, steps=10)
+        client.submit(SEED_GRAPH, SEED_DATA, optimizer="sgd", lr=-1.0, steps=10)
     assert info.value.status == 422 and "/optimizer" in str(info.value)
 
     with pytest.raises(ClientError) as info:
