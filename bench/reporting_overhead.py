@@ -1,17 +1,32 @@
 """Reporting overhead: a worker's step with per-step Redis reporting, as a ratio to the bare trainer.
 
-    python bench/reporting_overhead.py [--redis-url redis://127.0.0.1:6379/0] [--steps 2000]
+    python bench/reporting_overhead.py [--redis-url redis://127.0.0.1:6379/0] [--steps 2000] [--rounds 5]
+    python bench/reporting_overhead.py --quick          # a few-second smoke run (100 steps x 2 rounds)
 
 Runs the seed logistic regression (batch 16) and the small MLP (batch 32) with
-runtime.Trainer alone, then through worker.jobs' reporter writing to a real Redis
-(report_every 1 and 10, gradient norms; and gradients "full"), interleaved over
-rounds; prints median microseconds per step and the ratio to the bare trainer.
-Keys go to a fresh namespace that is deleted afterwards. Timing lives here, never in tests.
+runtime.Trainer alone (the compiled engine, as the worker runs it), then through
+worker.jobs' reporter writing to a real Redis (report_every 1 and 10, gradient norms;
+and gradients "full"), interleaved over rounds; prints median microseconds per step and
+the ratio to the bare trainer.
+
+The reporter's writes are fenced by a lease token (worker/store.py): for every reporting
+run the script stores a job, takes its lease and moves it to ``running`` as
+worker.jobs.run_job does, so each write goes through the same fenced Lua script as in a
+worker; the timed part is ``fit`` plus the reporter's final flush. After each run it checks
+that every sampled step reached the job's stream (a refused write would make the figures
+meaningless) and finishes the job as the worker does. Keys go to a fresh namespace that is
+deleted afterwards (only that namespace's keys). ``--json PATH`` also writes the figures.
+Timing lives here, never in tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
+import platform
+import signal
 import statistics
 import sys
 import time
@@ -27,7 +42,10 @@ import graphspec  # noqa: E402
 import runtime  # noqa: E402
 from worker.jobs import _Reporter  # noqa: E402
 from worker.settings import Settings  # noqa: E402
-from worker.store import JobStore  # noqa: E402
+from worker.store import JobStore, now  # noqa: E402
+
+VARIANTS = {"bare trainer": None, "report every 10": {"report_every": 10}, "report every 1": {"report_every": 1},
+            "every 1, full grads": {"report_every": 1, "gradients": "full"}}
 
 
 def workloads():
@@ -39,43 +57,83 @@ def workloads():
     yield "small MLP B=32", mlp, {"x": x, "labels": (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1)}, 32
 
 
-def time_run(graph, data, batch, steps, callback) -> float:
-    trainer = runtime.Trainer(graph, runtime.SGD(lr=0.1), batch_size=batch, seed=0)
+def leased_job(store: JobStore, spec: dict) -> tuple[str, str]:
+    """A stored job, leased and running under a fresh token: what run_job holds when it trains."""
+    job_id, _ = store.create_job("bench", "g", spec, b"")
+    token = f"bench:{uuid.uuid4().hex}"
+    if not store.acquire_lease(job_id, token):
+        raise SystemExit(f"could not take the lease of the fresh job {job_id}")
+    moved, previous = store.transition(job_id, ["queued", "running"], "running", token=token, started=repr(now()),
+                                       worker="bench", lease=token)
+    if not moved:
+        raise SystemExit(f"job {job_id} did not move to running (it was {previous})")
+    return job_id, token
+
+
+def time_run(graph, data, batch, steps, reporter: _Reporter | None) -> float:
+    trainer = runtime.Trainer(graph, runtime.SGD(lr=0.1), batch_size=batch, seed=0, compiled=True)
+    params = runtime.init_params(graph)
     start = time.perf_counter()
-    trainer.fit(data, runtime.init_params(graph), steps=steps, callback=callback)
+    trainer.fit(data, params, steps=steps, callback=reporter)
+    if reporter is not None:
+        reporter.finish()  # the last buffered steps: part of the job's reporting
     return (time.perf_counter() - start) / steps * 1e6
+
+
+def expected_rows(steps: int, every: int) -> int:
+    """Steps the reporter writes: every ``every``-th one, and always the last."""
+    return steps // every + (steps % every != 0)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=None, help="steps per run (default 2000; --quick 100)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick 2)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 100 steps x 2 rounds")
+    parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    steps = args.steps or (100 if args.quick else 2000)
+    rounds = args.rounds or (2 if args.quick else 5)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below when terminated
     settings = Settings(redis_url=args.redis_url, namespace="crbench-" + uuid.uuid4().hex[:8])
     store = JobStore.connect(settings)
-    variants = {"bare trainer": None, "report every 10": {"report_every": 10}, "report every 1": {"report_every": 1},
-                "every 1, full grads": {"report_every": 1, "gradients": "full"}}
+    report: dict = {"script": "reporting_overhead.py", "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                    "machine": {"python": platform.python_version(), "numpy": np.__version__,
+                                "cpus": os.cpu_count(), "platform": platform.platform(),
+                                "redis": store.r.info("server").get("redis_version")},
+                    "steps": steps, "rounds": rounds, "workloads": {}}
     try:
         for name, graph, data, batch in workloads():
-            times: dict[str, list[float]] = {v: [] for v in variants}
-            for _ in range(args.rounds):
-                for variant, spec in variants.items():
-                    callback = None
+            times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            for _ in range(rounds):
+                for variant, spec in VARIANTS.items():
+                    reporter = job_id = token = None
                     if spec is not None:
-                        job_id, _ = store.create_job("bench", "g", {"steps": args.steps}, b"")
-                        callback = _Reporter(store, job_id, spec)
-                    times[variant].append(time_run(graph, data, batch, args.steps, callback))
-                    if callback is not None:
-                        callback.flush()
+                        job_id, token = leased_job(store, {"steps": steps, **spec})
+                        reporter = _Reporter(store, job_id, spec, token)
+                    times[variant].append(time_run(graph, data, batch, steps, reporter))
+                    if reporter is not None:
+                        written = store.r.xlen(store.job_key(job_id, "steps"))
+                        want = expected_rows(steps, reporter.every)
+                        if written != want:
+                            raise SystemExit(f"{name}, {variant}: {written} steps reached Redis, expected {want}")
+                        store.transition(job_id, ["running"], "succeeded", token=token, finished=repr(now()),
+                                         step=steps)
+                        store.release_lease(job_id, token)
             base = statistics.median(times["bare trainer"])
-            print(f"\n{name}: {args.steps} steps x {args.rounds} rounds")
+            print(f"\n{name}: {steps} steps x {rounds} rounds")
+            rows = report["workloads"][name] = {}
             for variant, values in times.items():
                 med = statistics.median(values)
+                rows[variant] = {"median_us": med, "ratio": med / base, "runs_us": values}
                 print(f"  {variant:<22} {med:9.1f} us/step   ratio {med / base:5.2f}")
     finally:
         for key in store.r.scan_iter(f"{settings.namespace}:*", count=1000):
             store.r.delete(key)
+        store.r.close()
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
