@@ -17,6 +17,7 @@ from worker.celery_app import make_celery
 from worker.settings import Settings
 from worker.store import JobStore
 
+from .docs_ui import install_docs
 from .limits import BodySizeLimitMiddleware
 from .openapi import install_openapi
 from .problems import register_exception_handlers
@@ -50,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store.r.close()
 
     app = FastAPI(title="chainrule", version=graphspec.__version__, description=DESCRIPTION, openapi_tags=TAGS,
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)  # /docs, /redoc: install_docs, no CDN
     app.state.settings = settings
     app.state.store = JobStore.connect(settings)
     app.state.celery = make_celery(settings)
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(health.router)
     install_openapi(app)
+    install_docs(app)
     return app
 
 
