@@ -108,14 +108,10 @@ def test_every_bench_script_has_a_smoke_test():
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
     """The configured Redis (default 127.0.0.1:6379) when it answers, else a private redis-server."""
-    from integration.redis_server import EmbeddedRedis, answers, configured_url
+    from integration.redis_server import answering_redis
 
-    url = configured_url()
-    if os.environ.get("CHAINRULE_TEST_REDIS") != "embedded" and answers(url):
+    with answering_redis() as url:
         yield url
-        return
-    with EmbeddedRedis() as server:
-        yield server.url
 
 
 def run_script(script: str, args: list[str]) -> subprocess.CompletedProcess:

@@ -26,7 +26,7 @@ import redis
 
 from worker.settings import Settings
 
-from .redis_server import EmbeddedRedis, answers, configured_url
+from .redis_server import answering_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -103,12 +103,8 @@ def wait_for_state(store, job_id: str, states, *, timeout: float = 20.0) -> tupl
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A Redis that answers: the configured one (default 127.0.0.1:6379), else a private redis-server."""
-    url = configured_url()
-    if os.environ.get("CHAINRULE_TEST_REDIS") != "embedded" and answers(url):
+    with answering_redis() as url:
         yield url
-        return
-    with EmbeddedRedis() as server:
-        yield server.url
 
 
 @pytest.fixture(scope="session")

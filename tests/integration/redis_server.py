@@ -15,7 +15,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from service.serve import redis_answers
 
@@ -127,3 +129,16 @@ class EmbeddedRedis:
 
 def configured_url() -> str:
     return os.environ.get("CHAINRULE_REDIS_URL") or os.environ.get("REDIS_URL") or DEFAULT_URL
+
+
+@contextmanager
+def answering_redis() -> Iterator[str]:
+    """The URL of a Redis that answers: the configured one (default 127.0.0.1:6379), else a
+    private ``redis-server`` for as long as the block runs (``CHAINRULE_TEST_REDIS=embedded``
+    forces the private one)."""
+    url = configured_url()
+    if os.environ.get("CHAINRULE_TEST_REDIS") != "embedded" and answers(url):
+        yield url
+        return
+    with EmbeddedRedis() as server:
+        yield server.url
