@@ -99,9 +99,13 @@ def chromium_executable(config: pytest.Config) -> str:
     return find_chromium() or install_chromium(config)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(pytestconfig: pytest.Config) -> Iterator[Any]:
-    """A headless Chromium (playwright.sync_api.Browser), shared by the session."""
+    """A headless Chromium (playwright.sync_api.Browser), shared by a test module.
+
+    Module scope, not session: Playwright's sync API keeps an asyncio loop running in the
+    main thread while it is started, and any later test that runs its own loop there
+    (``anyio.run``) would fail with "Already running asyncio in this thread"."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
