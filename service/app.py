@@ -22,6 +22,7 @@ from .limits import BodySizeLimitMiddleware
 from .openapi import install_openapi
 from .problems import register_exception_handlers
 from .routes import graphs, health, jobs
+from .ui import install_ui
 
 log = logging.getLogger("service")
 
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     install_openapi(app)
     install_docs(app)
+    install_ui(app)
     return app
 
 

@@ -560,11 +560,12 @@ class Stack:
         lines = [
             "",
             f"chainrule is ready ({waited:.1f} s):",
-            f"  API      {api_url}",
-            f"  docs     {api_url}/docs",
-            f"  redis    {_redact(redis_url)} {where}",
-            f"  worker   {self.worker_name} (pid {self.worker.pid}, prefork pool of {self.args.workers_count})",
-            f"  logs     {', '.join(str(p) for p in logs)}"
+            f"  dashboard  {api_url}/ui/   (open it in a browser)",
+            f"  API        {api_url}",
+            f"  docs       {api_url}/docs",
+            f"  redis      {_redact(redis_url)} {where}",
+            f"  worker     {self.worker_name} (pid {self.worker.pid}, prefork pool of {self.args.workers_count})",
+            f"  logs       {', '.join(str(p) for p in logs)}"
             + ("  (deleted on exit: use --data-dir to keep them)" if self.temporary else ""),
             f"  {auth_line}",
             "",

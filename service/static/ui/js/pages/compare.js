@@ -1,0 +1,7 @@
+// The compare page: not built yet (issue #13). See app.js for the page contract.
+import { h } from "../dom.js";
+
+export async function mount(root, ctx) {
+  ctx.setTitle("compare");
+  root.append(h("h1", {}, "compare"), h("p", { class: "muted" }, "This page is being built."));
+}

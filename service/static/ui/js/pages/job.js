@@ -1,0 +1,7 @@
+// The job page: not built yet (issue #13). See app.js for the page contract.
+import { h } from "../dom.js";
+
+export async function mount(root, ctx) {
+  ctx.setTitle("job");
+  root.append(h("h1", {}, "job"), h("p", { class: "muted" }, "This page is being built."));
+}

@@ -1,0 +1,7 @@
+// The jobs page: not built yet (issue #13). See app.js for the page contract.
+import { h } from "../dom.js";
+
+export async function mount(root, ctx) {
+  ctx.setTitle("jobs");
+  root.append(h("h1", {}, "jobs"), h("p", { class: "muted" }, "This page is being built."));
+}
