@@ -133,6 +133,8 @@ def test_serve_trains_the_seed_graph_and_stops_everything_on_ctrl_c(tmp_path):
             text = output()
             assert "auth is DISABLED" in text and "local development only" in text.lower()
             assert f"{base}/docs" in text and "chainrule submit" in text and "curl" in text
+            ready = text[text.index("chainrule is ready"):]
+            assert ready.splitlines()[1].split() == ["dashboard", f"{base}/ui/", "(open", "it", "in", "a", "browser)"]
             redis_port = int(re.search(r"redis://127\.0\.0\.1:(\d+)/0 \(embedded", text).group(1))
             temp_dir = Path(re.search(r"data in (\S+)/redis, deleted on exit", text).group(1))
             assert (temp_dir / "worker.log").exists() and (temp_dir / "api.log").exists()
