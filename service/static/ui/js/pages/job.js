@@ -1,7 +1,294 @@
-// The job page: not built yet (issue #13). See app.js for the page contract.
-import { h } from "../dom.js";
+// The job page (#/jobs/<id>): live curves, the job's details, cancel and downloads.
+//
+// History: GET v1/jobs/{id}/steps?max_points=2000 (a downsampled history that keeps each bucket's
+// min and max), then the live stream (SSE, api.stream) from the last step read. The in-memory
+// series is bounded (StepSeries, cap 4000: re-decimated min/max per bucket) and the charts are
+// redrawn at most 10 times a second, so a job reporting 10 steps/s stays smooth and a page left
+// open for days does not grow. The loss chart's container carries data-points (points plotted)
+// and data-received (entries received) for the browser tests; window.__chainrule_metrics holds
+// performance.now() marks (job.mount, job.history, job.drawn).
+
+import { api, ApiError } from "../api.js";
+import { download, fmt, h, problemBox, stateBadge } from "../dom.js";
+import { StepSeries, ema, lineChart, metric, throttledFrame } from "../charts.js";
+import { allSteps, loadHistory, stepsCsv } from "./jobs-data.js";
+
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const MAX_POINTS = 2000;
+const CAP = 4000;
+const POLL_MS = 2000;
+const SMOOTHING_KEY = "chainrule.smoothing";
 
 export async function mount(root, ctx) {
-  ctx.setTitle("job");
-  root.append(h("h1", {}, "job"), h("p", { class: "muted" }, "This page is being built."));
+  const id = ctx.params.id;
+  ctx.setTitle(`Job ${id}`);
+  metric("job.mount");
+  let job;
+  try {
+    job = await api.get(`v1/jobs/${encodeURIComponent(id)}`);
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 404) {
+      root.append(h("h1", {}, "Job not found"),
+        h("div", { class: "banner job-not-found", role: "alert" },
+          `There is no job ${id} that this API key can see. `, h("a", { href: "#/jobs" }, "Back to the jobs")));
+      return undefined;
+    }
+    throw error;
+  }
+
+  let stopped = false;
+  let stream = null;
+  let pollTimer = null;
+  const series = new StepSeries({ cap: CAP });
+  let downsampled = false;
+  let smoothing = Number(localStorage.getItem(SMOOTHING_KEY) ?? 0.6);
+  if (!(smoothing >= 0 && smoothing < 1)) smoothing = 0.6;
+
+  // -- header and summary ----------------------------------------------------------------------
+  const badge = h("span", { id: "job-state" });
+  const cancel = h("button", { type: "button", class: "danger", id: "cancel-job", onclick: onCancel }, "Cancel");
+  const actionStatus = h("span", { class: "muted job-action-status", role: "status" });
+  const stat = (label, key) => {
+    const value = h("span", { class: "stat-value", "data-field": key }, "-");
+    return [h("div", { class: "stat" }, h("span", { class: "stat-label" }, label), value), value];
+  };
+  const [progressBox, progressValue] = stat("Progress", "progress");
+  const [lossBox, lossValue] = stat("Loss", "loss");
+  const [bestBox, bestValue] = stat("Best loss", "best_loss");
+  const [evalBox, evalValue] = stat("Eval loss", "eval_loss");
+  const [durationBox, durationValue] = stat("Duration", "duration");
+  const lossLabel = lossBox.querySelector(".stat-label");
+
+  // -- charts --------------------------------------------------------------------------------
+  const logBox = h("input", { type: "checkbox", id: "log-scale", onchange: () => {
+    lossChart.setLog(logBox.checked);
+    if (normsChart) normsChart.setLog(logBox.checked);
+    redraw();
+  } });
+  const rawBox = h("input", { type: "checkbox", id: "show-raw", checked: true,
+    onchange: () => lossChart.setSeriesShown(0, rawBox.checked) });
+  const smoothOut = h("output", { for: "smoothing", class: "mono" }, smoothing.toFixed(2));
+  const smoothRange = h("input", { type: "range", id: "smoothing", min: "0", max: "0.99", step: "0.01",
+    value: String(smoothing), "aria-label": "Smoothing (EMA weight)", oninput: () => {
+      smoothing = Number(smoothRange.value);
+      smoothOut.textContent = smoothing.toFixed(2);
+      localStorage.setItem(SMOOTHING_KEY, String(smoothing));
+      redraw();
+    } });
+  const note = h("span", { class: "muted chart-note", id: "chart-note" });
+  const lossEl = h("div", { class: "chart", id: "loss-chart", "data-points": "0", "data-received": "0" });
+  const normsEl = h("div", { class: "chart", id: "norms-chart", "data-points": "0" });
+  const normsEmpty = h("p", { class: "muted" }, "No gradient norms reported (yet).");
+
+  const detailsDl = h("dl", { class: "kv", id: "job-details" });
+  const settingsDl = h("div", { id: "job-settings" });
+  const dataDl = h("div", { id: "job-data" });
+  const errorBox = h("div", { id: "job-error" });
+  const graphLink = h("a", { id: "graph-link", href: `#/graphs/${encodeURIComponent(job.graph_id)}?job=${encodeURIComponent(id)}` },
+    "Graph");
+
+  const resultBtn = h("button", { type: "button", id: "download-result", onclick: () => act(downloadResult) }, "Result (JSON)");
+  const csvBtn = h("button", { type: "button", id: "download-csv", onclick: () => act(downloadCsv) }, "Steps (CSV)");
+  const jsonBtn = h("button", { type: "button", id: "download-json", onclick: () => act(downloadJson) }, "Steps (JSON)");
+
+  root.append(
+    h("div", { class: "job-head row" },
+      h("h1", {}, "Job ", h("code", { class: "job-id" }, id)), badge,
+      h("span", { class: "spacer" }), graphLink, cancel),
+    actionStatus,
+    errorBox,
+    h("div", { class: "job-stats" }, progressBox, lossBox, bestBox, evalBox, durationBox),
+    h("section", { class: "card chart-card", "aria-labelledby": "loss-title" },
+      h("div", { class: "row chart-tools" },
+        h("h2", { id: "loss-title" }, "Loss"), h("span", { class: "spacer" }),
+        h("label", { class: "check" }, rawBox, " raw"),
+        h("label", { for: "smoothing" }, "Smoothing"), smoothRange, smoothOut,
+        h("label", { class: "check" }, logBox, " log scale")),
+      lossEl,
+      h("h2", { id: "norms-title" }, "Gradient norms"),
+      normsEmpty, normsEl,
+      note),
+    h("div", { class: "job-panels" },
+      h("section", { class: "card" }, h("h2", {}, "Details"), detailsDl),
+      h("section", { class: "card" }, h("h2", {}, "Settings"), settingsDl),
+      h("section", { class: "card" }, h("h2", {}, "Data"), dataDl),
+      h("section", { class: "card downloads" }, h("h2", {}, "Downloads"),
+        h("div", { class: "row" }, resultBtn, csvBtn, jsonBtn))),
+  );
+
+  const lossChart = lineChart(lossEl, {
+    yLabel: "loss",
+    series: [
+      { label: "loss", color: "--series-1", width: 1 },
+      { label: "smoothed", color: "--series-2", width: 2 },
+      { label: "eval loss", color: "--series-3", width: 1.5, points: true },
+    ],
+    onDraw: (u) => {
+      if (u.data[0].length && !window.__chainrule_metrics?.["job.drawn"]) metric("job.drawn");
+    },
+  });
+  let normsChart = null;
+  let normNames = [];
+
+  function buildNorms(names) {
+    if (normsChart) normsChart.destroy();
+    normNames = names;
+    normsChart = lineChart(normsEl, {
+      yLabel: "‖grad‖", height: 220, log: logBox.checked,
+      series: names.map((name, i) => ({ label: name, color: `--series-${(i % 8) + 1}`, width: 1.25 })),
+    });
+  }
+
+  function draw() {
+    if (stopped) return;
+    const xs = series.xs.slice();
+    const loss = series.loss.slice();
+    lossChart.setData([xs, loss, ema(loss, smoothing), series.evalLoss.slice()]);
+    lossEl.dataset.received = String(series.received);
+    lossEl.dataset.lastStep = String(series.lastStep);
+    const names = [...series.norms.keys()];
+    if (names.length) {
+      if (names.join("\n") !== normNames.join("\n")) buildNorms(names);
+      normsChart.setData([xs, ...names.map((n) => series.norms.get(n).slice())]);
+    }
+    normsEmpty.hidden = names.length > 0;
+    normsEl.hidden = names.length === 0;
+    note.textContent = `${series.length} points plotted of ${series.lastStep} steps`
+      + `${downsampled || series.decimations ? " (downsampled: each bucket's min and max kept)" : ""}.`
+      + " Drag to zoom, double-click to reset; hover for values.";
+    updateStats();
+  }
+  const redraw = throttledFrame(draw, 100);
+
+  // -- the job's fields -------------------------------------------------------------------------
+  function updateStats() {
+    progressValue.textContent = fmt.progress(job);
+    const terminal = TERMINAL.has(job.state);
+    const loss = terminal || series.lastLoss === null ? job.loss : series.lastLoss;
+    lossLabel.textContent = terminal ? "Final loss" : "Loss";
+    lossValue.textContent = fmt.num(loss);
+    lossValue.dataset.value = loss === null || loss === undefined ? "" : String(loss);
+    bestValue.textContent = fmt.num(job.best_loss);
+    const evals = series.evalLoss.filter((v) => v !== null);
+    evalValue.textContent = evals.length ? fmt.num(evals[evals.length - 1]) : "-";
+    durationValue.textContent = fmt.duration(job.started, job.finished);
+  }
+
+  function showJob(next) {
+    job = { ...job, ...next };
+    badge.replaceChildren(stateBadge(job.state));
+    const terminal = TERMINAL.has(job.state);
+    cancel.disabled = terminal || job.state === "cancelling";
+    cancel.title = terminal ? `The job has finished (${job.state})` : "";
+    resultBtn.disabled = job.state !== "succeeded";
+    resultBtn.title = job.state === "succeeded" ? "" : "Only a succeeded job has a result";
+    detailsDl.replaceChildren(...kv([
+      ["State", stateBadge(job.state)], ["Attempts", job.attempts], ["Worker", job.worker || "-"],
+      ["Created", fmt.time(job.created)], ["Started", fmt.time(job.started)], ["Finished", fmt.time(job.finished)],
+      ["Graph", h("a", { href: graphLink.getAttribute("href"), class: "mono" }, job.graph_id)],
+    ]));
+    settingsDl.replaceChildren(job.settings ? defList(job.settings) : h("p", { class: "muted" }, "Not reported by this API."));
+    dataDl.replaceChildren(job.data ? defList(job.data) : h("p", { class: "muted" }, "Not reported by this API."));
+    if (job.error) {
+      const e = job.error;
+      errorBox.replaceChildren(h("div", { class: "banner", role: "alert" },
+        h("strong", {}, e.type), ": ", e.message,
+        e.node ? [" (node ", h("a", { href: `#/graphs/${encodeURIComponent(job.graph_id)}?job=${encodeURIComponent(id)}&node=${encodeURIComponent(e.node)}`, class: "mono error-node" }, e.node), ")"] : null));
+    } else {
+      errorBox.replaceChildren();
+    }
+    updateStats();
+    if (terminal && pollTimer) { clearInterval(pollTimer); pollTimer = null; }
+  }
+
+  async function poll() {
+    if (stopped || document.visibilityState !== "visible") return;
+    try { showJob(await api.get(`v1/jobs/${encodeURIComponent(id)}`)); } catch { /* the next poll tries again */ }
+  }
+
+  // -- actions -------------------------------------------------------------------------------
+  async function act(fn) {
+    actionStatus.replaceChildren();
+    try { await fn(); } catch (error) {
+      if (stopped) return;
+      actionStatus.replaceChildren(error instanceof ApiError ? problemBox(error) : String(error.message || error));
+    }
+  }
+
+  async function onCancel() {
+    cancel.disabled = true;
+    await act(async () => {
+      showJob(await api.post(`v1/jobs/${encodeURIComponent(id)}/cancel`));
+      actionStatus.textContent = job.state === "cancelled" ? "Cancelled." : "Cancelling: the worker stops at its next step.";
+    });
+    if (!TERMINAL.has(job.state) && job.state !== "cancelling") cancel.disabled = false;
+    if (!pollTimer && !TERMINAL.has(job.state)) pollTimer = setInterval(poll, POLL_MS);
+  }
+
+  async function downloadResult() {
+    const result = await api.get(`v1/jobs/${encodeURIComponent(id)}/result`);
+    download(`${id}-result.json`, JSON.stringify(result, null, 2), "application/json");
+  }
+  async function downloadCsv() { download(`${id}-steps.csv`, await stepsCsv(id), "text/csv"); }
+  async function downloadJson() {
+    download(`${id}-steps.json`, JSON.stringify(await allSteps(id)), "application/json");
+  }
+
+  // -- start ---------------------------------------------------------------------------------
+  showJob(job);
+  ctx.onThemeChange(() => { lossChart.theme(); if (normsChart) normsChart.theme(); draw(); });
+  pollTimer = TERMINAL.has(job.state) ? null : setInterval(poll, POLL_MS);
+  const onVisible = () => { if (document.visibilityState === "visible") poll(); };
+  document.addEventListener("visibilitychange", onVisible);
+
+  (async () => {
+    try {
+      const loaded = await loadHistory(id, series, { maxPoints: MAX_POINTS });
+      if (stopped) return;
+      downsampled = loaded.downsampled;
+      metric("job.history");
+      metric("job.historyPoints", series.length);
+      draw();
+      stream = api.stream(id, {
+        after: loaded.last,
+        onStep: (entry) => { series.add(entry); redraw(); },
+        onEnd: (final) => { if (!stopped) { showJob(final); redraw(); } },
+        onError: (error) => { if (!stopped) actionStatus.replaceChildren(problemBox(error)); },
+      });
+    } catch (error) {
+      if (!stopped && !(error.name === "AbortError")) actionStatus.replaceChildren(
+        error instanceof ApiError ? problemBox(error) : `The step history could not be read: ${error.message || error}`);
+    }
+  })();
+
+  return () => {
+    stopped = true;
+    redraw.cancel();
+    if (stream) stream.close();
+    if (pollTimer) clearInterval(pollTimer);
+    document.removeEventListener("visibilitychange", onVisible);
+    lossChart.destroy();
+    if (normsChart) normsChart.destroy();
+  };
+}
+
+function kv(pairs) {
+  return pairs.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v === null || v === undefined ? "-" : v)]);
+}
+
+// Any JSON value as a definition list (nested objects nest; short arrays inline).
+export function defList(value) {
+  if (value === null || value === undefined) return h("span", { class: "muted" }, "-");
+  if (Array.isArray(value)) {
+    const text = JSON.stringify(value);
+    return h("code", {}, text.length > 200 ? text.slice(0, 200) + "…" : text);
+  }
+  if (typeof value === "object") {
+    const keys = Object.keys(value);
+    if (!keys.length) return h("span", { class: "muted" }, "(none)");
+    return h("dl", { class: "kv" }, keys.flatMap((k) => [h("dt", {}, k), h("dd", {}, defList(value[k]))]));
+  }
+  if (typeof value === "number") return h("span", { class: "mono" }, fmt.num(value));
+  if (typeof value === "boolean") return h("span", {}, value ? "yes" : "no");
+  return h("span", {}, String(value));
 }
