@@ -1,0 +1,156 @@
+"""The dashboard's Graph page in a real browser: the layered drawing, and every node's value and
+gradient equal to what ``POST /v1/graphs/{id}/explain`` returns for the same example and parameters.
+
+Set ``CHAINRULE_UI_SHOTS=<dir>`` to also write screenshots (1280 and 390 px, light and dark).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from .conftest import EXAMPLES, wait_for_state
+from .ui_support import assert_clean, dashboard, open_dashboard, ui_url  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.integration
+
+SHOTS = os.environ.get("CHAINRULE_UI_SHOTS")
+
+
+def _load(path: Path):
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def sigmoid_id(api) -> str:
+    response = api.post("/v1/graphs", content=(EXAMPLES / "sigmoid_primitives.json").read_bytes(),
+                        headers={"Content-Type": "application/json"})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+@pytest.fixture(scope="module")
+def trained_job(api, store, sigmoid_id) -> str:
+    body = {"graph_id": sigmoid_id, "data": _load(EXAMPLES / "data" / "seed_data.json"),
+            "optimizer": {"name": "sgd", "lr": 0.5}, "steps": 300, "batch_size": 16, "report_every": 50}
+    response = api.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    job, _ = wait_for_state(store, job_id, "succeeded", timeout=60)
+    return job_id
+
+
+def _explained(page) -> None:
+    page.wait_for_selector(".page-graph[data-explained='yes']")
+
+
+def _drawn(page) -> dict[str, dict]:
+    """Every node box on the drawing: rank, centre, value and gradient as the page holds them."""
+    return page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('svg.gv [data-node]')].map(g => [
+        g.dataset.node, {kind: g.dataset.kind, rank: Number(g.dataset.rank), x: Number(g.dataset.x),
+                         y: Number(g.dataset.y), value: g.dataset.value, grad: g.dataset.grad,
+                         focusable: g.getAttribute('tabindex') === '0'}]))""")
+
+
+def _assert_matches_explain(page, explanation: dict) -> None:
+    drawn = _drawn(page)
+    assert set(drawn) == {n["name"] for n in explanation["nodes"]}
+    for node in explanation["nodes"]:
+        shown = drawn[node["name"]]
+        assert json.loads(shown["value"]) == node["value"], node["name"]
+        assert json.loads(shown["grad"]) == node["grad"], node["name"]
+
+
+def _shots(page, name: str) -> None:
+    if not SHOTS:
+        return
+    for width in (1280, 390):
+        for theme in ("light", "dark"):
+            page.set_viewport_size({"width": width, "height": 900 if width > 400 else 844})
+            page.evaluate(f"""() => {{ localStorage.setItem('chainrule.theme', '{theme}');
+                document.documentElement.dataset.theme = '{theme}'; window.dispatchEvent(new Event('resize')); }}""")
+            page.wait_for_timeout(150)
+            page.screenshot(path=f"{SHOTS}/ui-{name}-{width}-{theme}.png", full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+
+def test_graph_page_draws_layers_inputs_and_parameters_first_loss_last(dashboard, offline_page, sigmoid_id):
+    page = open_dashboard(offline_page, dashboard, f"#/graphs/{sigmoid_id}", wait_for=".page-graph svg.gv [data-node]")
+    _explained(page)
+    drawn = _drawn(page)
+    doc = _load(EXAMPLES / "sigmoid_primitives.json")
+    assert set(drawn) == set(doc["inputs"]) | set(doc["parameters"]) | {n["id"] for n in doc["nodes"]}
+    assert all(d["focusable"] for d in drawn.values())
+    # left to right at 1280 px: the first layer is the leftmost, the loss alone in the last
+    sources = [name for name, d in drawn.items() if d["kind"] in ("input", "parameter")]
+    first = min(d["x"] for d in drawn.values())
+    assert all(drawn[name]["x"] == first for name in sources)
+    assert all(drawn[name]["rank"] == 0 for name in sources)
+    assert drawn["L"]["x"] == max(d["x"] for d in drawn.values())
+    assert drawn["L"]["rank"] == max(d["rank"] for d in drawn.values())
+    # every node shows its op and inferred type
+    assert "div" in page.text_content("[data-node='a']") and "float64" in page.text_content("[data-node='a']")
+    # top to bottom: the first layer is the topmost
+    page.click("#gp-direction")
+    drawn = _drawn(page)
+    top = min(d["y"] for d in drawn.values())
+    assert all(drawn[name]["y"] == top for name in sources)
+    assert drawn["L"]["y"] == max(d["y"] for d in drawn.values())
+    assert_clean(offline_page)
+
+
+def test_typed_example_and_params_show_the_explain_values_and_gradients(dashboard, offline_page, api, sigmoid_id):
+    example = _load(EXAMPLES / "data" / "seed_one_example.json")
+    params = _load(EXAMPLES / "data" / "seed_params.json")
+    page = open_dashboard(offline_page, dashboard, f"#/graphs/{sigmoid_id}", wait_for=".page-graph svg.gv")
+    _explained(page)
+    for name, tensor in example.items():
+        page.fill(f"[data-field='input:{name}']", json.dumps(tensor["data"]))
+    page.select_option("#gp-param-mode", "typed")
+    _explained(page)
+    for name, tensor in params.items():
+        page.fill(f"[data-field='param:{name}']", json.dumps(tensor["data"]))
+    page.click("#gp-explain")
+    _explained(page)
+    response = api.post(f"/v1/graphs/{sigmoid_id}/explain", json={"inputs": example, "params": params})
+    assert response.status_code == 200, response.text
+    explanation = response.json()
+    _assert_matches_explain(page, explanation)
+    assert json.loads(page.get_attribute("#gp-loss [data-loss]", "data-loss")) == explanation["loss"]
+    # the textbook figure: z = 0, so a = 1/(1 + exp(-z)) = 0.5 and d(loss)/d(a) = -1/a = -2 (bce with y = 1)
+    text = page.text_content("[data-node='a']")
+    assert "= [0.5]" in text and "∂ [−2]" in text
+    # a node's full value and gradient in the side panel, by keyboard
+    page.focus("[data-node='exp_neg_z']")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#gp-panel:not([hidden]) .gp-panel-grad")
+    assert "exp" in page.inner_text("#gp-panel")
+    _shots(page, "graph")
+    assert_clean(offline_page)
+
+
+def test_with_a_job_a_row_of_its_data_and_the_trained_params_are_used(dashboard, offline_page, api, sigmoid_id,
+                                                                     trained_job):
+    page = open_dashboard(offline_page, dashboard, f"#/graphs/{sigmoid_id}?job={trained_job}&node=a",
+                          wait_for=".page-graph svg.gv")
+    _explained(page)
+    assert page.input_value("#gp-example-mode") == "row"
+    assert page.input_value("#gp-param-mode") == "trained"
+    page.fill("#gp-row", "3")
+    page.press("#gp-row", "Enter")
+    page.dispatch_event("#gp-row", "change")
+    page.wait_for_function("document.querySelector('[data-field=\"input:x1\"]').value === "
+                           f"{json.dumps(json.dumps(_load(EXAMPLES / 'data' / 'seed_data.json')['x1']['data'][3:4]))}")
+    _explained(page)
+    rows = api.get(f"/v1/jobs/{trained_job}/data?offset=3&limit=1").json()
+    params = api.get(f"/v1/jobs/{trained_job}/result").json()["params"]
+    response = api.post(f"/v1/graphs/{sigmoid_id}/explain", json={"inputs": rows["data"], "params": params})
+    assert response.status_code == 200, response.text
+    _assert_matches_explain(page, response.json())
+    # &node= highlights the node and opens its panel
+    assert "gv-highlight" in page.get_attribute("[data-node='a']", "class")
+    assert page.is_visible("#gp-panel")
+    assert_clean(offline_page)
