@@ -84,7 +84,7 @@ export async function mount(root, ctx) {
   const settingsDl = h("div", { id: "job-settings" });
   const dataDl = h("div", { id: "job-data" });
   const errorBox = h("div", { id: "job-error" });
-  const graphLink = h("a", { id: "graph-link", href: `#/graphs/${encodeURIComponent(job.graph_id)}?job=${encodeURIComponent(id)}` },
+  const graphLink = h("a", { id: "graph-link", href: graphHref(job.graph_id, id) },
     "Graph");
 
   const resultBtn = h("button", { type: "button", id: "download-result", onclick: () => act(downloadResult) }, "Result (JSON)");
@@ -146,6 +146,7 @@ export async function mount(root, ctx) {
     lossChart.setData([xs, loss, ema(loss, smoothing), series.evalLoss.slice()]);
     lossEl.dataset.received = String(series.received);
     lossEl.dataset.lastStep = String(series.lastStep);
+    lossEl.dataset.maxLoss = String(loss.reduce((m, v) => (v !== null && v > m ? v : m), -Infinity));
     const names = [...series.norms.keys()];
     if (names.length) {
       if (names.join("\n") !== normNames.join("\n")) buildNorms(names);
@@ -193,7 +194,7 @@ export async function mount(root, ctx) {
       const e = job.error;
       errorBox.replaceChildren(h("div", { class: "banner", role: "alert" },
         h("strong", {}, e.type), ": ", e.message,
-        e.node ? [" (node ", h("a", { href: `#/graphs/${encodeURIComponent(job.graph_id)}?job=${encodeURIComponent(id)}&node=${encodeURIComponent(e.node)}`, class: "mono error-node" }, e.node), ")"] : null));
+        e.node ? [" (node ", h("a", { href: graphHref(job.graph_id, id, e.node), class: "mono error-node" }, e.node), ")"] : null));
     } else {
       errorBox.replaceChildren();
     }
@@ -270,6 +271,12 @@ export async function mount(root, ctx) {
     lossChart.destroy();
     if (normsChart) normsChart.destroy();
   };
+}
+
+// #/graphs/<graph id>?job=<id>[&node=<node>] (a graph id's "sha256:" stays readable)
+export function graphHref(graphId, jobId, node) {
+  const enc = (v) => encodeURIComponent(v).replace(/%3A/gi, ":");
+  return `#/graphs/${enc(graphId)}?job=${enc(jobId)}${node ? `&node=${enc(node)}` : ""}`;
 }
 
 function kv(pairs) {
