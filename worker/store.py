@@ -5,6 +5,8 @@ Keys (``{ns}`` is Settings.namespace):
 
     {ns}:job:{id}                  hash    state, tenant, progress, timestamps, error, settings
     {ns}:job:{id}:steps            stream  one entry per reported step; entry id = "{step}-0"
+    {ns}:job:{id}:series           string  the same entries as fixed-width float64 rows (plots)
+    {ns}:job:{id}:series:columns   string  the series' column names, JSON (set once)
     {ns}:job:{id}:data             string  training data, msgpack tensors
     {ns}:job:{id}:checkpoint       string  runtime.Checkpoint bytes (msgpack)
     {ns}:job:{id}:result           string  trained parameters + final loss, msgpack
@@ -107,18 +109,39 @@ return {0, state}
 """
 
 # Step entries, progress and a read of the state in one fenced round trip.
-# KEYS: lease, job hash, steps stream. ARGV: token, lease TTL, maxlen, records,
-#       then per record: entry id, field count, field, value...; then progress field, value...
+# KEYS: lease, job hash, steps stream, series, series columns.
+# ARGV: token, lease TTL, maxlen, records, the series' columns (JSON; '' = no series rows this time),
+#       then per record: entry id, its series row (float64 bytes), its loss if finite (else ''),
+#       field count, field, value...; then progress field, value...
+# Only entries XADD accepts (not a replay's, which it refuses) get a series row and count for
+# best_loss, so the series holds exactly the stream's entries; a series whose columns differ from
+# the ones stored first gets no rows, and readers then see it is short (JobStore.read_series).
 _REPORT = _FENCE + """
 if not fenced(ARGV[1], ARGV[2]) then return {-1, '', {}} end
-local i = 5
+local series = ARGV[5] ~= ''
+if series then
+  redis.call('SET', KEYS[5], ARGV[5], 'NX')
+  series = redis.call('GET', KEYS[5]) == ARGV[5]
+end
+local best = tonumber(redis.call('HGET', KEYS[2], 'best_loss') or '')
+local best_text, best_step = nil, nil
+local i = 6
 local refused = {}
 for r = 1, tonumber(ARGV[4]) do
-  local nf = tonumber(ARGV[i + 1])
-  local added = redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], ARGV[i], unpack(ARGV, i + 2, i + 1 + 2 * nf))
-  if type(added) == 'table' and added.err then refused[#refused + 1] = ARGV[i] end
-  i = i + 2 + 2 * nf
+  local nf = tonumber(ARGV[i + 3])
+  local added = redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], ARGV[i], unpack(ARGV, i + 4, i + 3 + 2 * nf))
+  if type(added) == 'table' and added.err then
+    refused[#refused + 1] = ARGV[i]
+  else
+    if series then redis.call('APPEND', KEYS[4], ARGV[i + 1]) end
+    local loss = tonumber(ARGV[i + 2])
+    if loss and (best == nil or loss < best) then
+      best, best_text, best_step = loss, ARGV[i + 2], string.match(ARGV[i], '^(%d+)')
+    end
+  end
+  i = i + 4 + 2 * nf
 end
+if best_text then redis.call('HSET', KEYS[2], 'best_loss', best_text, 'best_loss_step', best_step) end
 if i < #ARGV then redis.call('HSET', KEYS[2], unpack(ARGV, i)) end
 return {1, redis.call('HGET', KEYS[2], 'state') or '', refused}
 """
@@ -219,6 +242,35 @@ def request_fingerprint(graph_id: str, spec: dict[str, Any], data: bytes, eval_d
     return digest.hexdigest()
 
 
+SERIES_LEAD = ("step", "time", "loss", "eval_loss")
+NORM_PREFIX = "grad_norm:"
+SERIES_DTYPE = np.dtype("<f8")
+
+
+def series_columns(norm_names: Iterable[str]) -> list[str]:
+    """The columns of a job's series (and of its CSV export): step, time, loss, eval_loss
+    (NaN when the entry has none), then one ``grad_norm:<parameter>`` per parameter."""
+    return [*SERIES_LEAD, *(NORM_PREFIX + name for name in norm_names)]
+
+
+@dataclass(frozen=True)
+class StepSeries:
+    """A job's step history as numbers, one row per entry in step order: ``values[:, j]`` is
+    column ``columns[j]`` (see :func:`series_columns`); absent values are NaN. ``source`` says
+    where it was read: the ``series`` key (one GET) or the ``stream`` (jobs written before it)."""
+
+    columns: list[str]
+    values: np.ndarray
+    source: str
+
+    @property
+    def norm_names(self) -> list[str]:
+        return [c.removeprefix(NORM_PREFIX) for c in self.columns[len(SERIES_LEAD):]]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
 @dataclass(frozen=True)
 class StepRecord:
     step: int
@@ -241,12 +293,14 @@ class StepRecord:
     def size_bound(cls, params: Mapping[str, tuple[np.dtype, tuple[int, ...]]], gradients: str) -> int:
         """At most how many bytes one entry of a job takes in Redis, for parameters
         ``{name: (dtype, shape)}`` and the job's ``gradients`` option: the fields as
-        :meth:`to_fields` writes them, with the longest floats, plus Redis's per-field overhead."""
+        :meth:`to_fields` writes them, with the longest floats, plus Redis's per-field overhead,
+        plus the entry's float64 row in the job's series key."""
         longest = -2.2250738585072014e-308  # as long as a float's repr gets
         norms = {name: longest for name in params} if gradients != "none" else {}
         record = cls(step=2**63 - 1, loss=longest, grad_norms=norms, time=longest, eval_loss=longest)
         fields = record.to_fields()
         size = sum(len(str(k)) + len(str(v)) for k, v in fields.items())
+        size += len(series_columns(norms)) * 8  # its row in the series key
         if gradients == "full":
             # the encoding of empty arrays of the same dtype and rank, plus the data and its
             # length prefix, plus room for the shape's integers: no gradient is allocated here
@@ -517,7 +571,7 @@ class JobStore:
     def expire_job(self, job_id: str) -> None:
         ttl = self.settings.retention_s
         pipe = self.r.pipeline(transaction=False)
-        for part in (None, "steps", "data", "eval_data", "checkpoint", "result"):
+        for part in (None, "steps", "series", "series:columns", "data", "eval_data", "checkpoint", "result"):
             pipe.expire(self.job_key(job_id, part), ttl)
         pipe.execute()
 
@@ -525,20 +579,34 @@ class JobStore:
     def report_steps(self, job_id: str, token: str, records: list[StepRecord],
                      progress: dict[str, Any]) -> tuple[list[int], str]:
         """Append step entries, update the job hash and read the job's state, in one fenced
-        round trip (:class:`LeaseLost` if ``token`` no longer holds the job).
+        round trip (:class:`LeaseLost` if ``token`` no longer holds the job). Each entry the
+        stream accepts also gets its float64 row in the job's series (:meth:`read_series`),
+        and the hash's ``best_loss``/``best_loss_step`` follow the lowest finite loss accepted.
 
         Returns the steps Redis refused as already written (a replay after a redelivery)
         and the state (so the worker sees a cancel request without another round trip)."""
-        args: list[Any] = [token, self._lease_ms(), self.settings.stream_maxlen, len(records)]
-        for rec in records:
+        norms = [dict(rec.grad_norms) for rec in records]
+        names = list(norms[0]) if norms else []
+        # One layout per job: a batch whose entries name other parameters writes no rows (readers
+        # then fall back to the stream, which has everything).
+        uniform = bool(records) and all(n.keys() == norms[0].keys() for n in norms)
+        rows = np.array([[rec.step, rec.time, rec.loss, np.nan if rec.eval_loss is None else rec.eval_loss,
+                          *(n.get(name, np.nan) for name in names)] for rec, n in zip(records, norms)],
+                        dtype=SERIES_DTYPE).reshape(len(records), len(SERIES_LEAD) + len(names))
+        columns = json.dumps(series_columns(names)) if uniform else ""
+        args: list[Any] = [token, self._lease_ms(), self.settings.stream_maxlen, len(records), columns]
+        for rec, row in zip(records, rows):
             fields = rec.to_fields()
-            args += [f"{rec.step}-0", len(fields)]
+            loss = float(rec.loss)
+            args += [f"{rec.step}-0", row.tobytes() if uniform else b"", repr(loss) if np.isfinite(loss) else "",
+                     len(fields)]
             for k, v in fields.items():
                 args += [k, v]
         for k, v in progress.items():
             args += [k, v]
-        ok, state, refused = self._report(
-            keys=[self.job_key(job_id, "lease"), self.job_key(job_id), self.job_key(job_id, "steps")], args=args)
+        keys = [self.job_key(job_id, "lease"), self.job_key(job_id), self.job_key(job_id, "steps"),
+                self.job_key(job_id, "series"), self.job_key(job_id, "series:columns")]
+        ok, state, refused = self._report(keys=keys, args=args)
         if ok == -1:
             raise LeaseLost(job_id)
         return [int(r.decode().partition("-")[0]) for r in refused], state.decode()
@@ -547,6 +615,44 @@ class JobStore:
         entries = self.r.xrange(self.job_key(job_id, "steps"), min=f"({after}-0" if after else "-", max="+",
                                 count=limit)
         return [StepRecord.from_fields(fields) for _, fields in entries]
+
+    def read_series(self, job_id: str) -> StepSeries | None:
+        """The job's series key as a :class:`StepSeries`, read with one GET (and XLEN, in one
+        transaction); None when it does not hold exactly the stream's entries: a job written
+        before the series existed, or partly by an older worker, or a stream trimmed by MAXLEN."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.get(self.job_key(job_id, "series"))
+        pipe.get(self.job_key(job_id, "series:columns"))
+        pipe.xlen(self.job_key(job_id, "steps"))
+        blob, raw_columns, entries = pipe.execute()
+        if blob is None or raw_columns is None:
+            return None
+        columns = json.loads(raw_columns)
+        width = len(columns) * SERIES_DTYPE.itemsize
+        if len(blob) % width or len(blob) // width != entries:
+            return None
+        values = np.frombuffer(blob, dtype=SERIES_DTYPE).reshape(entries, len(columns))
+        return StepSeries(columns=columns, values=values, source="series")
+
+    def read_step_series(self, job_id: str, *, page: int = 5000) -> StepSeries:
+        """The whole step history as numbers: from the series key when it is complete, else
+        from the stream (read in pages of ``page`` entries: correct, slower)."""
+        series = self.read_series(job_id)
+        if series is not None:
+            return series
+        records: list[StepRecord] = []
+        after = 0
+        while True:
+            chunk = self.read_steps(job_id, after=after, limit=page)
+            records += [StepRecord(r.step, r.loss, r.grad_norms, r.time, r.eval_loss) for r in chunk]  # no grads kept
+            if len(chunk) < page:
+                break
+            after = chunk[-1].step
+        names = list(records[0].grad_norms) if records else []
+        values = np.array([[r.step, r.time, r.loss, np.nan if r.eval_loss is None else r.eval_loss,
+                            *(r.grad_norms.get(name, np.nan) for name in names)] for r in records],
+                          dtype=SERIES_DTYPE).reshape(len(records), len(SERIES_LEAD) + len(names))
+        return StepSeries(columns=series_columns(names), values=values, source="stream")
 
     def cancel_requested(self, job_id: str) -> bool:
         return self.r.hget(self.job_key(job_id), "state") in (b"cancelling", b"cancelled")
