@@ -180,11 +180,18 @@ export function lineChart(container, { series, height = 280, log = false, xLabel
           value: (self, v) => (v == null ? "-" : valueFormat(v)),
         })),
       ],
-      hooks: { draw: [(self) => {
-        drawn += 1;
-        container.dataset.draws = String(drawn);
-        if (onDraw) onDraw(self);
-      }] },
+      hooks: {
+        // not hovering: the legend reads the latest values instead of "-"
+        setLegend: [(self) => {
+          const n = self.data[0] ? self.data[0].length : 0;
+          if (self.legend.idx == null && n) self.setLegend({ idx: n - 1 }, false);
+        }],
+        draw: [(self) => {
+          drawn += 1;
+          container.dataset.draws = String(drawn);
+          if (onDraw) onDraw(self);
+        }],
+      },
     };
     if (u) u.destroy();
     u = new uPlot(opts, shown(), container);
@@ -218,6 +225,7 @@ export function lineChart(container, { series, height = 280, log = false, xLabel
       data = next;
       container.dataset.points = String(next[0].length);
       u.setData(shown(), !zoomed());
+      if (u.cursor.idx == null && next[0].length) u.setLegend({ idx: next[0].length - 1 }, false);
     },
     setSeriesShown(index, show) { if (u) u.setSeries(index + 1, { show }); },
     setLog(on) { isLog = on; build(); },

@@ -186,10 +186,12 @@ export async function mount(root, ctx) {
     detailsDl.replaceChildren(...kv([
       ["State", stateBadge(job.state)], ["Attempts", job.attempts], ["Worker", job.worker || "-"],
       ["Created", fmt.time(job.created)], ["Started", fmt.time(job.started)], ["Finished", fmt.time(job.finished)],
-      ["Graph", h("a", { href: graphLink.getAttribute("href"), class: "mono" }, job.graph_id)],
+      ["Graph", h("a", { href: graphLink.getAttribute("href"), class: "mono", title: job.graph_id },
+        job.graph_id.length > 23 ? `${job.graph_id.slice(0, 22)}…` : job.graph_id)],
     ]));
     settingsDl.replaceChildren(job.settings ? defList(job.settings) : h("p", { class: "muted" }, "Not reported by this API."));
-    dataDl.replaceChildren(job.data ? defList(job.data) : h("p", { class: "muted" }, "Not reported by this API."));
+    dataDl.replaceChildren(job.data ? defList(job.data) : h("p", { class: "muted" }, "Not reported by this API."),
+      ...(job.eval_data ? [h("h3", {}, "Eval data"), defList(job.eval_data)] : []));
     if (job.error) {
       const e = job.error;
       errorBox.replaceChildren(h("div", { class: "banner", role: "alert" },
@@ -283,19 +285,38 @@ function kv(pairs) {
   return pairs.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v === null || v === undefined ? "-" : v)]);
 }
 
-// Any JSON value as a definition list (nested objects nest; short arrays inline).
+// Any JSON object as a definition list: nested objects flatten to dotted keys ("optimizer.lr"),
+// a tensor summary ({dtype, shape, ...}) reads "float64 [60] · per example".
 export function defList(value) {
-  if (value === null || value === undefined) return h("span", { class: "muted" }, "-");
-  if (Array.isArray(value)) {
-    const text = JSON.stringify(value);
+  const rows = [];
+  const walk = (v, key) => {
+    if (v && typeof v === "object" && !Array.isArray(v) && !isTensorSummary(v)) {
+      const keys = Object.keys(v);
+      if (!keys.length && key) rows.push([key, h("span", { class: "muted" }, "(none)")]);
+      for (const k of keys) walk(v[k], key ? `${key}.${k}` : k);
+    } else {
+      rows.push([key, leaf(v)]);
+    }
+  };
+  walk(value, "");
+  if (!rows.length) return h("span", { class: "muted" }, "(none)");
+  return h("dl", { class: "kv" }, rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+}
+
+function isTensorSummary(v) { return typeof v.dtype === "string" && Array.isArray(v.shape); }
+
+function leaf(v) {
+  if (v === null || v === undefined) return h("span", { class: "muted" }, "-");
+  if (Array.isArray(v)) {
+    const text = JSON.stringify(v);
     return h("code", {}, text.length > 200 ? text.slice(0, 200) + "…" : text);
   }
-  if (typeof value === "object") {
-    const keys = Object.keys(value);
-    if (!keys.length) return h("span", { class: "muted" }, "(none)");
-    return h("dl", { class: "kv" }, keys.flatMap((k) => [h("dt", {}, k), h("dd", {}, defList(value[k]))]));
+  if (typeof v === "object") {
+    const extra = Object.entries(v).filter(([k]) => k !== "dtype" && k !== "shape")
+      .map(([k, x]) => (x === true ? k.replace(/_/g, " ") : x === false ? null : `${k} ${x}`)).filter(Boolean);
+    return h("span", { class: "mono" }, `${v.dtype} ${fmt.shape(v.shape)}`, extra.length ? h("span", { class: "muted" }, ` · ${extra.join(", ")}`) : null);
   }
-  if (typeof value === "number") return h("span", { class: "mono" }, fmt.num(value));
-  if (typeof value === "boolean") return h("span", {}, value ? "yes" : "no");
-  return h("span", {}, String(value));
+  if (typeof v === "number") return h("span", { class: "mono" }, fmt.num(v));
+  if (typeof v === "boolean") return h("span", {}, v ? "yes" : "no");
+  return h("span", {}, String(v));
 }

@@ -55,7 +55,7 @@ export async function mount(root, ctx) {
       h("th", { scope: "col", class: "col-progress" }, "Progress"),
       h("th", { scope: "col", class: "num" }, "Loss"),
       h("th", { scope: "col", class: "num hide-narrow" }, "Best"),
-      h("th", { scope: "col", class: "col-spark" }, "Curve"),
+      h("th", { scope: "col", class: "col-spark" }, "Loss curve"),
       h("th", { scope: "col", class: "hide-narrow" }, "Created"),
       h("th", { scope: "col", class: "num hide-narrow" }, "Duration"))),
     tbody);
@@ -141,7 +141,7 @@ export async function mount(root, ctx) {
     const cells = {
       state: h("td", { class: "col-state" }),
       id: h("td", { class: "col-id" }, h("a", { href: `#/jobs/${encodeURIComponent(job.id)}`, class: "mono",
-        title: job.id }, shortId(job.id))),
+        title: job.id }, job.id.startsWith("job_") ? h("span", { class: "id-prefix" }, "job_") : null, shortId(job.id))),
       progress: h("td", { class: "col-progress" }),
       loss: h("td", { class: "num col-loss" }),
       best: h("td", { class: "num col-best hide-narrow" }),
@@ -168,8 +168,9 @@ export async function mount(root, ctx) {
           "aria-valuemax": String(job.total_steps), "aria-valuenow": String(job.step),
           "aria-label": `${job.id} progress` }, h("span", { class: "bar-fill", style: `width:${pct.toFixed(1)}%` })));
     }
-    c.loss.textContent = fmt.num(job.loss, 5);
-    c.best.textContent = fmt.num(job.best_loss, 5);
+    c.loss.textContent = fmt.num(job.loss, 4);
+    c.loss.title = job.loss === null || job.loss === undefined ? "" : String(job.loss);
+    c.best.textContent = fmt.num(job.best_loss, 4);
     c.created.textContent = fmt.time(job.created);
     c.duration.textContent = fmt.duration(job.started, job.finished);
     row.job = job;
@@ -241,5 +242,5 @@ export async function mount(root, ctx) {
 }
 
 function shortId(id) {
-  return id.startsWith("job_") ? id.slice(0, 12) : id;
+  return id.startsWith("job_") ? id.slice(4, 12) : id;
 }
