@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import EXAMPLES, wait_for_state
+from .conftest import EXAMPLES, wait_for, wait_for_state
 from .ui_support import assert_clean, dashboard, open_dashboard, ui_url  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
@@ -139,11 +139,11 @@ def test_with_a_job_a_row_of_its_data_and_the_trained_params_are_used(dashboard,
     _explained(page)
     assert page.input_value("#gp-example-mode") == "row"
     assert page.input_value("#gp-param-mode") == "trained"
+    seed_x1 = _load(EXAMPLES / "data" / "seed_data.json")["x1"]["data"]
     page.fill("#gp-row", "3")
-    page.press("#gp-row", "Enter")
     page.dispatch_event("#gp-row", "change")
-    page.wait_for_function("document.querySelector('[data-field=\"input:x1\"]').value === "
-                           f"{json.dumps(json.dumps(_load(EXAMPLES / 'data' / 'seed_data.json')['x1']['data'][3:4]))}")
+    wait_for(lambda: page.input_value("[data-field='input:x1']") == json.dumps(seed_x1[3:4]), timeout=10,
+             message="row 3 in the x1 field")
     _explained(page)
     rows = api.get(f"/v1/jobs/{trained_job}/data?offset=3&limit=1").json()
     params = api.get(f"/v1/jobs/{trained_job}/result").json()["params"]

@@ -17,7 +17,7 @@ const SVG = "http://www.w3.org/2000/svg";
 const CHAR = 7.4;   // px per character at the node font sizes (monospace 12px)
 const LINE = 17;
 const PAD = 9;
-const MIN_READABLE = 0.72;
+const MIN_READABLE = 0.6;
 
 export const OP_SYMBOLS = {
   mul: "×", add: "+", sub: "−", div: "÷", neg: "−x", exp: "exp", log: "log", sigmoid: "σ", tanh: "tanh",
@@ -188,7 +188,7 @@ export function drawGraph(svg, model, { direction = "LR", onSelect = () => {}, h
     if (readable && k < MIN_READABLE) {
       k = MIN_READABLE;
       const cx = (w - size.width * k) / 2, cy = (hgt - size.height * k) / 2;
-      view = direction === "TB" ? { k, x: cx, y: Math.min(0, cy) } : { k, x: Math.min(0, cx), y: cy };
+      view = direction === "TB" ? { k, x: cx, y: Math.max(0, cy) } : { k, x: Math.max(0, cx), y: cy };
     } else view = { k, x: (w - size.width * k) / 2, y: (hgt - size.height * k) / 2 };
     apply();
   };
