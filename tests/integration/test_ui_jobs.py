@@ -144,12 +144,12 @@ def test_filter_paging_and_compare_selection(dashboard, offline_page, api, store
     assert len(first) == 50 and set(first) <= set(ids)
     assert page.is_disabled("#jobs-newer") and not page.is_disabled("#jobs-older")
     page.keyboard.press("n")  # the key for "Older"
-    page.wait_for_function("() => document.querySelectorAll('.jobs-table tbody tr').length < 50")
+    page.wait_for_selector(".jobs-page-label[data-page='2']")
     second = page.eval_on_selector_all(".jobs-table tbody tr", "rows => rows.map(r => r.dataset.job)")
     assert set(first) | set(second) >= set(ids) and not set(first) & set(second)
-    assert page.is_disabled("#jobs-older")
     page.click("#jobs-newer")
-    page.wait_for_function("() => document.querySelectorAll('.jobs-table tbody tr').length === 50")
+    page.wait_for_selector(".jobs-page-label[data-page='1']")
+    assert page.eval_on_selector_all(".jobs-table tbody tr", "rows => rows.map(r => r.dataset.job)") == first
     # select two jobs, compare them
     page.check(f"tr[data-job='{first[0]}'] input.job-select")
     assert page.is_disabled("#compare-selected")
@@ -172,4 +172,43 @@ def test_the_jobs_page_is_readable_at_390_px(dashboard, offline_page, api):
     open_dashboard(offline_page, dashboard, "#/jobs", wait_for=".jobs-table tbody tr")
     assert not page.is_visible(".jobs-table td.col-created >> nth=0")  # less important columns hide
     assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1
+    assert_clean(offline_page)
+
+
+# -- measurement (a figure for docs/ui.md, not an assertion) -------------------------------------
+def test_measure_paging_with_10000_jobs(dashboard, offline_page, store):
+    """Tenant-b gets 10,000 more (cancelled) jobs; how long the first page, "Older" and a state
+    filter take to show. Runs last: the other tests count tenant-b's jobs."""
+    from .test_ui_job import record_metrics
+
+    graph_id = store.put_graph("tenant-b", SEED_DOC)
+    started = time.perf_counter()
+    for _ in range(10_000):
+        job_id, _ = store.create_job("tenant-b", graph_id, {"steps": 10}, b"")
+        store.mark_sent(job_id)
+        store.transition(job_id, ["queued"], "cancelled")
+    created_s = time.perf_counter() - started
+    page = open_dashboard(offline_page, dashboard, "#/jobs", tenant="tenant-b", wait_for=".jobs-table tbody tr")
+    page.wait_for_function("() => window.__chainrule_metrics && window.__chainrule_metrics['jobs.rendered']")
+    m = page.evaluate("() => window.__chainrule_metrics")
+    figures = {"jobs": 10_000 + 55, "create_s": round(created_s, 1),
+               "navigation_to_first_page_ms": round(m["jobs.rendered"], 1),
+               "mount_to_first_page_ms": round(m["jobs.rendered"] - m["jobs.mount"], 1)}
+    older = []
+    for n in range(2, 22):
+        t0 = time.perf_counter()
+        page.click("#jobs-older")
+        page.wait_for_selector(f".jobs-page-label[data-page='{n}']")
+        older.append((time.perf_counter() - t0) * 1000)
+    older.sort()
+    figures["older_page_ms_median"] = round(older[len(older) // 2], 1)
+    figures["older_page_ms_max"] = round(older[-1], 1)
+    for state in ("cancelled", "running"):
+        t0 = time.perf_counter()
+        page.select_option("#jobs-state", state)
+        page.wait_for_function("s => location.hash === `#/jobs?state=${s}` && window.__chainrule_metrics"
+                               " && window.__chainrule_metrics['jobs.rendered'] > window.__chainrule_metrics['jobs.mount']",
+                               arg=state)
+        figures[f"filter_{state}_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+    record_metrics("jobs_paging_10000", figures)
     assert_clean(offline_page)

@@ -8,7 +8,7 @@
 
 import { api } from "../api.js";
 import { fmt, h, problemBox, stateBadge } from "../dom.js";
-import { sparkline } from "../charts.js";
+import { metric, sparkline } from "../charts.js";
 import { sparkValues } from "./jobs-data.js";
 
 const LIMIT = 50;
@@ -18,6 +18,7 @@ const SPARK_CONCURRENCY = 4;
 
 export async function mount(root, ctx) {
   ctx.setTitle("Jobs");
+  metric("jobs.mount");
   const state = STATES.includes(ctx.query.get("state")) ? ctx.query.get("state") : "";
   const cursors = [null]; // cursors[i]: the cursor of page i (null: the newest page)
   let index = 0;
@@ -66,7 +67,9 @@ export async function mount(root, ctx) {
     problem,
     h("div", { class: "table-wrap" }, table),
     empty,
-    h("div", { class: "row jobs-pager" }, newer, pageLabel, older, h("span", { class: "spacer" }), status),
+    h("div", { class: "row jobs-pager" }, newer, pageLabel, older,
+      h("span", { class: "muted jobs-keys hide-narrow" }, "keys: ", h("kbd", {}, "p"), " newer, ", h("kbd", {}, "n"), " older"),
+      h("span", { class: "spacer" }), status),
   );
 
   // -- data ----------------------------------------------------------------------------------
@@ -87,6 +90,7 @@ export async function mount(root, ctx) {
         lastPage = page;
         problem.replaceChildren();
         render(page.jobs || []);
+        metric("jobs.rendered");
         status.textContent = `Updated ${fmt.time(new Date().toISOString()).slice(11)}`;
       } catch (error) {
         if (stopped) return;
@@ -131,6 +135,7 @@ export async function mount(root, ctx) {
     newer.disabled = index === 0;
     older.disabled = !(lastPage && lastPage.next_cursor);
     pageLabel.textContent = `Page ${index + 1}`;
+    pageLabel.dataset.page = String(index + 1);
     updateCompare();
   }
 
