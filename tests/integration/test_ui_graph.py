@@ -153,4 +153,26 @@ def test_with_a_job_a_row_of_its_data_and_the_trained_params_are_used(dashboard,
     # &node= highlights the node and opens its panel
     assert "gv-highlight" in page.get_attribute("[data-node='a']", "class")
     assert page.is_visible("#gp-panel")
+    _shots(page, "graph-job")
+    assert_clean(offline_page)
+
+
+@pytest.mark.parametrize("example", ["logistic_regression", "small_mlp"])
+def test_every_example_graph_draws_and_explains_with_its_initial_parameters(dashboard, offline_page, api, example):
+    doc = _load(EXAMPLES / f"{example}.json")
+    response = api.post("/v1/graphs", json=doc)
+    assert response.status_code == 201, response.text
+    graph_id = response.json()["id"]
+    page = open_dashboard(offline_page, dashboard, f"#/graphs/{graph_id}", wait_for=".page-graph svg.gv")
+    _explained(page)  # typed-in zeros for every input, the initial parameters (seed 0)
+    drawn = _drawn(page)
+    assert set(drawn) == set(doc["inputs"]) | set(doc["parameters"]) | {n["id"] for n in doc["nodes"]}
+    assert all(d["value"] is not None for d in drawn.values())
+    # a big tensor is summarised on its box (first values and min/max/mean); the panel has it all
+    if example == "small_mlp":
+        assert "min" in page.text_content("[data-node='w1']")
+        page.click("[data-node='w1']")
+        numbers = json.loads(page.inner_text("#gp-panel .gp-panel-value .gp-numbers"))
+        assert len(numbers) == 4 and len(numbers[0]) == 16
+        _shots(page, "graph-mlp")
     assert_clean(offline_page)

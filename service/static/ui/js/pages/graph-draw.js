@@ -18,6 +18,7 @@ const CHAR = 7.4;   // px per character at the node font sizes (monospace 12px)
 const LINE = 17;
 const PAD = 9;
 const MIN_READABLE = 0.6;
+const NARROW = 700; // px of drawing width below which the initial view keeps the text readable
 
 export const OP_SYMBOLS = {
   mul: "×", add: "+", sub: "−", div: "÷", neg: "−x", exp: "exp", log: "log", sigmoid: "σ", tanh: "tanh",
@@ -185,7 +186,7 @@ export function drawGraph(svg, model, { direction = "LR", onSelect = () => {}, h
     const r = rect();
     const w = r.width || 800, hgt = r.height || 500;
     let k = Math.min(1.25, w / size.width, hgt / size.height);
-    if (readable && k < MIN_READABLE) {
+    if (readable && k < MIN_READABLE && w < NARROW) {
       k = MIN_READABLE;
       const cx = (w - size.width * k) / 2, cy = (hgt - size.height * k) / 2;
       view = direction === "TB" ? { k, x: cx, y: Math.max(0, cy) } : { k, x: Math.max(0, cx), y: cy };

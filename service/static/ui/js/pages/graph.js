@@ -203,7 +203,7 @@ export async function mount(root, ctx) {
     if (value === null || value === undefined) return h("section", { class: cls }, h("h3", {}, title), h("p", { class: "muted" }, "no gradient flows here"));
     const flat = flatten(value);
     const s = summarize(flat);
-    const shown = flat.length <= PANEL_CAP ? JSON.stringify(value, null, flat.length > 8 ? 0 : undefined)
+    const shown = flat.length <= PANEL_CAP ? pretty(value)
       : JSON.stringify(flat.slice(0, PANEL_CAP)).slice(0, -1) + `, … ${flat.length - PANEL_CAP} more]`;
     return h("section", { class: cls },
       h("h3", {}, title),
@@ -336,6 +336,14 @@ function decodeNested(t) {
   if (t.data !== undefined) return t.data;
   const { shape, values } = decodeTensor(t);
   return nest(values, shape);
+}
+
+// Nested lists as JSON, one innermost list per line (a matrix reads as rows); numbers exact.
+function pretty(value, depth = 0) {
+  if (!Array.isArray(value)) return JSON.stringify(value);
+  if (!value.some(Array.isArray)) return "[" + value.map((v) => JSON.stringify(v)).join(", ") + "]";
+  const pad = " ".repeat(depth + 1);
+  return "[" + value.map((v, i) => (i ? pad : "") + pretty(v, depth + 1)).join(",\n") + "]";
 }
 
 // The tensor map in a data-rows answer ({data: {...}} or the map itself).

@@ -165,7 +165,7 @@ export async function mount(root, ctx) {
   function renderField(name, pointer, rawSchema, isRequired) {
     const { schema, nullable } = simplify(spec, rawSchema);
     const id = `sp-f-${pointer.slice(1).replace(/\//g, "-")}`;
-    const label = schema.title || name;
+    const label = humanize(name);
     const help = schema.description ? h("small", { class: "muted sp-help", id: `${id}-help` }, oneLine(schema.description)) : null;
     const errors = h("ul", { class: "sp-errors", "data-errors-for": pointer });
     const inputName = pointer.slice(1).replace(/\//g, ".");
@@ -406,6 +406,12 @@ function parseJson(text, what) {
 }
 
 function isMsgpackName(name) { return /\.(msgpack|mpk|msgp)$/i.test(name || ""); }
+
+// "batch_size" -> "Batch size", "time_limit_s" -> "Time limit (s)"
+function humanize(name) {
+  const text = name.replace(/_s$/, " (s)").replace(/_/g, " ");
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
 
 function oneLine(text) { return text.replace(/``/g, "`").replace(/\s+/g, " ").trim(); }
 
