@@ -70,7 +70,8 @@ def test_every_job_option_in_the_openapi_schema_has_a_field(dashboard, offline_p
 
 
 def _fill_and_submit(page, graph_path, data_path) -> str:
-    page.set_input_files("#sp-file-graph", str(graph_path))
+    if graph_path is not None:
+        page.set_input_files("#sp-file-graph", str(graph_path))
     page.set_input_files("#sp-file-data", str(data_path))
     page.wait_for_selector("#sp-zone-data.sp-filled")
     page.fill("[name='steps']", "300")
@@ -154,3 +155,89 @@ def test_a_broken_graph_and_bad_options_show_problems_at_their_location_before_s
     _shots(page, "submit")
     assert [j["id"] for j in api.get("/v1/jobs?limit=1000").json()["jobs"]] == [j["id"] for j in jobs_before]
     assert_clean(offline_page, allowed_console=("422",))
+
+
+def test_the_train_this_graph_link_submits_a_stored_graph_by_id(dashboard, offline_page, api, store):
+    response = api.post("/v1/graphs", content=SEED_GRAPH.read_bytes(), headers={"Content-Type": "application/json"})
+    graph_id = response.json()["id"]
+    page = open_dashboard(offline_page, dashboard, f"#/graphs/{graph_id}", wait_for="#gp-train")
+    page.click("#gp-train")
+    page.wait_for_selector("#sp-zone-graph.sp-filled")
+    assert graph_id in page.inner_text("#sp-zone-graph")
+    job_id = _fill_and_submit(page, None, SEED_DATA)
+    wait_for_state(store, job_id, "succeeded", timeout=60)
+    assert api.get(f"/v1/jobs/{job_id}").json()["graph_id"] == graph_id
+    assert_clean(offline_page)
+
+
+# -- the page's own readers and writers, run in the browser -------------------------------------
+def _module(page, name: str) -> str:
+    return f"await import(new URL('../static/ui/js/{name}', location.href).href)"
+
+
+def test_the_msgpack_encoder_writes_what_msgpack_reads(dashboard, offline_page):
+    import msgpack
+
+    spliced = msgpack.packb({"x": [1, 2.5, "three"]})
+    page = _open(offline_page, dashboard)
+    encoded = page.evaluate(f"""async (spliced) => {{
+        const {{ encode, Raw, Ext }} = {_module(page, 'msgpack.js')};
+        const many = Object.fromEntries(Array.from({{length: 20}}, (_, i) => ['k' + i, i]));
+        return Array.from(encode({{
+            small: 1, byte: 200, short: 60000, word: 4000000000, big: 2 ** 40, neg: -5, neg8: -100, negbig: -(2 ** 40),
+            float: 0.1, tiny: 1e-300, t: true, f: false, n: null, text: 'é'.repeat(40), long: 'x'.repeat(300),
+            list: Array.from({{length: 20}}, (_, i) => i), many, bytes: new Uint8Array(300).fill(7),
+            ext8: new Ext(1, new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8])), ext3: new Ext(1, new Uint8Array([9, 9, 9])),
+            raw: new Raw(new Uint8Array(spliced)), skipped: undefined }}));
+    }}""", list(spliced))
+    tree = msgpack.unpackb(bytes(encoded), raw=False, strict_map_key=True,
+                           ext_hook=lambda code, data: ("ext", code, data))
+    assert tree == {
+        "small": 1, "byte": 200, "short": 60000, "word": 4000000000, "big": 2**40, "neg": -5, "neg8": -100,
+        "negbig": -(2**40), "float": 0.1, "tiny": 1e-300, "t": True, "f": False, "n": None, "text": "é" * 40,
+        "long": "x" * 300, "list": list(range(20)), "many": {f"k{i}": i for i in range(20)}, "bytes": b"\x07" * 300,
+        "ext8": ("ext", 1, bytes(range(1, 9))), "ext3": ("ext", 1, b"\x09\x09\x09"), "raw": {"x": [1, 2.5, "three"]}}
+    assert_clean(offline_page)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_the_npz_reader_gives_each_array_in_the_api_dtypes(dashboard, offline_page, tmp_path, compressed):
+    import base64
+
+    arrays = {
+        "f8": np.arange(12, dtype="<f8").reshape(3, 4) / 7, "f4": np.linspace(-1, 1, 5, dtype=np.float32),
+        "i8": np.array([-(2**40), 0, 2**40], dtype=np.int64), "flags": np.array([True, False, True]),
+        "i4": np.array([[-3, 4]], dtype=np.int32), "u1": np.array([0, 255], dtype=np.uint8),
+        "f2": np.array([0.5, -2.0, 65504.0], dtype=np.float16), "big_endian": np.array([1.5, -2.25], dtype=">f8"),
+        "scalar": np.float64(3.25), "empty": np.zeros((0, 3)),
+    }
+    expected = {
+        "f8": arrays["f8"], "f4": arrays["f4"], "i8": arrays["i8"], "flags": arrays["flags"],
+        "i4": arrays["i4"].astype(np.int64), "u1": arrays["u1"].astype(np.int64), "f2": arrays["f2"].astype(np.float32),
+        "big_endian": arrays["big_endian"].astype("<f8"), "scalar": np.array(3.25), "empty": arrays["empty"],
+    }
+    path = tmp_path / "arrays.npz"
+    (np.savez_compressed if compressed else np.savez)(path, **arrays)
+    fortran = tmp_path / "fortran.npz"
+    np.savez(fortran, m=np.asfortranarray(np.ones((2, 3))))
+    page = _open(offline_page, dashboard)
+    script = f"""async ([b64, fortranB64]) => {{
+        const {{ readNpz }} = {_module(page, 'npz.js')};
+        const {{ bytesToBase64, base64ToBytes }} = {_module(page, 'tensor.js')};
+        const read = (text) => readNpz(base64ToBytes(text).buffer);
+        const out = {{}};
+        for (const [name, t] of Object.entries(await read(b64))) out[name] = {{ dtype: t.dtype, shape: t.shape, base64: bytesToBase64(t.bytes) }};
+        let refused = null;
+        try {{ await read(fortranB64); }} catch (error) {{ refused = error.message; }}
+        return {{ out, refused }};
+    }}"""
+    result = page.evaluate(script, [base64.b64encode(path.read_bytes()).decode(),
+                                    base64.b64encode(fortran.read_bytes()).decode()])
+    assert set(result["out"]) == set(expected)
+    for name, want in expected.items():
+        got = result["out"][name]
+        assert got["dtype"] == want.dtype.name and got["shape"] == list(want.shape), name
+        array = np.frombuffer(base64.b64decode(got["base64"]), dtype=np.dtype(got["dtype"]).newbyteorder("<"))
+        assert np.array_equal(array.reshape(want.shape), want), name
+    assert "Fortran" in result["refused"]
+    assert_clean(offline_page)

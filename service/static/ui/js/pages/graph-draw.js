@@ -42,7 +42,8 @@ export function valueLines(value, shape) {
   if (value === null || value === undefined) return ["no gradient"];
   const values = flatten(value);
   const n = shape && shape.length ? count(shape) : values.length;
-  if (n <= 4) return [values.length === 1 && !(shape || []).length ? fmtValue(values[0]) : `[${values.map((v) => fmtValue(v)).join(", ")}]`];
+  // one number reads as a number (the type line gives its shape), a few as a list
+  if (n <= 4) return [values.length === 1 ? fmtValue(values[0]) : `[${values.map((v) => fmtValue(v)).join(", ")}]`];
   const s = summarize(values);
   const first = values.slice(0, 3).map((v) => fmtValue(v, 3)).join(", ");
   const stats = s.min === null ? `${s.nonfinite} non-finite`

@@ -10,7 +10,7 @@
 // trained parameters).
 
 import { api, ApiError } from "../api.js";
-import { append, clear, h, problemBox } from "../dom.js";
+import { append, clear, download, h, problemBox } from "../dom.js";
 import { hasOperation, openapi } from "../openapi.js";
 import { count, decodeTensor, flatten, fmtValue, isTensor, nest, shapeOf, summarize } from "../tensor.js";
 import { drawGraph, shapeText } from "./graph-draw.js";
@@ -68,8 +68,13 @@ export async function mount(root, ctx) {
   const header = h("header", { class: "gp-header" },
     h("h1", {}, doc.name || "graph", " ", h("span", { class: "muted gp-id mono", title: id }, id.length > 22 ? id.slice(0, 22) + "…" : id)),
     meta.description ? h("p", { class: "muted gp-desc" }, meta.description) : null,
+    h("p", { class: "gp-links" }, h("a", { href: `#/submit?graph=${encodeURIComponent(id)}`, id: "gp-train" }, "Train this graph"),
+      " · ", h("a", { href: api.url(`v1/graphs/${enc}`), download: `${doc.name || "graph"}.json`, id: "gp-download",
+        onclick: (event) => { event.preventDefault(); downloadDoc(); } }, "Download the document")),
     job ? h("p", {}, "Explaining with job ", h("a", { href: `#/jobs/${encodeURIComponent(job.id)}` }, job.id), ` (${job.state})`) : null,
     notes.map((n) => h("p", { class: "muted gp-note" }, n)));
+
+  function downloadDoc() { download(`${doc.name || "graph"}.json`, JSON.stringify(doc, null, 2) + "\n", "application/json"); }
 
   // example: typed in, or a row of the job's data
   const inputFields = new Map();
@@ -254,7 +259,7 @@ export async function mount(root, ctx) {
   }
 
   let running = 0;
-  async function explain() {
+  async function explain({ auto = false } = {}) {
     const mine = ++running;
     clear(problemSlot);
     status.textContent = "explaining…";
@@ -275,7 +280,11 @@ export async function mount(root, ctx) {
       if (mine !== running) return;
       status.textContent = "";
       root.dataset.explained = "failed";
-      if (error instanceof FieldError) { error.field.error.textContent = error.message; error.field.input.focus(); return; }
+      if (error instanceof FieldError) {
+        error.field.error.textContent = error.message;
+        if (!auto) error.field.input.focus();
+        return;
+      }
       if (!(error instanceof ApiError)) throw error;
       problemSlot.append(problemBox(error));
       for (const e of error.errors) {
@@ -323,7 +332,7 @@ export async function mount(root, ctx) {
     }, 60);
   };
   window.addEventListener("resize", onResize);
-  explain();
+  explain({ auto: true });
   return () => { running++; clearTimeout(resizeTimer); window.removeEventListener("resize", onResize); };
 }
 

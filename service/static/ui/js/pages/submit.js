@@ -272,7 +272,8 @@ export async function mount(root, ctx) {
     const binary = parts.some((k) => state[k].kind === "msgpack");
     for (const k of parts) {
       const part = state[k];
-      if (part.kind === "msgpack") out[k] = new Raw(part.bytes);
+      if (part.kind === "id") out.graph_id = part.id;
+      else if (part.kind === "msgpack") out[k] = new Raw(part.bytes);
       else if (part.kind === "json") out[k] = part.doc;
       else out[k] = binary ? mapForMsgpack(part.map) : mapForJson(part.map);
     }
@@ -393,6 +394,10 @@ export async function mount(root, ctx) {
       submitButton.disabled = false;
     }
   });
+
+  // #/submit?graph=<id>: a stored graph (the Graph page's "Train this graph"), sent as graph_id
+  const storedGraph = ctx.query.get("graph");
+  if (storedGraph) setPart("graph", { kind: "id", id: storedGraph, label: `the stored graph ${storedGraph}` });
 
   return () => { clearTimeout(timer); generation++; if (checking) checking.abort(); };
 }
