@@ -128,6 +128,9 @@ def test_typed_example_and_params_show_the_explain_values_and_gradients(dashboar
     page.keyboard.press("Enter")
     page.wait_for_selector("#gp-panel:not([hidden]) .gp-panel-grad")
     assert "exp" in page.inner_text("#gp-panel")
+    page.keyboard.press("Escape")  # closes the panel, focus back on the node
+    page.wait_for_selector("#gp-panel", state="hidden")
+    assert page.evaluate("document.activeElement.dataset.node") == "exp_neg_z"
     _shots(page, "graph")
     assert_clean(offline_page)
 

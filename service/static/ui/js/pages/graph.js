@@ -179,6 +179,16 @@ export async function mount(root, ctx) {
     showPanel(nodeId);
   }
 
+  function closePanel(nodeId) {
+    panel.hidden = true;
+    selected = null;
+    drawing.markSelected(null);
+    drawing.fit(true);
+    drawing.node(nodeId)?.focus();
+  }
+  panel.addEventListener("keydown", (event) => { if (event.key === "Escape" && selected) closePanel(selected); });
+  svg.addEventListener("keydown", (event) => { if (event.key === "Escape" && selected) closePanel(selected); });
+
   function showPanel(nodeId) {
     const n = model().nodes.find((x) => x.id === nodeId);
     if (!n) return;
@@ -190,7 +200,7 @@ export async function mount(root, ctx) {
     append(panel, [
       h("div", { class: "row gp-panel-head" }, h("h2", {}, nodeId), h("span", { class: "spacer" }),
         h("button", { type: "button", class: "ghost", "aria-label": "Close the node panel",
-          onclick: () => { panel.hidden = true; selected = null; drawing.markSelected(null); drawing.fit(true); drawing.node(nodeId)?.focus(); } }, "×")),
+          id: "gp-panel-close", onclick: () => closePanel(nodeId) }, "×")),
       h("p", {}, h("b", {}, n.kind === "node" ? n.op : n.kind), " · ", h("span", { class: "mono" }, shapeText(n.dtype, n.shape)),
         nodeId === lossNode ? " · the loss" : null),
       n.inputs && n.inputs.length ? h("p", {}, "inputs: ", n.inputs.map((ref, i) => [i ? ", " : "",
