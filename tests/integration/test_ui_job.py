@@ -32,6 +32,16 @@ def received(page) -> int:
     return int(page.get_attribute("#loss-chart", "data-received") or 0)
 
 
+def heap_mb(page) -> float:
+    """The page's used JS heap after a garbage collection (Chromium's DevTools protocol), in MiB."""
+    cdp = page.context.new_cdp_session(page)
+    try:
+        cdp.send("HeapProfiler.collectGarbage")
+        return round(cdp.send("Runtime.getHeapUsage")["usedSize"] / 2**20, 2)
+    finally:
+        cdp.detach()
+
+
 def record_metrics(name: str, figures: dict) -> None:
     data = json.loads(METRICS_FILE.read_text()) if METRICS_FILE.exists() else {}
     data[name] = figures
@@ -147,18 +157,31 @@ def test_a_failed_jobs_error_links_its_node(dashboard, offline_page, store):
     assert_clean(offline_page)
 
 
-def test_memory_stays_bounded_however_many_steps_stream_in(dashboard, offline_page, store):
-    fake = FakeTrainer(store, steps=9000)
+def test_memory_stays_bounded_however_many_steps_stream_in(dashboard, offline_page, store, settings):
+    """30,000 entries stream in (the cap is 4,000 points): the points kept stay under the cap, a
+    spike survives the decimation; the heap after GC at every 10,000 entries is recorded."""
+    big = JobStore(store.r, settings.model_copy(update={"stream_maxlen": 100_000}))
+    fake = FakeTrainer(big, steps=30_000)
     page = open_dashboard(offline_page, dashboard, f"#/jobs/{fake.job_id}", wait_for="#loss-chart")
     page.wait_for_function("() => document.querySelector('#chart-note').textContent.includes('points')")
-    for start in range(1, 9001, 1000):
-        fake.report([fake.record(s, loss=(100.0 if s == 4321 else None)) for s in range(start, start + 1000)])
-    page.wait_for_function("() => Number(document.querySelector('#loss-chart').dataset.received) === 9000",
-                           timeout=20000)
-    page.wait_for_function("() => Number(document.querySelector('#loss-chart').dataset.lastStep) === 9000")
-    assert 0 < points(page) <= 4000
-    # the spike survived the decimation
+    page.click("#log-scale")  # an empty chart on a log scale, and back
+    page.click("#log-scale")
+    heap = {"0": heap_mb(page)}
+    kept = []
+    for checkpoint in (10_000, 20_000, 30_000):
+        for start in range(checkpoint - 9_999, checkpoint + 1, 2000):
+            fake.report([fake.record(s, loss=(100.0 if s == 4321 else None))
+                         for s in range(start, min(start + 2000, checkpoint + 1))])
+        page.wait_for_function("n => Number(document.querySelector('#loss-chart').dataset.received) === n",
+                               arg=checkpoint, timeout=30000)
+        page.wait_for_function("n => Number(document.querySelector('#loss-chart').dataset.lastStep) === n",
+                               arg=checkpoint)
+        kept.append(points(page))
+        heap[str(checkpoint)] = heap_mb(page)
+    assert all(0 < k <= 4000 for k in kept), kept
+    # the spike survived the decimations
     assert float(page.get_attribute("#loss-chart", "data-max-loss")) == 100.0
+    record_metrics("stream_30000_entries", {"points_kept": kept, "cap": 4000, "heap_after_gc_mb_by_entries": heap})
     fake.finish()
     assert_clean(offline_page)
 
@@ -218,6 +241,7 @@ def test_measure_smoothness_at_10_steps_per_second(dashboard, offline_page, stor
     page.wait_for_function("() => Number(document.querySelector('#loss-chart').dataset.received) === 2000")
     page.evaluate("() => { window.__perf.longTasks = []; window.__perf.frames = []; }")
     heap_start = page.evaluate("() => performance.memory ? performance.memory.usedJSHeapSize : null")
+    gc_start = heap_mb(page)
     draws_start = int(page.get_attribute("#loss-chart", "data-draws") or 0)
 
     stop = threading.Event()
@@ -241,6 +265,7 @@ def test_measure_smoothness_at_10_steps_per_second(dashboard, offline_page, stor
                            timeout=10000)
     perf = page.evaluate("() => window.__perf")
     heap_end = page.evaluate("() => performance.memory ? performance.memory.usedJSHeapSize : null")
+    gc_end = heap_mb(page)
     draws = int(page.get_attribute("#loss-chart", "data-draws") or 0) - draws_start
     frames = sorted(perf["frames"])
     pct = lambda p: round(frames[min(len(frames) - 1, int(p * len(frames)))], 1) if frames else None  # noqa: E731
@@ -252,6 +277,7 @@ def test_measure_smoothness_at_10_steps_per_second(dashboard, offline_page, stor
         "frame_ms_max": round(frames[-1], 1) if frames else None,
         "heap_start_mb": None if heap_start is None else round(heap_start / 2**20, 2),
         "heap_end_mb": None if heap_end is None else round(heap_end / 2**20, 2),
+        "heap_after_gc_start_mb": gc_start, "heap_after_gc_end_mb": gc_end,
     }
     fake.finish()
     record_metrics("live_10_steps_per_s", figures)
