@@ -282,3 +282,24 @@ def test_measure_smoothness_at_10_steps_per_second(dashboard, offline_page, stor
     fake.finish()
     record_metrics("live_10_steps_per_s", figures)
     assert_clean(offline_page)
+
+
+def test_without_max_points_the_page_reads_every_page_instead(dashboard, offline_page, api):
+    """A server without `max_points` (422): the job page falls back to plain paging (decimated in
+    the page), the jobs page's sparkline to the last 64 entries."""
+    job = submit(api, steps=1500, report_every=1, batch_size=8)
+    wait_job(api, job["id"], {"succeeded"})
+    page = offline_page.page
+    problem = json.dumps({"type": "about:blank", "title": "Unprocessable Content", "status": 422,
+                          "detail": "max_points: unknown"})
+    page.route("**/steps?max_points=*", lambda route: route.fulfill(
+        status=422, body=problem, headers={"Content-Type": "application/problem+json"}))
+    open_dashboard(offline_page, dashboard, f"#/jobs/{job['id']}", wait_for="#loss-chart")
+    page.wait_for_function("() => Number(document.querySelector('#loss-chart').dataset.received) === 1500")
+    assert points(page) == 1500 and page.get_attribute("#loss-chart", "data-last-step") == "1500"
+    page.goto(dashboard + "#/jobs")
+    page.wait_for_function(
+        "id => Number(document.querySelector(`tr[data-job='${id}'] svg.sparkline`)?.dataset.points) === 64",
+        arg=job["id"])
+    assert any("max_points" in url for url in offline_page.requests)
+    assert_clean(offline_page, allowed_console=("422",))

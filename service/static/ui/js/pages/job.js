@@ -58,6 +58,8 @@ export async function mount(root, ctx) {
   const [evalBox, evalValue] = stat("Eval loss", "eval_loss");
   const [durationBox, durationValue] = stat("Duration", "duration");
   const lossLabel = lossBox.querySelector(".stat-label");
+  const bestAt = h("span", { class: "stat-note muted" });
+  bestBox.append(bestAt);
 
   // -- charts --------------------------------------------------------------------------------
   const logBox = h("input", { type: "checkbox", id: "log-scale", onchange: () => {
@@ -170,6 +172,8 @@ export async function mount(root, ctx) {
     lossValue.textContent = fmt.num(loss);
     lossValue.dataset.value = loss === null || loss === undefined ? "" : String(loss);
     bestValue.textContent = fmt.num(job.best_loss);
+    bestValue.title = job.best_loss_step != null ? `at step ${job.best_loss_step}` : "";
+    bestAt.textContent = job.best_loss_step != null ? ` at step ${job.best_loss_step}` : "";
     const evals = series.evalLoss.filter((v) => v !== null);
     evalValue.textContent = evals.length ? fmt.num(evals[evals.length - 1]) : "-";
     durationValue.textContent = fmt.duration(job.started, job.finished);
@@ -184,7 +188,7 @@ export async function mount(root, ctx) {
     resultBtn.disabled = job.state !== "succeeded";
     resultBtn.title = job.state === "succeeded" ? "" : "Only a succeeded job has a result";
     detailsDl.replaceChildren(...kv([
-      ["State", stateBadge(job.state)], ["Attempts", job.attempts], ["Worker", job.worker || "-"],
+      ["State", stateBadge(job.state)], ["Epochs", job.epoch ?? "-"], ["Attempts", job.attempts], ["Worker", job.worker || "-"],
       ["Created", fmt.time(job.created)], ["Started", fmt.time(job.started)], ["Finished", fmt.time(job.finished)],
       ["Graph", h("a", { href: graphLink.getAttribute("href"), class: "mono", title: job.graph_id },
         job.graph_id.length > 23 ? `${job.graph_id.slice(0, 22)}…` : job.graph_id)],
