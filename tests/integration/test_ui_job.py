@@ -49,8 +49,13 @@ def record_metrics(name: str, figures: dict) -> None:
     print(f"\n[ui metrics] {name}: {json.dumps(figures)}")
 
 
+def x_range(page, chart: str = "#loss-chart") -> tuple[float, float]:
+    el = page.locator(chart)
+    return float(el.get_attribute("data-x-min")), float(el.get_attribute("data-x-max"))
+
+
 def test_the_curve_fills_live_and_the_final_loss_is_the_apis(dashboard, offline_page, store, api):
-    fake = FakeTrainer(store, steps=300)
+    fake = FakeTrainer(store, steps=400)
     fake.report([fake.record(s) for s in range(1, 11)])
     page = open_dashboard(offline_page, dashboard, f"#/jobs/{fake.job_id}", wait_for="#loss-chart")
     page.wait_for_function("() => Number(document.querySelector('#loss-chart').dataset.points) === 10")
@@ -61,25 +66,33 @@ def test_the_curve_fills_live_and_the_final_loss_is_the_apis(dashboard, offline_
         seen.append(points(page))
     assert seen == [10, 110, 210, 300]  # grows as the job reports
     assert page.get_attribute("#norms-chart", "data-points") == "300"
+    # a zoom (drag) holds while steps stream in; a double-click shows everything again
+    box = page.locator("#loss-chart .u-over").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + 40)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + 40, steps=5)
+    page.mouse.up()
+    page.wait_for_function("() => Number(document.querySelector('#loss-chart').dataset.xMax) < 200")
+    zoomed = x_range(page)
+    fake.report([fake.record(s) for s in range(301, 401)])
+    page.wait_for_function("() => Number(document.querySelector('#loss-chart').dataset.points) === 400")
+    page.wait_for_timeout(300)
+    assert x_range(page) == zoomed
+    page.locator("#loss-chart .u-over").dblclick()
+    page.wait_for_function("() => Number(document.querySelector('#loss-chart').dataset.xMax) === 400")
     fake.finish()
     page.wait_for_selector("#job-state .state-succeeded", timeout=8000)
     api_job = get_job(api, fake.job_id)
     shown = page.get_attribute("[data-field='loss']", "data-value")
     assert float(shown) == api_job["loss"]
     assert page.is_disabled("#cancel-job")
-    # the chart's controls: smoothing, raw on/off, log scale, theme, zoom and reset
+    # the chart's other controls: smoothing, raw on/off, log scale, theme
     page.fill("#smoothing", "0.9")
     page.click("#show-raw")
     page.click("#log-scale")
     page.click("#theme")
-    box = page.locator("#loss-chart .u-over").bounding_box()
-    page.mouse.move(box["x"] + 50, box["y"] + 40)
-    page.mouse.down()
-    page.mouse.move(box["x"] + 200, box["y"] + 40)
-    page.mouse.up()
     page.wait_for_timeout(100)
-    page.locator("#loss-chart .u-over").dblclick()
-    assert "300" in page.inner_text("#chart-note")
+    assert "400" in page.inner_text("#chart-note")
     assert_clean(offline_page)
 
 

@@ -186,6 +186,11 @@ export function lineChart(container, { series, height = 280, log = false, xLabel
           const n = self.data[0] ? self.data[0].length : 0;
           if (self.legend.idx == null && n) self.setLegend({ idx: n - 1 }, false);
         }],
+        setScale: [(self, key) => {
+          if (key !== "x") return;
+          container.dataset.xMin = String(self.scales.x.min);
+          container.dataset.xMax = String(self.scales.x.max);
+        }],
         draw: [(self) => {
           drawn += 1;
           container.dataset.draws = String(drawn);
