@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import re
 import time
 import uuid
@@ -111,9 +112,10 @@ return {0, state}
 # Step entries, progress and a read of the state in one fenced round trip.
 # KEYS: lease, job hash, steps stream, series, series columns.
 # ARGV: token, lease TTL, maxlen, records, the series' columns (JSON; '' = no series rows this time),
-#       then per record: entry id, its series row (float64 bytes), its loss if finite (else ''),
-#       field count, field, value...; then progress field, value...
-# Only entries XADD accepts (not a replay's, which it refuses) get a series row and count for
+#       the records' series rows (float64, one after the other), the bytes of one row,
+#       then per record: entry id, its loss if finite (else ''), field count, field, value...;
+#       then progress field, value...
+# Only entries XADD accepts (not a replay's, which it refuses) get their series row and count for
 # best_loss, so the series holds exactly the stream's entries; a series whose columns differ from
 # the ones stored first gets no rows, and readers then see it is short (JobStore.read_series).
 _REPORT = _FENCE + """
@@ -125,23 +127,31 @@ if series then
 end
 local best = tonumber(redis.call('HGET', KEYS[2], 'best_loss') or '')
 local best_text, best_step = nil, nil
-local i = 6
-local refused = {}
-for r = 1, tonumber(ARGV[4]) do
-  local nf = tonumber(ARGV[i + 3])
-  local added = redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], ARGV[i], unpack(ARGV, i + 4, i + 3 + 2 * nf))
+local n, width = tonumber(ARGV[4]), tonumber(ARGV[7])
+local i = 8
+local refused, accepted = {}, {}
+for r = 1, n do
+  local nf = tonumber(ARGV[i + 2])
+  local added = redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], ARGV[i], unpack(ARGV, i + 3, i + 2 + 2 * nf))
   if type(added) == 'table' and added.err then
     refused[#refused + 1] = ARGV[i]
   else
-    if series then redis.call('APPEND', KEYS[4], ARGV[i + 1]) end
-    local loss = tonumber(ARGV[i + 2])
-    if loss and (best == nil or loss < best) then
-      best, best_text, best_step = loss, ARGV[i + 2], string.match(ARGV[i], '^(%d+)')
-    end
+    accepted[#accepted + 1] = r
+    local loss = tonumber(ARGV[i + 1])
+    if loss and (best == nil or loss < best) then best, best_text, best_step = loss, ARGV[i + 1], ARGV[i] end
   end
-  i = i + 4 + 2 * nf
+  i = i + 3 + 2 * nf
 end
-if best_text then redis.call('HSET', KEYS[2], 'best_loss', best_text, 'best_loss_step', best_step) end
+if series and #accepted == n then
+  redis.call('APPEND', KEYS[4], ARGV[6])
+elseif series and #accepted > 0 then
+  local rows = {}
+  for k, r in ipairs(accepted) do rows[k] = string.sub(ARGV[6], (r - 1) * width + 1, r * width) end
+  redis.call('APPEND', KEYS[4], table.concat(rows))
+end
+if best_text then
+  redis.call('HSET', KEYS[2], 'best_loss', best_text, 'best_loss_step', string.match(best_step, '^(%d+)'))
+end
 if i < #ARGV then redis.call('HSET', KEYS[2], unpack(ARGV, i)) end
 return {1, redis.call('HGET', KEYS[2], 'state') or '', refused}
 """
@@ -593,13 +603,13 @@ class JobStore:
         rows = np.array([[rec.step, rec.time, rec.loss, np.nan if rec.eval_loss is None else rec.eval_loss,
                           *(n.get(name, np.nan) for name in names)] for rec, n in zip(records, norms)],
                         dtype=SERIES_DTYPE).reshape(len(records), len(SERIES_LEAD) + len(names))
-        columns = json.dumps(series_columns(names)) if uniform else ""
-        args: list[Any] = [token, self._lease_ms(), self.settings.stream_maxlen, len(records), columns]
-        for rec, row in zip(records, rows):
+        args: list[Any] = [token, self._lease_ms(), self.settings.stream_maxlen, len(records),
+                           json.dumps(series_columns(names)) if uniform else "", rows.tobytes() if uniform else b"",
+                           rows.shape[1] * SERIES_DTYPE.itemsize]
+        for rec in records:
             fields = rec.to_fields()
             loss = float(rec.loss)
-            args += [f"{rec.step}-0", row.tobytes() if uniform else b"", repr(loss) if np.isfinite(loss) else "",
-                     len(fields)]
+            args += [f"{rec.step}-0", repr(loss) if math.isfinite(loss) else "", len(fields)]
             for k, v in fields.items():
                 args += [k, v]
         for k, v in progress.items():
