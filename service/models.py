@@ -156,6 +156,39 @@ class JobLinks(BaseModel):
     cancel: str
 
 
+class JobSettings(BaseModel):
+    """The training settings a job was stored with: the request's fields, the optimizer with every
+    hyperparameter filled in and ``time_limit_s`` as capped by the server. Fields a job stored before
+    they existed are null."""
+
+    optimizer: OptimizerSpec | None = Field(description="name and every hyperparameter, defaults filled in")
+    steps: int | None
+    epochs: int | None
+    batch_size: int | None = Field(description="null: full batch")
+    seed: int | None
+    shuffle: bool | None
+    report_every: int | None
+    gradients: Literal["norms", "full", "none"] | None
+    checkpoint_every: int | None
+    eval_every: int | None
+    time_limit_s: int | None = Field(description="the job's time limit in seconds, after the server's cap")
+
+
+class InputSummary(BaseModel):
+    dtype: str
+    shape: list[int]
+    per_example: bool = Field(description="sliced into batches along axis 0 (its first declared dimension is "
+                                          "symbolic); other inputs are seen whole by every step")
+
+
+class DataSummary(BaseModel):
+    """What a job's data holds, computed when it was submitted."""
+
+    examples: int | None = Field(description="rows of the per-example inputs (null: no input is per-example)")
+    bytes: int = Field(description="decoded size of every tensor, in bytes")
+    inputs: dict[str, InputSummary]
+
+
 class JobResource(BaseModel):
     id: str
     state: JobState
@@ -164,6 +197,14 @@ class JobResource(BaseModel):
     epoch: int | None = Field(description="complete passes over the training data so far (the result's `epochs` "
                                           "counts the same way)")
     loss: float | None = Field(description="latest training loss")
+    best_loss: float | None = Field(None, description="lowest finite training loss among the job's step entries so "
+                                                      "far (null before the first, and for jobs stored before it "
+                                                      "was kept)")
+    best_loss_step: int | None = Field(None, description="the step of best_loss (its entry is in the step history)")
+    settings: JobSettings | None = Field(None, description="the training settings as stored")
+    data: DataSummary | None = Field(None, description="summary of the training data (null for jobs stored before "
+                                                       "it was kept)")
+    eval_data: DataSummary | None = Field(None, description="summary of the held-out data, if any")
     created: datetime | None
     started: datetime | None
     finished: datetime | None
@@ -191,7 +232,30 @@ class StepEntry(BaseModel):
 class StepsPage(BaseModel):
     steps: list[StepEntry]
     next_after: int | None = Field(description="pass as ?after= for the next page; null when the job is finished "
-                                               "and every step has been returned")
+                                               "and every step has been returned, and on a downsampled page")
+    downsampled: bool = Field(False, description="true when max_points was given and the history had more "
+                                                 "entries: `steps` is then a subset of real entries that keeps "
+                                                 "every bucket's extremes")
+
+
+class DataRows(BaseModel):
+    """Rows of a job's training data: per-example inputs sliced along axis 0, other inputs whole."""
+
+    examples: int | None = Field(description="rows in all (null: no input is per-example)")
+    offset: int = Field(description="the first row returned")
+    count: int = Field(description="rows returned (0 when no input is per-example)")
+    data: dict[str, Tensor]
+
+
+class DryRun(BaseModel):
+    """What ``POST /v1/jobs?dry_run=true`` found: the job that would be stored. Nothing was."""
+
+    dry_run: Literal[True] = True
+    graph_id: str = Field(description="content hash of the job's graph (an inline graph is not stored)")
+    total_steps: int | None = Field(description="updates the job would run: min(steps, epochs x batches)")
+    settings: JobSettings
+    data: DataSummary
+    eval_data: DataSummary | None
 
 
 class JobResult(BaseModel):
@@ -200,6 +264,29 @@ class JobResult(BaseModel):
     epochs: int
     eval_loss: float | None
     params: dict[str, Tensor]
+
+
+# -- graph analysis -----------------------------------------------------------------------
+
+Dim = Annotated[int | str | None, WithJsonSchema({
+    "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}, {"type": "null"}],
+    "description": "a size, a symbol such as 'N' (the same symbol is the same size), or null (unknown)"})]
+
+
+class ValueType(BaseModel):
+    kind: Literal["input", "parameter", "node"]
+    dtype: str
+    shape: list[Dim]
+
+
+class GraphAnalysis(BaseModel):
+    """What validation inferred about a stored graph, before anything runs."""
+
+    graph_id: str
+    order: list[str] = Field(description="node ids in execution order (a topological order)")
+    types: dict[str, ValueType] = Field(description="every input, parameter and node by name")
+    outputs: dict[str, str] = Field(description="output name -> the value it names")
+    loss: str = Field(description="the output that is the training loss")
 
 
 # -- explain ------------------------------------------------------------------------------

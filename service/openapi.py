@@ -14,7 +14,7 @@ from pydantic.json_schema import models_json_schema
 
 from graphspec.jsonschema import json_schema
 
-from .models import ExplainRequest, JobRequest, Problem, Tensor
+from .models import DryRun, ExplainRequest, JobRequest, Problem, Tensor
 
 REF = "#/components/schemas/{model}"
 _GRAPH_PREFIX = "Graph"
@@ -58,7 +58,8 @@ def graph_document_schemas() -> dict[str, Any]:
 
 def extra_schemas() -> dict[str, Any]:
     _, top = models_json_schema([(JobRequest, "validation"), (ExplainRequest, "validation"),
-                                 (Problem, "serialization"), (Tensor, "serialization")], ref_template=REF)
+                                 (Problem, "serialization"), (Tensor, "serialization"),
+                                 (DryRun, "serialization")], ref_template=REF)
     return {**top.get("$defs", {}), **graph_document_schemas()}
 
 

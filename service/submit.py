@@ -21,9 +21,11 @@ from worker.settings import Settings
 from worker.store import IdempotencyConflict, JobStore, encode_tensors, now
 
 from .data import check_fits, decode_map
+from .datarows import per_example
 from .limits import check_history_budget, declared_totals, graph_limits
-from .models import JobRequest
+from .models import DryRun, JobRequest
 from .problems import ProblemError, conflict, graph_problem, too_large, unavailable, unprocessable
+from .views import job_settings
 
 log = logging.getLogger("service.jobs")
 
@@ -98,10 +100,10 @@ def prepare_job(req: JobRequest, tenant: str, store: JobStore, settings: Setting
     plan = runtime.compile(graph)
     data = decode_map(req.data, "/data", limits)
     examples = check_fits(plan, data, "/data")
-    eval_data = None
+    eval_data = eval_examples = None
     if req.eval_data is not None:
         eval_data = decode_map(req.eval_data, "/eval_data", limits)
-        check_fits(plan, eval_data, "/eval_data")
+        eval_examples = check_fits(plan, eval_data, "/eval_data")
 
     total_steps = _total_steps(req, examples)
     if total_steps is not None and total_steps > settings.max_steps:
@@ -117,11 +119,28 @@ def prepare_job(req: JobRequest, tenant: str, store: JobStore, settings: Setting
         "checkpoint_every": req.checkpoint_every, "eval_every": req.eval_every,
         # not read by the worker; kept for the job resource and for operators
         "time_limit_s": time_limit, "total_steps": total_steps, "examples": examples,
+        "data_summary": data_summary(graph, data, examples),
+        "eval_data_summary": None if eval_data is None else data_summary(graph, eval_data, eval_examples),
     }
     return PreparedJob(graph=graph, graph_id=graphspec.content_hash(graph), inline_graph=inline, spec=spec,
                        data=encode_tensors(data),
                        eval_data=encode_tensors(eval_data) if eval_data is not None else None,
                        time_limit_s=time_limit)
+
+
+def data_summary(graph: graphspec.Graph, arrays: dict[str, Any], examples: int | None) -> dict[str, Any]:
+    """The job resource's ``data``/``eval_data``: rows, decoded bytes, and each tensor's dtype and shape."""
+    return {"examples": examples, "bytes": sum(int(a.nbytes) for a in arrays.values()),
+            "inputs": {name: {"dtype": a.dtype.name, "shape": list(a.shape),
+                              "per_example": per_example(graph, name)}
+                       for name, a in arrays.items()}}
+
+
+def dry_run(prepared: PreparedJob) -> DryRun:
+    """What submitting ``prepared`` would store, for ``POST /v1/jobs?dry_run=true``."""
+    spec = prepared.spec
+    return DryRun(graph_id=prepared.graph_id, total_steps=spec["total_steps"], settings=job_settings(spec),
+                  data=spec["data_summary"], eval_data=spec["eval_data_summary"])
 
 
 def _total_steps(req: JobRequest, examples: int | None) -> int | None:

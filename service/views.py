@@ -13,7 +13,10 @@ from runtime.data import tensors_from_tree
 from worker.store import StepRecord, decode_tensors
 
 from .bodies import finite, tensors_json, tensors_raw
-from .models import JobError, JobLinks, JobResource, JobResult, StepEntry, Tensor
+from pydantic import ValidationError
+
+from .models import (DataSummary, GraphAnalysis, JobError, JobLinks, JobResource, JobResult, JobSettings, StepEntry,
+                     Tensor, ValueType)
 
 
 def _time(value: str | None) -> datetime | None:
@@ -52,11 +55,46 @@ def job_resource(job: dict[str, str]) -> JobResource:
         error = JobError(type=job["error_type"], message=job.get("error_message", ""), node=job.get("error_node"))
     return JobResource(
         id=job["id"], state=job["state"], step=_int(job.get("step")) or 0, total_steps=total,
-        epoch=_int(job.get("epoch")), loss=finite(job["loss"]) if job.get("loss") else None,
+        epoch=_int(job.get("epoch")), loss=_float(job.get("loss")),
+        best_loss=_float(job.get("best_loss")), best_loss_step=_int(job.get("best_loss_step")),
+        settings=job_settings(spec), data=_summary(spec.get("data_summary")),
+        eval_data=_summary(spec.get("eval_data_summary")),
         created=_time(job.get("created")), started=_time(job.get("started")), finished=_time(job.get("finished")),
         error=error, worker=job.get("worker") or None, attempts=_int(job.get("attempts")) or 0,
         graph_id=job.get("graph_id", ""), links=job_links(job["id"]),
     )
+
+
+SETTINGS_FIELDS = tuple(JobSettings.model_fields)
+
+
+def job_settings(spec: dict[str, Any]) -> JobSettings | None:
+    """A stored job spec's training settings; fields it lacks are null, and a spec that does not
+    read as settings (none stored, or a shape this version does not know) is null as a whole."""
+    if not spec:
+        return None
+    try:
+        return JobSettings.model_validate({name: spec.get(name) for name in SETTINGS_FIELDS})
+    except ValidationError:
+        return None
+
+
+def _summary(value: Any) -> DataSummary | None:
+    if value is None:
+        return None
+    try:
+        return DataSummary.model_validate(value)
+    except ValidationError:
+        return None
+
+
+def _float(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return finite(value)
+    except ValueError:
+        return None
 
 
 def step_entry(record: StepRecord) -> StepEntry:
@@ -108,3 +146,14 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, RawBytes):
         return None
     return value
+
+
+def graph_analysis(graph_id: str, graph: graphspec.Graph) -> GraphAnalysis:
+    """What validation inferred about a graph (``graph.analysis``): execution order and every value's type."""
+    analysis = graph.analysis
+    kinds = {**{name: "node" for name in (n.id for n in graph.nodes)},
+             **{name: "parameter" for name in graph.parameters}, **{name: "input" for name in graph.inputs}}
+    types = {name: ValueType(kind=kinds[name], dtype=t.dtype, shape=list(t.shape))
+             for name, t in analysis.types.items() if name in kinds}
+    return GraphAnalysis(graph_id=graph_id, order=[graph.nodes[i].id for i in analysis.order], types=types,
+                         outputs=dict(graph.outputs), loss=graph.loss)

@@ -1,4 +1,4 @@
-"""Graph documents: store, read back, explain; and the format's JSON Schema."""
+"""Graph documents: store, read back, read their analysis, explain; and the format's JSON Schema."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from starlette.concurrency import run_in_threadpool
 import graphspec
 from graphspec.jsonschema import json_schema
 
-from ..bodies import JSONBytesResponse, MsgpackResponse, read_tree, wants_msgpack
+from ..bodies import JSONBytesResponse, MsgpackResponse, negotiated, read_tree, wants_msgpack
 from ..deps import ExplainRequestBody, SettingsDep, StoreDep, TenantDep, get_tenant
 from ..examples import EXPLAIN_EXAMPLE, SEED_GRAPH
 from ..explaining import explain_graph
 from ..limits import graph_limits
-from ..models import ExplainResponse, GraphCreated
+from ..models import ExplainResponse, GraphAnalysis, GraphCreated
 from ..openapi import request_body
 from ..problems import graph_problem, not_found, problem_responses
+from ..views import graph_analysis
 
 router = APIRouter(prefix="/v1", tags=["graphs"], dependencies=[Depends(get_tenant)])
 
@@ -43,6 +44,8 @@ def stored_graph(graph_id: GraphId, tenant: TenantDep, store: StoreDep) -> graph
         raise not_found("graph", graph_id)
     return graph
 
+
+MSGPACK_TOO = {"content": {"application/msgpack": {}}}
 
 GraphBody = Annotated[graphspec.Graph, Depends(graph_body)]
 StoredGraph = Annotated[graphspec.Graph, Depends(stored_graph)]
@@ -80,6 +83,20 @@ def read_graph(graph_id: GraphId, graph: StoredGraph, request: Request) -> Respo
     if wants_msgpack(request):
         return MsgpackResponse(graphspec.dumps(graph, "msgpack"), headers=headers)
     return JSONBytesResponse(graphspec.dumps(graph, "json", indent=None), headers=headers)
+
+
+@router.get(
+    "/graphs/{graph_id}/analysis", response_model=GraphAnalysis,
+    summary="Read what validation inferred about a stored graph",
+    description="Before anything runs: the node ids in execution order, and the dtype and shape inferred for "
+                "every input, parameter and node (shapes may hold symbols such as \"N\", the same size wherever "
+                "they appear, or null for a size not known until the data is), with the graph's outputs and "
+                "loss. The graph document itself is `GET /v1/graphs/{graph_id}`; this is kept apart so that the "
+                "document reads back exactly as stored.",
+    responses={200: MSGPACK_TOO, **problem_responses(401, 404, 503)},
+)
+def read_analysis(graph_id: GraphId, graph: StoredGraph, request: Request) -> Response:
+    return negotiated(request, graph_analysis(graph_id, graph), headers={"ETag": f'"{graph_id}"'})
 
 
 @router.post(

@@ -1,23 +1,28 @@
-"""Training jobs: submit, read, list, follow (steps and live events), cancel, fetch the result."""
+"""Training jobs: submit (or dry-run), read, list, follow (steps: pages, downsampled, CSV; live events),
+read rows of their data, cancel, fetch the result."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from worker.store import JOB_ID, STATES, TERMINAL
 
-from ..bodies import MsgpackResponse, negotiated, wants_msgpack
+from ..bodies import JSONBytesResponse, MsgpackResponse, negotiated, tensors_json, tensors_raw, wants_msgpack
+from ..datarows import MAX_ROWS, data_rows
 from ..deps import CeleryDep, JobRequestBody, SettingsDep, StoreDep, TenantDep, get_tenant
 from ..examples import JOB_EXAMPLE
-from ..models import JobList, JobResource, JobResult, JobState, StepsPage
-from ..openapi import request_body
+from ..history import CSV_MEDIA_TYPE, CSV_PAGE, MAX_POINTS, MIN_POINTS, csv_lines, downsampled_page, wants_csv
+from ..models import DataRows, JobList, JobResource, JobResult, JobState, StepsPage
+from ..openapi import REF, request_body
 from ..problems import ProblemError, conflict, not_found, problem_responses
 from ..streaming import MAX_STEP, job_events, resume_point
-from ..submit import check_idempotency_key, prepare_job, submit_job
+from ..submit import check_idempotency_key, dry_run, prepare_job, submit_job
 from ..views import job_resource, result_resource, step_entry, step_tree_msgpack
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_tenant)])
@@ -46,21 +51,33 @@ MSGPACK_TOO = {"content": {"application/msgpack": {}}}
     summary="Submit a training job",
     description="Validates the whole job before storing anything: the graph (inline in `graph`, or `graph_id` of "
                 "a stored one), the data (decoded and checked against the graph's inputs), the optimizer, the "
-                "step budget (max_steps) and the data size (max_job_data_bytes, 413). Then stores the job and "
-                "queues it. With an `Idempotency-Key` header a repeated request returns the first job "
-                "(200, `Idempotent-Replayed: true`) instead of submitting another.",
+                "step budget (max_steps), the step history's budget and the data size (max_job_data_bytes, 413). "
+                "Then stores the job and queues it. With an `Idempotency-Key` header a repeated request returns "
+                "the first job (200, `Idempotent-Replayed: true`) instead of submitting another.\n\n"
+                "With `?dry_run=true` every check runs and nothing is stored or queued (an inline graph is not "
+                "stored either): the answer is a 200 `DryRun` saying what would be stored (graph id, settings "
+                "with the optimizer's defaults filled in, data summaries, total steps), or the same problems a "
+                "submission would get.",
     responses={202: {"description": "Queued; Location is the job's URL", **MSGPACK_TOO},
-               200: {"description": "Replay of an earlier request with the same Idempotency-Key",
-                     "model": JobResource, **MSGPACK_TOO},
+               200: {"description": "A replay of an earlier request with the same Idempotency-Key (a JobResource), "
+                                    "or the answer to a dry run (a DryRun)",
+                     "content": {"application/json": {"schema": {"anyOf": [
+                         {"$ref": REF.format(model="JobResource")}, {"$ref": REF.format(model="DryRun")}]}},
+                         "application/msgpack": {}}},
                **problem_responses(400, 401, 409, 413, 415, 422, 503)},
     openapi_extra=request_body("JobRequest", JOB_EXAMPLE, "the job: graph, data, optimizer and schedule"),
 )
 def create_job(body: JobRequestBody, tenant: TenantDep, store: StoreDep, celery: CeleryDep, settings: SettingsDep,
                request: Request,
                idempotency_key: Annotated[str | None, Header(description="repeat-safe submission key")] = None,
+               dry_run_: Annotated[bool, Query(alias="dry_run", description="check everything, store and queue "
+                                                                            "nothing: answer what would be stored")]
+               = False,
                ) -> Response:
     key = check_idempotency_key(idempotency_key)
     prepared = prepare_job(body, tenant, store, settings)
+    if dry_run_:
+        return negotiated(request, dry_run(prepared))
     job, created = submit_job(prepared, tenant, store, celery, settings, key)
     headers = {"Location": f"/v1/jobs/{job['id']}"}
     if not created:
@@ -118,23 +135,80 @@ def read_job(job: TenantJob, request: Request) -> Response:
     description="Step entries (loss, gradient norms, eval loss, time, and gradients for jobs submitted with "
                 "`gradients: full`) after step `after`, at most `limit` of them. `next_after` is where the next "
                 "page starts; it is null once the job has finished and every step has been returned. "
-                "`Accept: application/msgpack` returns gradients as raw-bytes tensors.",
-    responses={200: {"content": {"application/msgpack": {}}}, **problem_responses(401, 404, 422, 503)},
+                "`Accept: application/msgpack` returns gradients as raw-bytes tensors.\n\n"
+                f"**Downsampled** (`max_points`, {MIN_POINTS} to {MAX_POINTS}): every entry after `after` in one "
+                "page when there are at most `max_points`; otherwise at most `max_points` real entries (without "
+                "`grads`) chosen so that no spike is hidden: the history is cut into as many buckets of "
+                "consecutive entries as fit, and each bucket keeps the entries holding the minimum and the "
+                "maximum of `loss`, of `eval_loss` and of each gradient norm; the first and the last entry are "
+                "always kept. Then `downsampled` is true and `next_after` null (continue a live job after the "
+                "last entry's step). `limit` does not apply.\n\n"
+                "**CSV** (`Accept: text/csv`): the whole history after `after` as a download "
+                "(`Content-Disposition: attachment; filename=\"<job_id>-steps.csv\"`), streamed a page at a "
+                "time: a header `step,time,loss,eval_loss,grad_norm:<parameter>...`, then a row per entry; "
+                "an absent eval loss is empty, non-finite numbers are `nan`, `inf`, `-inf`. `limit` and "
+                "`max_points` do not apply.",
+    responses={200: {"content": {"application/msgpack": {}, CSV_MEDIA_TYPE: {"schema": {"type": "string"}}},
+                     "headers": {"Content-Disposition": {
+                         "description": "with Accept: text/csv: attachment; filename=\"<job_id>-steps.csv\"",
+                         "schema": {"type": "string"}}}},
+               **problem_responses(401, 404, 422, 503)},
 )
 def read_steps(job: TenantJob, store: StoreDep, request: Request,
                after: Annotated[int, Query(ge=0, le=MAX_STEP, description="return steps after this one")] = 0,
-               limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Response:
-    records = store.read_steps(job["id"], after=after, limit=limit)
+               limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+               max_points: Annotated[int | None, Query(ge=MIN_POINTS, le=MAX_POINTS, description=(
+                   "downsample to at most this many entries, keeping every bucket's extremes"))] = None,
+               ) -> Response:
     finished = job["state"] in TERMINAL
+    if wants_csv(request.headers.get("accept")):
+        first = store.read_steps(job["id"], after=after, limit=CSV_PAGE)  # a Redis failure is still a 503 here
+        return StreamingResponse(csv_lines(store, job["id"], first, after=after), media_type=CSV_MEDIA_TYPE,
+                                 headers={"Content-Disposition": f'attachment; filename="{job["id"]}-steps.csv"',
+                                          "Vary": "Accept"})
+    if max_points is not None:
+        tree = downsampled_page(store, job["id"], after=after, max_points=max_points, finished=finished)
+        if wants_msgpack(request):
+            return MsgpackResponse(tree, headers={"Vary": "Accept"})
+        return JSONBytesResponse(json_bytes(tree), headers={"Vary": "Accept"})
+    records = store.read_steps(job["id"], after=after, limit=limit)
     if len(records) == limit or not finished:
         next_after: int | None = records[-1].step if records else after
     else:
         next_after = None
     if wants_msgpack(request):
-        tree = {"steps": [step_tree_msgpack(r) for r in records], "next_after": next_after}
+        tree = {"steps": [step_tree_msgpack(r) for r in records], "next_after": next_after, "downsampled": False}
         return MsgpackResponse(tree, headers={"Vary": "Accept"})
-    page = StepsPage(steps=[step_entry(r) for r in records], next_after=next_after)
+    page = StepsPage(steps=[step_entry(r) for r in records], next_after=next_after, downsampled=False)
     return negotiated(request, page, exclude_unset=True)
+
+
+def json_bytes(tree: object) -> bytes:
+    return json.dumps(tree, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+@router.get(
+    "/{job_id}/data", response_model=DataRows,
+    summary="Read rows of the job's training data",
+    description=f"Rows `offset` to `offset + limit` (at most {MAX_ROWS}) of the training data the job was "
+                "submitted with, as a tensor map: every per-example input (its first declared dimension is "
+                "symbolic) sliced along axis 0, every other input whole; `examples` is the number of rows in "
+                "all. An offset at or past the last row is a 422. `Accept: application/msgpack` returns raw-bytes "
+                "tensors.",
+    responses={200: MSGPACK_TOO, **problem_responses(401, 404, 422, 503)},
+)
+def read_data(job: TenantJob, store: StoreDep, request: Request,
+              offset: Annotated[int, Query(ge=0, le=MAX_STEP, description="the first row")] = 0,
+              limit: Annotated[int, Query(ge=1, le=MAX_ROWS, description="rows to return")] = 10) -> Response:
+    graph = store.get_graph(job["tenant"], job["graph_id"])
+    blob = store.get_blob(job["id"], "data")
+    if graph is None or blob is None:
+        raise not_found("data of job", job["id"])
+    rows = data_rows(graph, blob, offset, limit)
+    head = {"examples": rows.examples, "offset": rows.offset, "count": rows.count}
+    if wants_msgpack(request):
+        return MsgpackResponse({**head, "data": tensors_raw(rows.arrays)}, headers={"Vary": "Accept"})
+    return negotiated(request, DataRows(**head, data=tensors_json(rows.arrays)))
 
 
 @router.get(
