@@ -64,6 +64,10 @@ def _assert_matches_explain(page, explanation: dict) -> None:
         assert json.loads(shown["grad"]) == node["grad"], node["name"]
 
 
+def _scale(transform: str) -> float:
+    return float(transform.split("scale(")[1].rstrip(")"))
+
+
 def _shots(page, name: str) -> None:
     if not SHOTS:
         return
@@ -91,6 +95,20 @@ def test_graph_page_draws_layers_inputs_and_parameters_first_loss_last(dashboard
     assert all(drawn[name]["rank"] == 0 for name in sources)
     assert drawn["L"]["x"] == max(d["x"] for d in drawn.values())
     assert drawn["L"]["rank"] == max(d["rank"] for d in drawn.values())
+    # wheel zoom and drag pan move the drawing; Fit brings the whole graph back
+    fitted = page.get_attribute("svg.gv .gv-viewport", "transform")
+    box = page.locator("svg.gv").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, -400)
+    zoomed = page.get_attribute("svg.gv .gv-viewport", "transform")
+    assert zoomed != fitted and _scale(zoomed) > _scale(fitted)
+    page.mouse.move(box["x"] + 20, box["y"] + 20)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 120, box["y"] + 80, steps=4)
+    page.mouse.up()
+    assert page.get_attribute("svg.gv .gv-viewport", "transform") != zoomed
+    page.click("#gp-fit")
+    assert page.get_attribute("svg.gv .gv-viewport", "transform") == fitted
     # every node shows its op and inferred type
     assert "div" in page.text_content("[data-node='a']") and "float64" in page.text_content("[data-node='a']")
     # top to bottom: the first layer is the topmost
@@ -178,4 +196,28 @@ def test_every_example_graph_draws_and_explains_with_its_initial_parameters(dash
         numbers = json.loads(page.inner_text("#gp-panel .gp-panel-value .gp-numbers"))
         assert len(numbers) == 4 and len(numbers[0]) == 16
         _shots(page, "graph-mlp")
+    assert_clean(offline_page)
+
+
+def test_non_finite_values_and_gradients_are_shown_as_the_api_spells_them(dashboard, offline_page, api, sigmoid_id):
+    example = {"x1": {"dtype": "float64", "shape": [1], "data": [-1000.0]},
+               "x2": {"dtype": "float64", "shape": [1], "data": [0.0]},
+               "y": {"dtype": "float64", "shape": [1], "data": [1.0]}}
+    params = {"w1": {"dtype": "float64", "shape": [], "data": 1.0},
+              "w2": {"dtype": "float64", "shape": [], "data": 0.0},
+              "b": {"dtype": "float64", "shape": [], "data": 0.0}}
+    page = open_dashboard(offline_page, dashboard, f"#/graphs/{sigmoid_id}", wait_for=".page-graph svg.gv")
+    _explained(page)
+    page.click(".gp-paste summary")
+    page.fill("#gp-paste", json.dumps({"inputs": example, "params": params}))  # an explain body fills both
+    assert page.input_value("#gp-param-mode") == "typed"
+    page.click("#gp-explain")
+    _explained(page)
+    explanation = api.post(f"/v1/graphs/{sigmoid_id}/explain", json={"inputs": example, "params": params}).json()
+    _assert_matches_explain(page, explanation)
+    assert "Infinity" in page.get_attribute("[data-node='exp_neg_z']", "data-value")
+    assert "= ∞" in page.text_content("[data-node='exp_neg_z']")
+    assert "∂ NaN" in page.text_content("[data-node='w1']")
+    page.click("[data-node='w1']")
+    assert "1 non-finite" in page.inner_text("#gp-panel .gp-panel-grad")
     assert_clean(offline_page)

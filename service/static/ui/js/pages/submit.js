@@ -336,6 +336,7 @@ export async function mount(root, ctx) {
       return false;
     }
     if (!state.graph) { showProblems([]); checkStatus.textContent = "Give a graph and its data."; return false; }
+    if (!state.data && state.graph.kind === "id") { showProblems([]); checkStatus.textContent = "Give the training data."; return false; }
     if (!dryRunSupported) { showProblems([]); checkStatus.textContent = "This API checks the job when it is submitted."; return true; }
     checking = new AbortController();
     checkStatus.textContent = "checking…";
