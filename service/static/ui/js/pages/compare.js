@@ -129,6 +129,7 @@ export async function mount(root, ctx) {
     { label: "steps run", get: (j) => j.step, compare: false },
     { label: "final loss", get: (j) => j.loss, num: true, best: true },
     { label: "best loss", get: (j) => j.best_loss, num: true, best: true },
+    { label: "last eval loss", get: (j, run) => lastEval(run), num: true, best: true },
   ];
   const settingKeys = unionKeys(runs.map((r) => flatten(r.job.settings || {})));
   for (const key of settingKeys) rows.push({ label: key, get: (j) => flatten(j.settings || {})[key], setting: true });
@@ -141,7 +142,7 @@ export async function mount(root, ctx) {
   } });
   const tbody = h("tbody");
   for (const row of rows) {
-    const values = runs.map((r) => row.get(r.job));
+    const values = runs.map((r) => row.get(r.job, r));
     const differs = row.compare !== false && new Set(values.map((v) => JSON.stringify(v ?? null))).size > 1;
     let bestIndex = -1;
     if (row.best) {
@@ -153,7 +154,7 @@ export async function mount(root, ctx) {
       "data-always": row.setting ? null : "true", class: differs && row.setting ? "differs" : null },
     h("th", { scope: "row" }, row.label),
     values.map((v, i) => h("td", {
-      class: [row.num ? "num" : "", differs && row.setting ? "differs" : "", i === bestIndex && runs.length > 1 ? "best" : ""]
+      class: [row.num ? "mono" : "", differs && row.setting ? "differs" : "", i === bestIndex && runs.length > 1 ? "best" : ""]
         .filter(Boolean).join(" ") || null,
       title: i === bestIndex && runs.length > 1 ? "lowest" : null,
     }, v === null || v === undefined ? "-" : row.render ? row.render(v) : row.num ? fmt.num(v) : cellText(v)))));
@@ -190,17 +191,27 @@ function dataSummary(data) {
   return out;
 }
 
+// Keys in first-seen order, grouped by their first part ("optimizer.eps" stays with "optimizer.lr").
 function unionKeys(objects) {
   const keys = [];
   for (const o of objects) for (const k of Object.keys(o)) if (!keys.includes(k)) keys.push(k);
-  return keys;
+  const groups = [...new Set(keys.map((k) => k.split(".")[0]))];
+  return keys.map((k, i) => [groups.indexOf(k.split(".")[0]), i, k]).sort((a, b) => a[0] - b[0] || a[1] - b[1])
+    .map(([, , k]) => k);
 }
 
 function cellText(v) {
-  if (typeof v === "number") return fmt.num(v);
+  if (typeof v === "number") return Number.isFinite(v) ? String(Number(v.toPrecision(6))) : String(v);
   if (typeof v === "boolean") return v ? "yes" : "no";
   if (Array.isArray(v)) return JSON.stringify(v);
   return String(v);
+}
+
+function lastEval(run) {
+  if (!run) return null;
+  const values = run.series.evalLoss;
+  for (let i = values.length - 1; i >= 0; i--) if (values[i] !== null) return values[i];
+  return null;
 }
 
 function shortGraph(id) { return id && id.length > 20 ? `${id.slice(0, 19)}…` : id; }

@@ -320,7 +320,7 @@ function leaf(v) {
       .map(([k, x]) => (x === true ? k.replace(/_/g, " ") : x === false ? null : `${k} ${x}`)).filter(Boolean);
     return h("span", { class: "mono" }, `${v.dtype} ${fmt.shape(v.shape)}`, extra.length ? h("span", { class: "muted" }, ` · ${extra.join(", ")}`) : null);
   }
-  if (typeof v === "number") return h("span", { class: "mono" }, fmt.num(v));
+  if (typeof v === "number") return h("span", { class: "mono" }, Number.isFinite(v) ? String(Number(v.toPrecision(6))) : String(v));
   if (typeof v === "boolean") return h("span", {}, v ? "yes" : "no");
   return h("span", {}, String(v));
 }
