@@ -28,17 +28,19 @@ def test_two_runs_overlay_and_the_differing_setting_is_highlighted(dashboard, of
     colours = page.eval_on_selector_all(".compare-legend .swatch", "s => s.map(e => getComputedStyle(e).backgroundColor)")
     assert len(set(colours)) == 2
     # the learning rate differs: its cells are highlighted; the step count is the same: not highlighted
-    lr = page.locator("#compare-table tr[data-key='optimizer.lr']")
-    if lr.count():  # the job resource's `settings`
-        assert lr.get_attribute("data-differs") == "true"
-        assert lr.locator("td.differs").count() == 2
-        steps = page.locator("#compare-table tr[data-key='steps']")
-        assert steps.get_attribute("data-differs") == "false" and steps.locator("td.differs").count() == 0
-        # "only differences" hides the equal settings
-        page.check("#compare-only-diff")
-        assert not steps.is_visible() and lr.is_visible()
+    lr = page.locator("#compare-table tr[data-key='optimizer.lr']")  # from the job resource's `settings`
+    assert lr.get_attribute("data-differs") == "true"
+    assert lr.locator("td.differs").count() == 2
+    assert [c.strip() for c in lr.locator("td").all_inner_texts()] == ["0.5", "0.05"]
+    steps = page.locator("#compare-table tr[data-key='steps']")
+    assert steps.get_attribute("data-differs") == "false" and steps.locator("td.differs").count() == 0
+    # "only differences" hides the equal settings
+    page.check("#compare-only-diff")
+    assert not steps.is_visible() and lr.is_visible()
     final = page.locator("#compare-table tr[data-key='final loss'] td")
     assert final.count() == 2
+    best = page.locator("#compare-table tr[data-key='best loss'] td").all_inner_texts()
+    assert [float(t) for t in best] == pytest.approx([a["best_loss"], b["best_loss"]], rel=1e-5)
     # smoothing, log scale and the theme redraw without errors
     page.fill("#compare-smoothing", "0.8")
     page.click("#compare-log")

@@ -125,6 +125,7 @@ def test_a_submitted_job_appears_without_reload_and_its_state_changes_live(dashb
             arg=[job_id, points], timeout=8000)
     row = page.locator(f"tr[data-job='{fake.job_id}']")
     assert row.locator(".col-loss").inner_text() == "0.5556"  # 1 / (1 + 40/50)
+    assert row.locator(".col-best").inner_text() == "0.5556"  # the job resource's best_loss
     assert row.locator(".col-id a").get_attribute("href") == f"#/jobs/{fake.job_id}"
     assert_clean(offline_page)
 
