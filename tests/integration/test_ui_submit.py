@@ -66,6 +66,12 @@ def test_every_job_option_in_the_openapi_schema_has_a_field(dashboard, offline_p
         schemas["OptimizerSpec"]["properties"]["name"]["enum"]
     assert "examples per step" in page.inner_text("[data-pointer='/batch_size']")
     assert page.input_value("[name='report_every']") == "1" and page.is_checked("[name='shuffle']")
+    # the API's own example (its OpenAPI document's JobRequest example) fills graph and data; the dry run accepts it
+    page.click("#sp-example")
+    page.fill("[name='steps']", "20")
+    page.wait_for_selector("#sp-form[data-checked='ok']")
+    assert "20 steps" in page.inner_text("#sp-check")
+    assert "x1 float64 [4]" in page.inner_text("#sp-zone-data")
     assert_clean(offline_page)
 
 
