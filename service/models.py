@@ -154,6 +154,7 @@ class JobLinks(BaseModel):
     events: str
     result: str
     cancel: str
+    data: str = Field(description="rows of the job's training data")
 
 
 class JobSettings(BaseModel):

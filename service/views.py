@@ -40,7 +40,7 @@ def _int(value: str | None) -> int | None:
 def job_links(job_id: str) -> JobLinks:
     base = f"/v1/jobs/{job_id}"
     return JobLinks(self=base, steps=f"{base}/steps", events=f"{base}/events", result=f"{base}/result",
-                    cancel=f"{base}/cancel")
+                    cancel=f"{base}/cancel", data=f"{base}/data")
 
 
 def job_resource(job: dict[str, str]) -> JobResource:
