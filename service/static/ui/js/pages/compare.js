@@ -97,7 +97,8 @@ export async function mount(root, ctx) {
       localStorage.setItem(SMOOTHING_KEY, String(smoothing));
       draw();
     } });
-  const chartEl = h("div", { class: "chart", id: "compare-chart", "data-series": String(runs.length) });
+  const chartEl = h("div", { class: "chart", id: "compare-chart", "data-series": String(runs.length),
+    role: "figure", "aria-label": "Training loss of each job by step" });
   root.append(h("section", { class: "card chart-card", "aria-labelledby": "compare-loss-title" },
     h("div", { class: "row chart-tools" }, h("h2", { id: "compare-loss-title" }, "Training loss by step"),
       h("span", { class: "spacer" }),

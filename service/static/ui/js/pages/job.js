@@ -78,8 +78,10 @@ export async function mount(root, ctx) {
       redraw();
     } });
   const note = h("span", { class: "muted chart-note", id: "chart-note" });
-  const lossEl = h("div", { class: "chart", id: "loss-chart", "data-points": "0", "data-received": "0" });
-  const normsEl = h("div", { class: "chart", id: "norms-chart", "data-points": "0" });
+  const lossEl = h("div", { class: "chart", id: "loss-chart", "data-points": "0", "data-received": "0",
+    role: "figure", "aria-label": "Training loss, smoothed loss and eval loss by step" });
+  const normsEl = h("div", { class: "chart", id: "norms-chart", "data-points": "0", role: "figure",
+    "aria-label": "Gradient norm of each parameter by step" });
   const normsEmpty = h("p", { class: "muted" }, "No gradient norms reported (yet).");
 
   const detailsDl = h("dl", { class: "kv", id: "job-details" });
@@ -99,8 +101,8 @@ export async function mount(root, ctx) {
       h("span", { class: "spacer" }), graphLink, cancel),
     actionStatus,
     errorBox,
-    h("div", { class: "job-stats" }, progressBox, lossBox, bestBox, evalBox, durationBox),
-    h("section", { class: "card chart-card", "aria-labelledby": "loss-title" },
+    h("div", { class: "job-stats", "aria-live": "off" }, progressBox, lossBox, bestBox, evalBox, durationBox),
+    h("section", { class: "card chart-card", "aria-labelledby": "loss-title", "aria-live": "off" },
       h("div", { class: "row chart-tools" },
         h("h2", { id: "loss-title" }, "Loss"), h("span", { class: "spacer" }),
         h("label", { class: "check" }, rawBox, " raw"),

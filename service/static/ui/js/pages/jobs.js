@@ -15,6 +15,8 @@ const LIMIT = 50;
 const POLL_MS = 2000;
 const STATES = ["queued", "running", "succeeded", "failed", "cancelling", "cancelled"];
 const SPARK_CONCURRENCY = 4;
+const SPARK_REFRESH_MS = 6000;
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
 export async function mount(root, ctx) {
   ctx.setTitle("Jobs");
@@ -65,7 +67,7 @@ export async function mount(root, ctx) {
     h("div", { class: "jobs-head row" }, h("h1", {}, "Jobs"), h("span", { class: "spacer" }),
       h("label", { for: "jobs-state", class: "muted" }, "State"), filter, compare),
     problem,
-    h("div", { class: "table-wrap" }, table),
+    h("div", { class: "table-wrap", "aria-live": "off" }, table), // polled: not read out at every update
     empty,
     h("div", { class: "row jobs-pager" }, newer, pageLabel, older,
       h("span", { class: "muted jobs-keys hide-narrow" }, "keys: ", h("kbd", {}, "p"), " newer, ", h("kbd", {}, "n"), " older"),
@@ -188,6 +190,8 @@ export async function mount(root, ctx) {
     const have = sparks.get(job.id);
     if (have && have.svg && cell.firstChild !== have.svg) cell.replaceChildren(have.svg);
     if (have && (have.step === job.step || have.pending)) return;
+    // a running job's curve is fetched again at most every SPARK_REFRESH_MS (a finished one at once)
+    if (have && have.at && !TERMINAL.has(job.state) && performance.now() - have.at < SPARK_REFRESH_MS) return;
     if (!job.step) {
       const svg = sparkline([], { label: `${job.id} loss` });
       sparks.set(job.id, { step: job.step, svg, pending: false });
@@ -207,7 +211,7 @@ export async function mount(root, ctx) {
         if (stopped) return;
         const svg = sparkline(values, { label: `${job.id} loss` });
         svg.dataset.points = String(values.length);
-        sparks.set(job.id, { step: job.step, svg, pending: false });
+        sparks.set(job.id, { step: job.step, svg, pending: false, at: performance.now() });
         const row = rows.get(job.id);
         if (row) row.cells.spark.replaceChildren(svg);
       }).catch(() => {
