@@ -251,7 +251,9 @@ def test_the_npz_reader_gives_each_array_in_the_api_dtypes(dashboard, offline_pa
         const {{ bytesToBase64, base64ToBytes }} = {_module(page, 'tensor.js')};
         const read = (text) => readNpz(base64ToBytes(text).buffer);
         const out = {{}};
-        for (const [name, t] of Object.entries(await read(b64))) out[name] = {{ dtype: t.dtype, shape: t.shape, base64: bytesToBase64(t.bytes) }};
+        for (const [name, t] of Object.entries(await read(b64))) {{
+            out[name] = {{ dtype: t.dtype, shape: t.shape, base64: bytesToBase64(t.bytes) }};
+        }}
         let refused = null;
         try {{ await read(fortranB64); }} catch (error) {{ refused = error.message; }}
         return {{ out, refused }};

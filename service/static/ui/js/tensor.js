@@ -13,10 +13,8 @@ export function isTensor(obj) {
 export function flatten(value) {
   if (!Array.isArray(value)) return [value];
   const out = [];
-  const stack = [value];
-  // iterative, order-preserving
   const walk = (v) => { for (const item of v) { if (Array.isArray(item)) walk(item); else out.push(item); } };
-  walk(stack[0]);
+  walk(value);
   return out;
 }
 
