@@ -40,6 +40,7 @@ export async function mount(root, ctx) {
   let stream = null;
   let pollTimer = null;
   const series = new StepSeries({ cap: CAP });
+  let drawnMarked = false; // job.drawn: the first draw with points, once per mount
   let downsampled = false;
   let smoothing = Number(localStorage.getItem(SMOOTHING_KEY) ?? 0.6);
   if (!(smoothing >= 0 && smoothing < 1)) smoothing = 0.6;
@@ -128,7 +129,7 @@ export async function mount(root, ctx) {
       { label: "eval loss", color: "--series-3", width: 1.5, points: true },
     ],
     onDraw: (u) => {
-      if (u.data[0].length && !window.__chainrule_metrics?.["job.drawn"]) metric("job.drawn");
+      if (!drawnMarked && u.data[0].length) { drawnMarked = true; metric("job.drawn"); }
     },
   });
   let normsChart = null;
