@@ -130,7 +130,7 @@ export async function mount(root, ctx) {
     { label: "steps run", get: (j) => j.step, compare: false },
     { label: "final loss", get: (j) => j.loss, num: true, best: true },
     { label: "best loss", get: (j) => j.best_loss, num: true, best: true },
-    { label: "last eval loss", get: (j, run) => lastEval(run), num: true, best: true },
+    { label: "last eval loss", get: (j, run) => lastEval(run), num: true, best: true, optional: true },
   ];
   const settingKeys = unionKeys(runs.map((r) => flatten(r.job.settings || {})));
   for (const key of settingKeys) rows.push({ label: key, get: (j) => flatten(j.settings || {})[key], setting: true });
@@ -144,6 +144,7 @@ export async function mount(root, ctx) {
   const tbody = h("tbody");
   for (const row of rows) {
     const values = runs.map((r) => row.get(r.job, r));
+    if (row.optional && values.every((v) => v === null || v === undefined)) continue;
     const differs = row.compare !== false && new Set(values.map((v) => JSON.stringify(v ?? null))).size > 1;
     let bestIndex = -1;
     if (row.best) {
