@@ -154,7 +154,7 @@ export async function mount(root, ctx) {
     }
     tbody.append(h("tr", { "data-key": row.label, "data-differs": differs ? "true" : "false",
       "data-always": row.setting ? null : "true", class: differs && row.setting ? "differs" : null },
-    h("th", { scope: "row" }, row.label),
+    h("th", { scope: "row" }, breakable(row.label)),
     values.map((v, i) => h("td", {
       class: [row.num ? "mono" : "", differs && row.setting ? "differs" : "", i === bestIndex && runs.length > 1 ? "best" : ""]
         .filter(Boolean).join(" ") || null,
@@ -214,6 +214,11 @@ function lastEval(run) {
   const values = run.series.evalLoss;
   for (let i = values.length - 1; i >= 0; i--) if (values[i] !== null) return values[i];
   return null;
+}
+
+// "optimizer.weight_decay" with break opportunities after "." and "_" (narrow screens wrap there)
+function breakable(label) {
+  return label.split(/(?<=[._])/).flatMap((part, i) => (i ? [h("wbr"), part] : [part]));
 }
 
 function shortGraph(id) { return id && id.length > 20 ? `${id.slice(0, 19)}…` : id; }
