@@ -306,6 +306,8 @@ def test_job_resource_has_best_loss_settings_and_data_summaries(api):
                             "inputs": {name: {**column, "shape": [60]} for name in ("x1", "x2", "y")}}
     assert done["eval_data"] == {"examples": 20, "bytes": 3 * 20 * 8,
                                  "inputs": {name: {**column, "shape": [20]} for name in ("x1", "x2", "y")}}
+    assert done["links"]["data"] == f"/v1/jobs/{job['id']}/data"
+    assert api.get(done["links"]["data"]).json()["examples"] == 60
     listed = api.get("/v1/jobs", params={"limit": 200}).json()["jobs"]
     assert [j for j in listed if j["id"] == job["id"]][0]["settings"] == done["settings"]
 
