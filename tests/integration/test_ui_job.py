@@ -97,7 +97,8 @@ def test_the_curve_fills_live_and_the_final_loss_is_the_apis(dashboard, offline_
 
 
 def test_a_real_job_fills_live_and_is_cancelled_from_its_page(dashboard, offline_page, api):
-    job = submit(api, steps=200_000, report_every=40)
+    # long enough to be running when the page's cancel lands, however fast the machine
+    job = submit(api, steps=500_000, report_every=100)
     page = open_dashboard(offline_page, dashboard, f"#/jobs/{job['id']}", wait_for="#loss-chart")
     wait_job(api, job["id"], {"running"}, timeout=20)
     page.wait_for_function("() => Number(document.querySelector('#loss-chart').dataset.received) > 0",
