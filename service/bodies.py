@@ -100,12 +100,11 @@ def validate_model(model: type[M], tree: Any) -> M:
 
 # -- responses ------------------------------------------------------------------------------
 
-def _accept_q(accept: str) -> tuple[float, float]:
-    """(msgpack q, json q) from an Accept header; wildcards count for JSON (the default)."""
-    msgpack_q = json_q = 0.0
+def accept_items(accept: str) -> list[tuple[str, float]]:
+    """(media type, quality) of each entry of an Accept header, media types in lower case."""
+    items = []
     for part in accept.split(","):
         fields = [f.strip() for f in part.split(";")]
-        media = fields[0].lower()
         q = 1.0
         for f in fields[1:]:
             if f.startswith("q="):
@@ -113,6 +112,14 @@ def _accept_q(accept: str) -> tuple[float, float]:
                     q = float(f[2:])
                 except ValueError:
                     q = 0.0
+        items.append((fields[0].lower(), q))
+    return items
+
+
+def _accept_q(accept: str) -> tuple[float, float]:
+    """(msgpack q, json q) from an Accept header; wildcards count for JSON (the default)."""
+    msgpack_q = json_q = 0.0
+    for media, q in accept_items(accept):
         if media in _MSGPACK_TYPES:
             msgpack_q = max(msgpack_q, q)
         elif media in (JSON_MEDIA_TYPE, "application/*", "*/*") or media.endswith("+json"):

@@ -18,6 +18,8 @@ import numpy as np
 
 from worker.store import SERIES_LEAD, JobStore, StepRecord, StepSeries, series_columns
 
+from .bodies import accept_items
+
 MIN_POINTS = 16
 MAX_POINTS = 20_000
 CSV_MEDIA_TYPE = "text/csv"
@@ -165,15 +167,7 @@ def wants_csv(accept: str | None) -> bool:
     if not accept:
         return False
     csv_q = other_q = 0.0
-    for part in accept.split(","):
-        fields = [f.strip() for f in part.split(";")]
-        media, q = fields[0].lower(), 1.0
-        for f in fields[1:]:
-            if f.startswith("q="):
-                try:
-                    q = float(f[2:])
-                except ValueError:
-                    q = 0.0
+    for media, q in accept_items(accept):
         if media in _CSV_TYPES:
             csv_q = max(csv_q, q if media == CSV_MEDIA_TYPE else q - 0.001)
         elif media in _OTHER_TYPES or media.endswith("+json"):

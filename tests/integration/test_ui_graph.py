@@ -7,17 +7,15 @@ Set ``CHAINRULE_UI_SHOTS=<dir>`` to also write screenshots (1280 and 390 px, lig
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from .conftest import EXAMPLES, wait_for, wait_for_state
-from .ui_support import assert_clean, dashboard, open_dashboard, ui_url  # noqa: F401 (fixtures)
+from .ui_support import assert_clean, dashboard, open_dashboard, screenshots, ui_url  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
 
-SHOTS = os.environ.get("CHAINRULE_UI_SHOTS")
 
 
 def _load(path: Path):
@@ -66,19 +64,6 @@ def _assert_matches_explain(page, explanation: dict) -> None:
 
 def _scale(transform: str) -> float:
     return float(transform.split("scale(")[1].rstrip(")"))
-
-
-def _shots(page, name: str) -> None:
-    if not SHOTS:
-        return
-    for width in (1280, 390):
-        for theme in ("light", "dark"):
-            page.set_viewport_size({"width": width, "height": 900 if width > 400 else 844})
-            page.evaluate(f"""() => {{ localStorage.setItem('chainrule.theme', '{theme}');
-                document.documentElement.dataset.theme = '{theme}'; window.dispatchEvent(new Event('resize')); }}""")
-            page.wait_for_timeout(150)
-            page.screenshot(path=f"{SHOTS}/ui-{name}-{width}-{theme}.png", full_page=True)
-    page.set_viewport_size({"width": 1280, "height": 900})
 
 
 def test_graph_page_draws_layers_inputs_and_parameters_first_loss_last(dashboard, offline_page, sigmoid_id):
@@ -149,7 +134,7 @@ def test_typed_example_and_params_show_the_explain_values_and_gradients(dashboar
     page.keyboard.press("Escape")  # closes the panel, focus back on the node
     page.wait_for_selector("#gp-panel", state="hidden")
     assert page.evaluate("document.activeElement.dataset.node") == "exp_neg_z"
-    _shots(page, "graph")
+    screenshots(page, "graph")
     assert_clean(offline_page)
 
 
@@ -174,7 +159,7 @@ def test_with_a_job_a_row_of_its_data_and_the_trained_params_are_used(dashboard,
     # &node= highlights the node and opens its panel
     assert "gv-highlight" in page.get_attribute("[data-node='a']", "class")
     assert page.is_visible("#gp-panel")
-    _shots(page, "graph-job")
+    screenshots(page, "graph-job")
     assert_clean(offline_page)
 
 
@@ -195,7 +180,7 @@ def test_every_example_graph_draws_and_explains_with_its_initial_parameters(dash
         page.click("[data-node='w1']")
         numbers = json.loads(page.inner_text("#gp-panel .gp-panel-value .gp-numbers"))
         assert len(numbers) == 4 and len(numbers[0]) == 16
-        _shots(page, "graph-mlp")
+        screenshots(page, "graph-mlp")
     assert_clean(offline_page)
 
 

@@ -8,7 +8,6 @@ Set ``CHAINRULE_UI_SHOTS=<dir>`` to also write screenshots (1280 and 390 px, lig
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -17,11 +16,10 @@ import graphspec
 import runtime
 
 from .conftest import EXAMPLES, wait_for_state
-from .ui_support import assert_clean, dashboard, open_dashboard, ui_url  # noqa: F401 (fixtures)
+from .ui_support import assert_clean, dashboard, open_dashboard, screenshots, ui_url  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
 
-SHOTS = os.environ.get("CHAINRULE_UI_SHOTS")
 FILLED_BY_DROP_ZONES = {"graph", "graph_id", "data", "eval_data"}
 SEED_GRAPH = EXAMPLES / "logistic_regression.json"
 SEED_DATA = EXAMPLES / "data" / "seed_data.json"
@@ -33,19 +31,6 @@ def _seed_arrays() -> dict[str, np.ndarray]:
 
 def _open(offline_page, dashboard):
     return open_dashboard(offline_page, dashboard, "#/submit", wait_for="#sp-options [data-pointer='/steps']")
-
-
-def _shots(page, name: str) -> None:
-    if not SHOTS:
-        return
-    for width in (1280, 390):
-        for theme in ("light", "dark"):
-            page.set_viewport_size({"width": width, "height": 900 if width > 400 else 844})
-            page.evaluate(f"""() => {{ localStorage.setItem('chainrule.theme', '{theme}');
-                document.documentElement.dataset.theme = '{theme}'; }}""")
-            page.wait_for_timeout(100)
-            page.screenshot(path=f"{SHOTS}/ui-{name}-{width}-{theme}.png", full_page=True)
-    page.set_viewport_size({"width": 1280, "height": 900})
 
 
 def test_every_job_option_in_the_openapi_schema_has_a_field(dashboard, offline_page, api):
@@ -160,7 +145,7 @@ def test_a_broken_graph_and_bad_options_show_problems_at_their_location_before_s
     page.wait_for_selector("#sp-zone-data .sp-errors li[data-location='/data/x2']")
     assert page.locator("[data-pointer='/steps'] .sp-errors li, [data-pointer='/optimizer'] .sp-errors li").count() == 0
     assert page.evaluate("location.hash") == "#/submit"
-    _shots(page, "submit")
+    screenshots(page, "submit")
     assert [j["id"] for j in api.get("/v1/jobs?limit=1000").json()["jobs"]] == [j["id"] for j in jobs_before]
     assert_clean(offline_page, allowed_console=("422",))
 

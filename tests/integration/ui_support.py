@@ -14,6 +14,7 @@ worker behind it and Debian's Chromium driven by Playwright in front (tests/brow
 
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 import pytest
@@ -60,3 +61,22 @@ def assert_clean(offline_page: OfflinePage, *, allowed_console: tuple[str, ...] 
     assert console == [], console
     assert offline_page.blocked == [], offline_page.blocked
     assert offline_page.refused == [], offline_page.refused
+
+
+SHOTS = os.environ.get("CHAINRULE_UI_SHOTS")
+
+
+def screenshots(page, name: str, *, settle_ms: int = 150) -> None:
+    """With ``CHAINRULE_UI_SHOTS=<dir>``, write ``ui-<name>-<width>-<theme>.png`` at 1280 and
+    390 px in both themes (for looking at a page while working on it; docs/ui.md's pictures
+    come from scripts/ui_screenshots.py)."""
+    if not SHOTS:
+        return
+    for width in (1280, 390):
+        for theme in ("light", "dark"):
+            page.set_viewport_size({"width": width, "height": 900 if width > 400 else 844})
+            page.evaluate(f"""() => {{ localStorage.setItem('chainrule.theme', '{theme}');
+                document.documentElement.dataset.theme = '{theme}'; window.dispatchEvent(new Event('resize')); }}""")
+            page.wait_for_timeout(settle_ms)
+            page.screenshot(path=f"{SHOTS}/ui-{name}-{width}-{theme}.png", full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 900})
