@@ -16,7 +16,8 @@ import graphspec
 import runtime
 from worker.store import StepRecord, encode_tensors
 
-from .conftest import EXAMPLES, wait_for
+from .conftest import EXAMPLES
+from .test_api import get_job, wait_job as api_wait_job  # noqa: F401 (get_job: for test_ui_job)
 from .ui_support import assert_clean, dashboard, open_dashboard, ui_url  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
@@ -39,16 +40,8 @@ def submit(api, tenant: str = "tenant-a", **overrides) -> dict:
     return resp.json()
 
 
-def get_job(api, job_id: str, tenant: str = "tenant-a") -> dict:
-    resp = api.get(f"/v1/jobs/{job_id}", tenant=tenant)
-    assert resp.status_code == 200, resp.text
-    return resp.json()
-
-
 def wait_job(api, job_id: str, states=TERMINAL, timeout: float = 30.0, tenant: str = "tenant-a") -> dict:
-    states = {states} if isinstance(states, str) else set(states)
-    return wait_for(lambda: (lambda j: j if j["state"] in states else None)(get_job(api, job_id, tenant)),
-                    timeout=timeout, interval=0.05, message=f"job {job_id} to reach {sorted(states)}")
+    return api_wait_job(api, job_id, states, timeout=timeout, tenant=tenant)
 
 
 def all_steps(api, job_id: str, tenant: str = "tenant-a") -> list[dict]:

@@ -11,7 +11,7 @@
 // and eval loss (a spike is never hidden), plus the first and last points.
 
 import uPlot from "../../vendor/uplot/dist/uPlot.esm.js";
-import { cssVar, fmt } from "./dom.js";
+import { cssVar, fmt, h } from "./dom.js";
 
 export { uPlot };
 
@@ -258,4 +258,20 @@ export function metric(name, value = performance.now()) {
   const m = (window.__chainrule_metrics = window.__chainrule_metrics || {});
   m[name] = value;
   return value;
+}
+
+// A smoothing (EMA weight) slider remembered under `storageKey`: { value(), label, range, out }.
+// onChange() runs after each move; the pages draw with ema(values, control.value()).
+export function smoothingControl({ id, storageKey, initial, onChange }) {
+  let smoothing = Number(localStorage.getItem(storageKey) ?? initial);
+  if (!(smoothing >= 0 && smoothing < 1)) smoothing = initial;
+  const out = h("output", { for: id, class: "mono" }, smoothing.toFixed(2));
+  const range = h("input", { type: "range", id, min: "0", max: "0.99", step: "0.01", value: String(smoothing),
+    "aria-label": "Smoothing (EMA weight)", oninput: () => {
+      smoothing = Number(range.value);
+      out.textContent = smoothing.toFixed(2);
+      localStorage.setItem(storageKey, String(smoothing));
+      onChange();
+    } });
+  return { value: () => smoothing, label: h("label", { for: id }, "Smoothing"), range, out };
 }

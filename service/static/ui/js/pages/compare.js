@@ -7,7 +7,7 @@
 
 import { api, ApiError } from "../api.js";
 import { fmt, h, problemBox, stateBadge } from "../dom.js";
-import { StepSeries, ema, lineChart, uPlot } from "../charts.js";
+import { StepSeries, ema, lineChart, smoothingControl, uPlot } from "../charts.js";
 import { loadHistory } from "./jobs-data.js";
 
 const MAX_POINTS = 2000;
@@ -86,23 +86,14 @@ export async function mount(root, ctx) {
   runs.forEach((run, i) => { run.color = `--series-${(i % 8) + 1}`; run.label = run.job.id.slice(0, 12); });
 
   // -- the chart ---------------------------------------------------------------------------
-  let smoothing = Number(localStorage.getItem(SMOOTHING_KEY) ?? 0);
-  if (!(smoothing >= 0 && smoothing < 1)) smoothing = 0;
+  const smoothing = smoothingControl({ id: "compare-smoothing", storageKey: SMOOTHING_KEY, initial: 0, onChange: () => draw() });
   const logBox = h("input", { type: "checkbox", id: "compare-log", onchange: () => { chart.setLog(logBox.checked); draw(); } });
-  const smoothOut = h("output", { class: "mono" }, smoothing.toFixed(2));
-  const smoothRange = h("input", { type: "range", id: "compare-smoothing", min: "0", max: "0.99", step: "0.01",
-    value: String(smoothing), "aria-label": "Smoothing (EMA weight)", oninput: () => {
-      smoothing = Number(smoothRange.value);
-      smoothOut.textContent = smoothing.toFixed(2);
-      localStorage.setItem(SMOOTHING_KEY, String(smoothing));
-      draw();
-    } });
   const chartEl = h("div", { class: "chart", id: "compare-chart", "data-series": String(runs.length),
     role: "figure", "aria-label": "Training loss of each job by step" });
   root.append(h("section", { class: "card chart-card", "aria-labelledby": "compare-loss-title" },
     h("div", { class: "row chart-tools" }, h("h2", { id: "compare-loss-title" }, "Training loss by step"),
       h("span", { class: "spacer" }),
-      h("label", { for: "compare-smoothing" }, "Smoothing"), smoothRange, smoothOut,
+      smoothing.label, smoothing.range, smoothing.out,
       h("label", { class: "check" }, logBox, " log scale")),
     h("ul", { class: "compare-legend" }, runs.map((run) => h("li", {},
       h("span", { class: "swatch", style: `background: var(${run.color})` }),
@@ -116,7 +107,7 @@ export async function mount(root, ctx) {
   });
   function draw() {
     if (stopped) return;
-    const tables = runs.map((run) => [run.series.xs, ema(run.series.loss, smoothing)]);
+    const tables = runs.map((run) => [run.series.xs, ema(run.series.loss, smoothing.value())]);
     const joined = tables.length === 1 ? tables[0] : uPlot.join(tables);
     chart.setData(joined);
     chartEl.dataset.series = String(joined.length - 1);

@@ -10,7 +10,7 @@
 
 import { api, ApiError } from "../api.js";
 import { download, fmt, h, problemBox, stateBadge } from "../dom.js";
-import { StepSeries, ema, lineChart, metric, throttledFrame } from "../charts.js";
+import { StepSeries, ema, lineChart, metric, smoothingControl, throttledFrame } from "../charts.js";
 import { allSteps, loadHistory, stepsCsv } from "./jobs-data.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
@@ -42,8 +42,7 @@ export async function mount(root, ctx) {
   const series = new StepSeries({ cap: CAP });
   let drawnMarked = false; // job.drawn: the first draw with points, once per mount
   let downsampled = false;
-  let smoothing = Number(localStorage.getItem(SMOOTHING_KEY) ?? 0.6);
-  if (!(smoothing >= 0 && smoothing < 1)) smoothing = 0.6;
+  const smoothing = smoothingControl({ id: "smoothing", storageKey: SMOOTHING_KEY, initial: 0.6, onChange: () => redraw() });
 
   // -- header and summary ----------------------------------------------------------------------
   const badge = h("span", { id: "job-state" });
@@ -70,14 +69,6 @@ export async function mount(root, ctx) {
   } });
   const rawBox = h("input", { type: "checkbox", id: "show-raw", checked: true,
     onchange: () => lossChart.setSeriesShown(0, rawBox.checked) });
-  const smoothOut = h("output", { for: "smoothing", class: "mono" }, smoothing.toFixed(2));
-  const smoothRange = h("input", { type: "range", id: "smoothing", min: "0", max: "0.99", step: "0.01",
-    value: String(smoothing), "aria-label": "Smoothing (EMA weight)", oninput: () => {
-      smoothing = Number(smoothRange.value);
-      smoothOut.textContent = smoothing.toFixed(2);
-      localStorage.setItem(SMOOTHING_KEY, String(smoothing));
-      redraw();
-    } });
   const note = h("span", { class: "muted chart-note", id: "chart-note" });
   const lossEl = h("div", { class: "chart", id: "loss-chart", "data-points": "0", "data-received": "0",
     role: "figure", "aria-label": "Training loss, smoothed loss and eval loss by step" });
@@ -107,7 +98,7 @@ export async function mount(root, ctx) {
       h("div", { class: "row chart-tools" },
         h("h2", { id: "loss-title" }, "Loss"), h("span", { class: "spacer" }),
         h("label", { class: "check" }, rawBox, " raw"),
-        h("label", { for: "smoothing" }, "Smoothing"), smoothRange, smoothOut,
+        smoothing.label, smoothing.range, smoothing.out,
         h("label", { class: "check" }, logBox, " log scale")),
       lossEl,
       h("h2", { id: "norms-title" }, "Gradient norms"),
@@ -148,7 +139,7 @@ export async function mount(root, ctx) {
     if (stopped) return;
     const xs = series.xs.slice();
     const loss = series.loss.slice();
-    lossChart.setData([xs, loss, ema(loss, smoothing), series.evalLoss.slice()]);
+    lossChart.setData([xs, loss, ema(loss, smoothing.value()), series.evalLoss.slice()]);
     lossEl.dataset.received = String(series.received);
     lossEl.dataset.lastStep = String(series.lastStep);
     lossEl.dataset.maxLoss = String(loss.reduce((m, v) => (v !== null && v > m ? v : m), -Infinity));
