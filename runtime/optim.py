@@ -71,6 +71,18 @@ class Optimizer:
         for name, p, g in prepared:
             self._update(name, p, g)
 
+    # -- the compiled engine's hooks (runtime.compiled.CompiledStep) ---------------------------
+    def gradient_scale(self) -> float:
+        """A factor the compiled engine may start the backward pass from instead of 1, so the
+        gradients come out multiplied by it and :meth:`step_flat` is cheaper; 1 means none."""
+        return 1.0
+
+    def step_flat(self, chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]], scale: float) -> bool:
+        """One update over flat ``(params, grads, scratch)`` chunks whose gradients are
+        multiplied by ``scale``; False when this optimizer has no such path (then the engine
+        calls :meth:`step`, with ``scale`` 1)."""
+        return False
+
     def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -162,6 +174,32 @@ class SGD(Optimizer):
             raise ValueError("sgd: nesterov momentum needs momentum > 0")
         self.nesterov = nesterov
         self.weight_decay = _number("sgd", "weight_decay", weight_decay)
+
+    def _plain(self) -> bool:
+        return self.momentum == 0 and self.weight_decay == 0
+
+    def gradient_scale(self) -> float:
+        """Plain SGD folds its learning rate into the backward pass (``0 < lr <= 1``: the scaled
+        gradients are never larger than the true ones): the update is then one subtraction."""
+        return self.lr if self._plain() and 0 < self.lr <= 1 else 1.0
+
+    def step_flat(self, chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]], scale: float) -> bool:
+        """``p -= lr * g`` elementwise over the arena: the same numbers as per parameter."""
+        if not self._plain():
+            return False
+        subtract = np.subtract
+        if scale == 1.0:
+            lr, multiply = self.lr, np.multiply
+            for p, g, scratch in chunks:
+                multiply(g, lr, scratch)
+                subtract(p, scratch, p)
+        elif scale == self.lr:  # the gradients are lr * g already
+            for p, g, _ in chunks:
+                subtract(p, g, p)
+        else:
+            raise ValueError(f"sgd: gradients scaled by {scale}, not by the learning rate {self.lr}")
+        self.steps += 1
+        return True
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
         if self.weight_decay != 0:

@@ -36,8 +36,10 @@ class Step:
     inputs: tuple[str, ...]
     attrs: dict[str, Any]
     grad_inputs: tuple[int, ...]  # inputs this op's contract differentiates
+    # a fused step (runtime.compiled.fusions) stands for these plan steps; a plain one for itself
+    fused_from: tuple[str, ...] = ()
 
-    # what the compiled engine's lowering reads of a node (runtime.compiled.lower.LNode has the same)
+    # what the compiled engine's lowering reads of a node
     @property
     def saves_out(self) -> bool:
         return self.kernel.saves_out
@@ -60,7 +62,7 @@ class Step:
 
     @property
     def covers(self) -> tuple[str, ...]:
-        return (self.id,)
+        return self.fused_from or (self.id,)
 
 
 class Plan:

@@ -429,11 +429,8 @@ class Trainer:
                 else:
                     np.take(arrays[name], rows, axis=0, out=program.inputs[name])
         loss = engine.run(program, update=False)
-        if not math.isfinite(loss) or not engine.grads_finite():
-            if engine.grad_scale != 1.0 and math.isfinite(loss):  # the folded learning rate may overflow them
-                engine.run(program, update=False, fold=False)
-            if not engine.grads_finite() or not math.isfinite(loss):
-                raise self.diagnose(dict(program.inputs), engine.params, number)
+        if not math.isfinite(loss) or not engine.gradients_finite(program):
+            raise self.diagnose(dict(program.inputs), engine.params, number)
         grads = engine.true_grads() if keep_grads else engine.grads
         with np.errstate(all="ignore"):
             engine.update()

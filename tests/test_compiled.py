@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import graphspec
 import runtime
+from conftest import EXAMPLES
 from graphspec import GraphBuilder
 
 RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
@@ -862,3 +863,48 @@ def dags(draw):
 def test_random_dags_match_the_interpreter(case):
     graph, inputs, params = case
     assert_matches_interpreter(graph, inputs, params, grad_inputs=True, lr=0.05, steps=2)
+
+
+# -- the optimizer's hooks: the learning-rate fold is SGD's own ------------------------------
+def _logreg_step(optimizer):
+    graph = graphspec.load(EXAMPLES / "logistic_regression.json")
+    data = runtime.load_tensors(EXAMPLES / "data" / "seed_data.json")
+    step = runtime.CompiledStep(graph, optimizer)
+    step.load_params(runtime.init_params(graph))
+    return step, data
+
+
+@pytest.mark.parametrize("optimizer,scale", [
+    (runtime.SGD(lr=0.5), 0.5),                            # plain SGD folds its rate in
+    (runtime.SGD(lr=2.0), 1.0),                            # not above 1: scaled gradients never grow
+    (runtime.SGD(lr=0.5, momentum=0.9), 1.0),              # momentum needs the true gradients
+    (runtime.make_optimizer("adam", lr=0.1), 1.0),
+])
+def test_the_gradient_scale_is_the_optimizers_and_every_update_matches_the_interpreters(optimizer, scale):
+    step, data = _logreg_step(optimizer)
+    reference = copy_optimizer(optimizer)
+    params = {n: p.copy() for n, p in step.params.items()}
+    plan = runtime.compile(graphspec.load(EXAMPLES / "logistic_regression.json"))
+    for _ in range(3):
+        step(data)
+        assert step.grad_scale == scale
+        reference.step(params, plan.forward(data, params).backward())
+    for name, p in params.items():
+        np.testing.assert_allclose(step.params[name], p, rtol=1e-12, atol=1e-14)
+
+
+def copy_optimizer(optimizer):
+    return runtime.make_optimizer(**optimizer.config())
+
+
+def test_an_optimizer_that_scales_gradients_must_update_them_itself():
+    class Scaling(runtime.SGD):
+        def gradient_scale(self):
+            return 0.5
+
+        def step_flat(self, chunks, scale):
+            return False
+
+    step, data = _logreg_step(Scaling(lr=0.1, momentum=0.5))
+    with pytest.raises(RuntimeError, match="scaled by 0.5, but this optimizer has no update for scaled gradients"):
+        step(data)

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..kernels import Kernel
 from ..kernels.losses import reduce_into, scale_by_reduction
+from ..plan import Step
 
 if TYPE_CHECKING:
     from ..plan import Plan
-    from .lower import LNode
 
 
 # np.clip's ufunc itself (np.clip is a Python wrapper around it); NaN stays NaN, as in np.clip
@@ -87,10 +88,17 @@ def _sigmoid_bce_vjp_into(e, g, out, z, y, *, wanted, eps, reduction):
     return dz, None
 
 
-def fuse(nodes: list["LNode"], plan: "Plan") -> list["LNode"]:
-    """``nodes`` with every fusable pattern replaced by its fused node."""
-    from .lower import LNode
+def _compiled_only(*args, **kwargs):
+    raise NotImplementedError("a fused kernel exists only in compiled form (runtime/compiled/fusions.py)")
 
+
+# The fusion's one definition: a kernel with only a compiled form (forward_into, vjp_into).
+SIGMOID_BCE = Kernel("sigmoid+bce", _compiled_only, _compiled_only, saves_inputs=(0, 1),
+                     forward_into=_sigmoid_bce_into, vjp_into=_sigmoid_bce_vjp_into)
+
+
+def fuse(nodes: list[Step], plan: "Plan") -> list[Step]:
+    """``nodes`` with every fusable pattern replaced by one fused :class:`~runtime.plan.Step`."""
     consumers: dict[str, int] = {}
     for n in nodes:
         for name in set(n.inputs):
@@ -100,7 +108,7 @@ def fuse(nodes: list["LNode"], plan: "Plan") -> list["LNode"]:
     for n in nodes:
         inner = producer.get(n.inputs[0]) if n.op == "bce" and _fusable_eps(n.attrs["eps"]) else None
         if inner is not None and inner.op == "sigmoid" and consumers[inner.id] == 1 and len(inner.covers) == 1:
-            n = LNode(n.id, "sigmoid+bce", (inner.inputs[0], n.inputs[1]), n.attrs, (0,), False, (0, 1),
-                      _sigmoid_bce_into, _sigmoid_bce_vjp_into, False, None, inner.covers + n.covers)
+            n = Step(n.index, n.id, SIGMOID_BCE.op, SIGMOID_BCE, (inner.inputs[0], n.inputs[1]), n.attrs, (0,),
+                     fused_from=inner.covers + n.covers)
         fused.append(n)
     return fused

@@ -22,37 +22,17 @@ adapter that copies the result into the value's buffer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
 from graphspec import OPS
 from graphspec.types import TensorType
 
-from ..kernels import Kernel, Meta, unbroadcast
-from ..plan import Plan
+from ..kernels import Meta, unbroadcast, unbroadcast_plan
+from ..plan import Plan, Step
 from .emit import Emitter
 from .fusions import fuse
-
-
-@dataclass
-class LNode:
-    """Several plan steps fused into one node (a plain :class:`~runtime.plan.Step` has the
-    same attributes and is used as is)."""
-
-    id: str
-    op: str
-    inputs: tuple[str, ...]
-    attrs: dict[str, Any]
-    grad_inputs: tuple[int, ...]
-    saves_out: bool
-    saves_inputs: tuple[int, ...]
-    forward_into: Callable | None = None
-    vjp_into: Callable | None = None
-    inplace: bool = False
-    kernel: Kernel | None = None  # for the adapter, when there is no compiled form
-    covers: tuple[str, ...] = ()  # the plan step ids a fused node stands for
-
 
 
 @dataclass
@@ -125,7 +105,7 @@ def lower(plan: Plan, input_types: Mapping[str, TensorType], params: Mapping[str
     d(loss)/d(param) into ``param_grads`` (arrays the caller owns and keeps)."""
     leaves = {**input_types, **{n: tensor_type(p) for n, p in params.items()}}
     types = infer_types(plan, leaves)
-    nodes = fuse(list(plan.steps), plan)  # plan steps serve as nodes; fused ones are LNodes
+    nodes = fuse(list(plan.steps), plan)  # plan steps, a fused pattern as one Step
     loss_id = plan.loss_node
 
     # -- what runs ---------------------------------------------------------------------------
@@ -289,25 +269,13 @@ def _is_fresh(e: Emitter, array: np.ndarray) -> bool:
     return array.base is None and array is not e.seed
 
 
-_UNBROADCAST: dict[tuple, tuple] = {}  # (gradient shape, operand shape) -> (summed axes, kept shape)
-
-
 def _emit_unbroadcast(e: Emitter, g: np.ndarray, out: np.ndarray) -> None:
     """Sum ``g`` over the axes broadcasting added or stretched, into ``out`` (the operand's shape)."""
-    key = (g.shape, out.shape)
-    plan = _UNBROADCAST.get(key)
-    if plan is None:
-        extra = g.ndim - out.ndim
-        axes = tuple(range(extra)) + tuple(extra + i for i, d in enumerate(out.shape)
-                                           if d == 1 and g.shape[extra + i] != 1)
-        if len(_UNBROADCAST) > 4096:  # a long-lived worker sees many graphs: keep the cache small
-            _UNBROADCAST.clear()
-        plan = _UNBROADCAST[key] = (axes, tuple(d for k, d in enumerate(g.shape) if k not in axes))
-    axes, kept = plan
+    axes, kept = unbroadcast_plan(g.shape, out.shape)
     e.emit(np.add.reduce, g, axes, None, out.reshape(kept))
 
 
-def _adapted_forward(n: LNode, out: np.ndarray, args: list[np.ndarray]) -> tuple:
+def _adapted_forward(n: Step, out: np.ndarray, args: list[np.ndarray]) -> tuple:
     forward, attrs = n.kernel.forward, n.attrs
 
     def run() -> None:
@@ -315,7 +283,7 @@ def _adapted_forward(n: LNode, out: np.ndarray, args: list[np.ndarray]) -> tuple
     return run
 
 
-def _adapted_vjp(e: Emitter, n: LNode, g: np.ndarray, out: np.ndarray, args: list[np.ndarray],
+def _adapted_vjp(e: Emitter, n: Step, g: np.ndarray, out: np.ndarray, args: list[np.ndarray],
                  wanted: tuple[bool, ...]) -> list:
     """The kernel's own VJP, unbroadcast and copied into gradient buffers."""
     k = n.kernel

@@ -25,7 +25,7 @@ import numpy as np
 from graphspec import Graph
 
 from ..errors import ExecutionError, InputError
-from ..optim import SGD, Optimizer
+from ..optim import Optimizer
 from ..plan import Plan, compile as compile_plan
 from .lower import Program, lower, tensor_type
 
@@ -65,7 +65,6 @@ class CompiledStep:
         self._loaded = False
         self.grad_scale = 1.0  # what the last run's gradients are multiplied by (see run)
         self._input_types = {name: spec.dtype for name, spec in plan.graph.inputs.items()}
-        self._plain_sgd = (isinstance(optimizer, SGD) and optimizer.momentum == 0 and optimizer.weight_decay == 0)
 
     # -- parameters ------------------------------------------------------------------------
     def load_params(self, params: Mapping[str, Any]) -> None:
@@ -144,13 +143,12 @@ class CompiledStep:
         """Run ``program`` on the inputs already in ``program.inputs``: forward, backward and
         (``update``) the optimizer step. Returns the loss (before the update).
 
-        With plain SGD and ``0 < lr <= 1`` (and ``fold``) the learning rate is folded into
-        the backward pass: it starts from ``lr`` instead of 1, so ``grads`` hold
-        ``lr * d(loss)/d(param)`` and the update is one subtraction. ``grad_scale`` says
-        which: ``lr`` or 1.
+        With ``fold``, the backward pass starts from the optimizer's
+        :meth:`~runtime.optim.Optimizer.gradient_scale` instead of 1 (plain SGD: its learning
+        rate, so ``grads`` hold ``lr * d(loss)/d(param)`` and the update is one subtraction);
+        ``grad_scale`` says by what the last run's gradients are multiplied.
         """
-        lr = self.optimizer.lr if self._plain_sgd else 0.0
-        self.grad_scale = lr if fold and 0 < lr <= 1 else 1.0
+        self.grad_scale = self.optimizer.gradient_scale() if fold and self.optimizer is not None else 1.0
         program.set_seed(self.grad_scale)
         with np.errstate(all="ignore"):  # non-finite values are the caller's to detect, as in Plan
             try:
@@ -179,20 +177,12 @@ class CompiledStep:
     # -- the update ----------------------------------------------------------------------
     def update(self) -> None:
         """Apply the optimizer to the parameters with the gradients of the last run."""
-        if self._plain_sgd:  # p -= lr * g, elementwise: the same on the arena as per parameter
-            lr, subtract = self.optimizer.lr, np.subtract
-            if self.grad_scale == 1.0:
-                for p, g, step in self._chunks:
-                    np.multiply(g, lr, step)
-                    subtract(p, step, p)
-            else:  # the gradients are lr * g already
-                for p, g, _ in self._chunks:
-                    subtract(p, g, p)
-            self.optimizer.steps += 1
-        elif self.grad_scale != 1.0:
-            raise RuntimeError("the gradients are scaled by a learning rate only plain SGD uses")
-        else:
-            self.optimizer.step(self.params, self.grads)
+        if self.optimizer.step_flat(self._chunks, self.grad_scale):
+            return
+        if self.grad_scale != 1.0:
+            raise RuntimeError(f"{self.optimizer.name}: the gradients are scaled by {self.grad_scale}, "
+                               "but this optimizer has no update for scaled gradients")
+        self.optimizer.step(self.params, self.grads)
 
     def true_grads(self) -> dict[str, np.ndarray]:
         """Copies of the last run's d(loss)/d(param), the learning rate divided back out if it
@@ -203,6 +193,17 @@ class CompiledStep:
 
     def grads_finite(self) -> bool:
         return all(_finite(a.grads) for a in self._arenas)
+
+    def gradients_finite(self, program: Program) -> bool:
+        """Whether the last run's gradients are finite. A run whose gradients were scaled
+        (:meth:`run`'s ``fold``) and are not is redone unscaled first, so the scale is never
+        what made a step fail."""
+        if self.grads_finite():
+            return True
+        if self.grad_scale != 1.0:
+            self.run(program, update=False, fold=False)
+            return self.grads_finite()
+        return False
 
     def params_finite(self) -> bool:
         return all(_finite(a.params) for a in self._arenas)

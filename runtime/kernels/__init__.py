@@ -88,17 +88,33 @@ def ufunc_into(ufunc: Callable) -> Callable:
     return forward_into
 
 
+_UNBROADCAST: dict[tuple, tuple] = {}  # (gradient shape, operand shape) -> (summed axes, kept shape)
+
+
+def unbroadcast_plan(grad_shape: tuple[int, ...], shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The axes of a ``grad_shape`` gradient that numpy broadcasting added or stretched to reach
+    it from ``shape``, and the shape left after summing them (``shape`` without its stretched 1s).
+    The one definition of unbroadcasting: :func:`unbroadcast` (the interpreter) and the compiled
+    engine's lowering (one ``np.add.reduce`` into the operand's buffer) both use it."""
+    key = (grad_shape, shape)
+    plan = _UNBROADCAST.get(key)
+    if plan is None:
+        extra = len(grad_shape) - len(shape)
+        axes = tuple(range(extra)) + tuple(extra + i for i, d in enumerate(shape)
+                                           if d == 1 and grad_shape[extra + i] != 1)
+        if len(_UNBROADCAST) > 4096:  # a long-lived worker sees many graphs: keep the cache small
+            _UNBROADCAST.clear()
+        plan = _UNBROADCAST[key] = (axes, tuple(d for k, d in enumerate(grad_shape) if k not in axes))
+    return plan
+
+
 def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Sum ``grad`` over the axes numpy broadcasting added or stretched, giving ``shape``."""
-    if grad.shape == tuple(shape):
+    shape = tuple(shape)
+    if grad.shape == shape:
         return grad
-    extra = grad.ndim - len(shape)
-    if extra > 0:
-        grad = grad.sum(axis=tuple(range(extra)))
-    stretched = tuple(i for i, d in enumerate(shape) if d == 1 and grad.shape[i] != 1)
-    if stretched:
-        grad = grad.sum(axis=stretched, keepdims=True)
-    return grad.reshape(shape)
+    axes, _ = unbroadcast_plan(grad.shape, shape)
+    return np.add.reduce(grad, axis=axes).reshape(shape)
 
 
 def reduced_axes(axis, ndim: int) -> tuple[int, ...]:
