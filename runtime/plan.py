@@ -19,6 +19,7 @@ import graphspec
 from graphspec import OPS, Graph
 from graphspec.types import FLOAT_DTYPES
 
+from . import analysis
 from .errors import ExecutionError, InputError, MissingKernelError
 from .kernels import KERNELS, Kernel, Meta, unbroadcast
 
@@ -91,27 +92,12 @@ class Plan:
     def grad_path(self, include_inputs: bool = False) -> frozenset[str]:
         """Values that depend on a parameter (or an input) and lead to the loss: they get gradients."""
         if include_inputs not in self._grad_paths:
-            sources = set(self.param_names) | (set(self.input_names) if include_inputs else set())
-            depends = set(sources)
-            for step in self.steps:
-                if any(step.inputs[i] in depends for i in step.grad_inputs):
-                    depends.add(step.id)
-            feeds_loss = {self.loss_node}
-            for step in reversed(self.steps):
-                if step.id in feeds_loss:
-                    feeds_loss.update(step.inputs[i] for i in step.grad_inputs)
-            self._grad_paths[include_inputs] = frozenset(depends & feeds_loss)
+            sources = list(self.param_names) + (list(self.input_names) if include_inputs else [])
+            self._grad_paths[include_inputs] = analysis.grad_path(self.steps, sources, self.loss_node)
         return self._grad_paths[include_inputs]
 
     def _saved_for_backward(self, path: frozenset[str]) -> set[str]:
-        saved: set[str] = set()
-        for step in self.steps:
-            if step.id not in path:
-                continue
-            if step.kernel.saves_out:
-                saved.add(step.id)
-            saved.update(step.inputs[i] for i in step.kernel.saves_inputs)
-        return saved
+        return analysis.saved_for_backward(self.steps, path)
 
     # -- inputs --------------------------------------------------------------------------
     def check_inputs(self, inputs: Mapping[str, Any], params: Mapping[str, Any], *,

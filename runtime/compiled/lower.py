@@ -17,6 +17,10 @@ What the lowering decides, once, so the step never has to:
 
 Ops whose kernel has no compiled form run their ``forward``/``vjp`` through a small
 adapter that copies the result into the value's buffer.
+
+The passes (:class:`_Lowering`): shapes and fusions; what runs and what gets a gradient
+(:mod:`runtime.analysis`, the same functions the interpreter's plan uses); the forward
+tape; the backward tape.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy as np
 from graphspec import OPS
 from graphspec.types import TensorType
 
+from .. import analysis
 from ..kernels import Meta, unbroadcast, unbroadcast_plan
 from ..plan import Plan, Step
 from .emit import Emitter
@@ -102,166 +107,160 @@ def _dtype_name(dtype: np.dtype) -> str:
 def lower(plan: Plan, input_types: Mapping[str, TensorType], params: Mapping[str, np.ndarray],
           param_grads: Mapping[str, np.ndarray], *, grad_inputs: bool = False) -> Program:
     """Lower ``plan`` for inputs of ``input_types``; the step reads ``params`` and writes
-    d(loss)/d(param) into ``param_grads`` (arrays the caller owns and keeps)."""
-    leaves = {**input_types, **{n: tensor_type(p) for n, p in params.items()}}
-    types = infer_types(plan, leaves)
-    nodes = fuse(list(plan.steps), plan)  # plan steps, a fused pattern as one Step
-    loss_id = plan.loss_node
+    d(loss)/d(param) into ``param_grads`` (arrays the caller owns and keeps).
 
-    # -- what runs ---------------------------------------------------------------------------
-    producer = {n.id: n for n in nodes}
-    needed: set[str] = set()
-    stack = [loss_id]
-    while stack:
-        name = stack.pop()
-        if name in needed or name not in producer:
-            continue
-        needed.add(name)
-        stack.extend(producer[name].inputs)
-    run = [n for n in nodes if n.id in needed]
-    sources = set(plan.param_names) | (set(plan.input_names) if grad_inputs else set())
-    depends = set(sources)
-    for n in run:
-        for i in n.grad_inputs:
-            if n.inputs[i] in depends:
-                depends.add(n.id)
-                break
-    feeds = {loss_id}
-    for n in reversed(run):
-        if n.id in feeds:
-            for i in n.grad_inputs:
-                feeds.add(n.inputs[i])
-    path = depends & feeds
+    Four passes: shapes and fusions, what runs (:mod:`runtime.analysis`, as the interpreter
+    decides it), the forward tape, the backward tape."""
+    lowering = _Lowering(plan, input_types, params, grad_inputs)
+    lowering.analyse()
+    lowering.emit_forward()
+    return lowering.emit_backward(param_grads)
 
-    saved: set[str] = set()
-    for n in run:
-        if n.id in path:
-            if n.saves_out:
-                saved.add(n.id)
-            for i in n.saves_inputs:
-                saved.add(n.inputs[i])
-    last_use: dict[str, int] = {}
-    for position, n in enumerate(run):
-        for name in n.inputs:
-            last_use[name] = position
 
-    e = Emitter()
-    dtypes = {name: np.dtype(name) for name in {t.dtype for t in types.values()}}
-    dtype_of = {name: dtypes[t.dtype] for name, t in types.items()}
-    buf: dict[str, np.ndarray] = {}
-    inputs = {name: e.buffer(tuple(input_types[name].shape), dtype_of[name]) for name in plan.input_names}
-    buf.update(inputs)
-    buf.update(params)
-    pinned = set(buf)  # inputs and parameters are never written by the forward pass
-    state: dict[str, dict] = {n.id: {} for n in run}
-    native, adapted = set(), set()
-    adapted_nodes: set[str] = set()  # run through the kernel's forward/vjp (no compiled form for this case)
+class _Lowering:
+    """The state the passes share: the emitter, the buffers, and what the analysis found."""
 
-    # -- forward -----------------------------------------------------------------------------
-    for position, n in enumerate(run):
-        t = types[n.id]
-        shape, dtype = tuple(t.shape), dtype_of[n.id]
-        args = [buf[name] for name in n.inputs]
-        out = None
-        if n.inplace and n.forward_into is not None:
-            for name in n.inputs:
-                if (name not in pinned and name not in saved and name != loss_id and last_use[name] == position
-                        and buf[name].shape == shape and buf[name].dtype == dtype):
-                    out = buf[name]
-                    break
-        if out is None:
-            out = e.buffer(shape, dtype)
-        buf[n.id] = out
-        if n.op == "constant":  # its value is known now: fill the buffer once, never write it again
-            out[...] = n.kernel.forward(**n.attrs)
-            pinned.add(n.id)
-            continue
-        e.begin(state[n.id])
-        if n.forward_into is None or n.forward_into(e, out, *args, **n.attrs) is NotImplemented:
-            e.emit(_adapted_forward(n, out, args))
-            adapted_nodes.add(n.id)
-            adapted.add(n.op)
-        else:
-            native.add(n.op)
-    forward_tape = e.tape
-    e.tape = []
+    def __init__(self, plan: Plan, input_types: Mapping[str, TensorType], params: Mapping[str, np.ndarray],
+                 grad_inputs: bool):
+        self.plan, self.input_types, self.params, self.grad_inputs = plan, input_types, params, grad_inputs
+        leaves = {**input_types, **{n: tensor_type(p) for n, p in params.items()}}
+        self.types = infer_types(plan, leaves)
+        self.nodes = fuse(list(plan.steps), plan)  # plan steps, a fused pattern as one Step
+        self.loss_id = plan.loss_node
+        self.e = Emitter()
 
-    # -- backward ----------------------------------------------------------------------------
-    seed = np.ones(tuple(types[loss_id].shape), dtype_of[loss_id])
-    e.seed = seed
-    leaf_targets: dict[str, np.ndarray] = dict(param_grads)
-    input_grads: dict[str, np.ndarray] = {}
-    if grad_inputs:
-        for name in plan.input_names:
-            if dtype_of[name].kind == "f":
-                input_grads[name] = leaf_targets[name] = e.buffer(tuple(types[name].shape), dtype_of[name])
-    grads: dict[str, np.ndarray] = {loss_id: seed} if loss_id in path else {}
-    owned: set[int] = set()  # gradient arrays only this value's gradient uses: later gradients add in place
-    exclusive: set[int] = set()  # fresh gradient arrays that nothing but their value's gradient refers to
+    # -- pass 1: what runs, what gets a gradient, what the backward pass reads ----------------
+    def analyse(self) -> None:
+        plan = self.plan
+        self.run = analysis.needed(self.nodes, self.loss_id)
+        sources = list(plan.param_names) + (list(plan.input_names) if self.grad_inputs else [])
+        self.path = analysis.grad_path(self.run, sources, self.loss_id)
+        self.saved = analysis.saved_for_backward(self.run, self.path)
+        self.last_use = analysis.last_uses(self.run)
 
-    def contribute(name: str, gi: np.ndarray) -> None:
-        target = leaf_targets.get(name)
-        if name not in grads:
-            if target is not None and gi is not target:
-                e.emit(np.copyto, target, gi)
-                gi = target
-            grads[name] = gi
-            if target is not None:
-                owned.add(id(gi))
-            return
-        acc = grads[name]
-        if id(acc) in owned or id(acc) in exclusive:
-            e.emit(np.add, acc, gi, acc)
-        else:
-            total = e.buffer(acc.shape, acc.dtype)
-            e.emit(np.add, acc, gi, total)
-            grads[name] = total
-            owned.add(id(total))
-            exclusive.add(id(total))
+    # -- pass 2: the forward tape, one buffer per value unless an elementwise op may overwrite --
+    def emit_forward(self) -> None:
+        plan, types, e, loss_id = self.plan, self.types, self.e, self.loss_id
+        saved, last_use = self.saved, self.last_use
+        dtypes = {name: np.dtype(name) for name in {t.dtype for t in types.values()}}
+        dtype_of = self.dtype_of = {name: dtypes[t.dtype] for name, t in types.items()}
+        buf: dict[str, np.ndarray] = {}
+        self.inputs = {name: e.buffer(tuple(self.input_types[name].shape), dtype_of[name])
+                       for name in plan.input_names}
+        buf.update(self.inputs)
+        buf.update(self.params)
+        pinned = set(buf)  # inputs and parameters are never written by the forward pass
+        state = self.state = {n.id: {} for n in self.run}
+        native, adapted = self.native, self.adapted = set(), set()
+        adapted_nodes = self.adapted_nodes = set()  # run through the kernel's forward/vjp
 
-    for n in reversed(run):
-        if n.id not in path or n.id not in grads:
-            continue
-        g = grads.pop(n.id)
-        wanted = tuple([i in n.grad_inputs and name in path for i, name in enumerate(n.inputs)])
-        targets = {}
-        for i, name in enumerate(n.inputs):  # a leaf's first gradient goes straight into its array
-            if wanted[i] and name in leaf_targets and name not in grads and name not in n.inputs[:i]:
-                targets[i] = leaf_targets[name]
-        args = [buf[name] for name in n.inputs]
-        g_exclusive = id(g) in exclusive
-        exclusive.discard(id(g))
-        e.begin(state[n.id], targets, g if g_exclusive else None)
-        parts = None
-        if n.vjp_into is not None and n.id not in adapted_nodes:
-            parts = n.vjp_into(e, g, buf[n.id], *args, wanted=wanted, **n.attrs)
-        if parts is None or parts is NotImplemented:  # no compiled form for this case
-            parts = _adapted_vjp(e, n, g, buf[n.id], args, wanted)
-        returned = [id(p) for p in parts if p is not None]
-        for i, name in enumerate(n.inputs):
-            if not wanted[i]:
+        for position, n in enumerate(self.run):
+            t = types[n.id]
+            shape, dtype = tuple(t.shape), dtype_of[n.id]
+            args = [buf[name] for name in n.inputs]
+            out = None
+            if n.inplace and n.forward_into is not None:
+                for name in n.inputs:
+                    if (name not in pinned and name not in saved and name != loss_id and last_use[name] == position
+                            and buf[name].shape == shape and buf[name].dtype == dtype):
+                        out = buf[name]
+                        break
+            if out is None:
+                out = e.buffer(shape, dtype)
+            buf[n.id] = out
+            if n.op == "constant":  # its value is known now: fill the buffer once, never write it again
+                out[...] = n.kernel.forward(**n.attrs)
+                pinned.add(n.id)
                 continue
-            gi = parts[i]
-            shape = tuple(types[name].shape)
-            if gi.shape != shape:
-                target = targets.get(i)
-                reduced = target if target is not None and name not in grads else e.buffer(shape, dtype_of[name])
-                _emit_unbroadcast(e, gi, reduced)
-                gi = reduced
-                if reduced is not target:
-                    exclusive.add(id(reduced))
-            elif returned.count(id(gi)) == 1 and id(gi) not in owned and (
-                    (gi is g and g_exclusive) or (gi is not g and _is_fresh(e, gi))):
-                exclusive.add(id(gi))
-            contribute(name, gi)
-    backward_tape = e.tape
+            e.begin(state[n.id])
+            if n.forward_into is None or n.forward_into(e, out, *args, **n.attrs) is NotImplemented:
+                e.emit(_adapted_forward(n, out, args))
+                adapted_nodes.add(n.id)
+                adapted.add(n.op)
+            else:
+                native.add(n.op)
+        self.buf = buf
+        self.forward_tape = e.tape
+        e.tape = []
 
-    for name, target in leaf_targets.items():
-        if name not in grads:  # not on a path to the loss: its gradient is zero
-            target[...] = 0
-    return Program(forward_tape, backward_tape, inputs, buf[loss_id], input_grads, tuple(sorted(native)),
-                   tuple(sorted(adapted)), tuple(sorted({n.op for n in run if len(n.covers) > 1})), e.bytes, buf,
-                   seed, e.seed_constants)
+    # -- pass 3: the backward tape, gradients summed where a value fans out -------------------
+    def emit_backward(self, param_grads: Mapping[str, np.ndarray]) -> Program:
+        plan, types, e, loss_id, path = self.plan, self.types, self.e, self.loss_id, self.path
+        buf, dtype_of, state, adapted_nodes = self.buf, self.dtype_of, self.state, self.adapted_nodes
+        seed = np.ones(tuple(types[loss_id].shape), dtype_of[loss_id])
+        e.seed = seed
+        leaf_targets: dict[str, np.ndarray] = dict(param_grads)
+        input_grads: dict[str, np.ndarray] = {}
+        if self.grad_inputs:
+            for name in plan.input_names:
+                if dtype_of[name].kind == "f":
+                    input_grads[name] = leaf_targets[name] = e.buffer(tuple(types[name].shape), dtype_of[name])
+        grads: dict[str, np.ndarray] = {loss_id: seed} if loss_id in path else {}
+        owned: set[int] = set()  # gradient arrays only this value's gradient uses: later gradients add in place
+        exclusive: set[int] = set()  # fresh gradient arrays that nothing but their value's gradient refers to
+
+        def contribute(name: str, gi: np.ndarray) -> None:
+            target = leaf_targets.get(name)
+            if name not in grads:
+                if target is not None and gi is not target:
+                    e.emit(np.copyto, target, gi)
+                    gi = target
+                grads[name] = gi
+                if target is not None:
+                    owned.add(id(gi))
+                return
+            acc = grads[name]
+            if id(acc) in owned or id(acc) in exclusive:
+                e.emit(np.add, acc, gi, acc)
+            else:
+                total = e.buffer(acc.shape, acc.dtype)
+                e.emit(np.add, acc, gi, total)
+                grads[name] = total
+                owned.add(id(total))
+                exclusive.add(id(total))
+
+        for n in reversed(self.run):
+            if n.id not in path or n.id not in grads:
+                continue
+            g = grads.pop(n.id)
+            wanted = tuple([i in n.grad_inputs and name in path for i, name in enumerate(n.inputs)])
+            targets = {}
+            for i, name in enumerate(n.inputs):  # a leaf's first gradient goes straight into its array
+                if wanted[i] and name in leaf_targets and name not in grads and name not in n.inputs[:i]:
+                    targets[i] = leaf_targets[name]
+            args = [buf[name] for name in n.inputs]
+            g_exclusive = id(g) in exclusive
+            exclusive.discard(id(g))
+            e.begin(state[n.id], targets, g if g_exclusive else None)
+            parts = None
+            if n.vjp_into is not None and n.id not in adapted_nodes:
+                parts = n.vjp_into(e, g, buf[n.id], *args, wanted=wanted, **n.attrs)
+            if parts is None or parts is NotImplemented:  # no compiled form for this case
+                parts = _adapted_vjp(e, n, g, buf[n.id], args, wanted)
+            returned = [id(p) for p in parts if p is not None]
+            for i, name in enumerate(n.inputs):
+                if not wanted[i]:
+                    continue
+                gi = parts[i]
+                shape = tuple(types[name].shape)
+                if gi.shape != shape:
+                    target = targets.get(i)
+                    reduced = target if target is not None and name not in grads else e.buffer(shape, dtype_of[name])
+                    _emit_unbroadcast(e, gi, reduced)
+                    gi = reduced
+                    if reduced is not target:
+                        exclusive.add(id(reduced))
+                elif returned.count(id(gi)) == 1 and id(gi) not in owned and (
+                        (gi is g and g_exclusive) or (gi is not g and _is_fresh(e, gi))):
+                    exclusive.add(id(gi))
+                contribute(name, gi)
+
+        for name, target in leaf_targets.items():
+            if name not in grads:  # not on a path to the loss: its gradient is zero
+                target[...] = 0
+        return Program(self.forward_tape, e.tape, self.inputs, buf[loss_id], input_grads, tuple(sorted(self.native)),
+                       tuple(sorted(self.adapted)), tuple(sorted({n.op for n in self.run if len(n.covers) > 1})),
+                       e.bytes, buf, seed, e.seed_constants)
 
 
 def _is_fresh(e: Emitter, array: np.ndarray) -> bool:
