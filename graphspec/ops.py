@@ -3,8 +3,10 @@
 One :class:`OpContract` per op: its inputs (arity, and which ones carry gradients),
 attributes with types and defaults, the type rule (dtype + shape inference), the
 format version that introduced it, and a one-line doc. Validation, the JSON Schema,
-the docs tables and the runtime's kernel registry all read this table; adding an op
-means adding one entry here and one kernel in ``runtime``.
+the docs tables and the runtime's kernel registry all read this table. Adding an op is
+the list in docs/runtime.md ("Adding an op"): an entry here with a format version bump
+(and the JSON Schema regenerated), one kernel in ``runtime/kernels/``, one gradient-check
+sample in ``tests/op_samples.py``, and the generated docs; the suite fails until all are done.
 """
 
 from __future__ import annotations

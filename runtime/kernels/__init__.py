@@ -9,7 +9,9 @@ A kernel is two functions over numpy arrays:
 with :func:`unbroadcast`, so a broadcasting op's VJP can return the broadcast shape.
 ``saves`` names which forward values the VJP reads ("out" and/or input indices); the
 engine keeps only those, and passes a :class:`Meta` (shape and dtype) for the rest.
-Adding an op: one contract in graphspec/ops.py, one ``kernel(...)`` entry here.
+Adding an op is the list in docs/runtime.md ("Adding an op"): a contract in
+graphspec/ops.py (with a format version bump), one ``kernel(...)`` entry here, a sample in
+tests/op_samples.py, the generated docs; the suite fails until all are done.
 
 **Compiled form (optional).** The compiled engine (:mod:`runtime.compiled`) runs a
 training step as a flat list of numpy calls writing into buffers it allocated once. A
