@@ -164,13 +164,20 @@ def tensors_raw(arrays: dict[str, np.ndarray]) -> dict[str, dict]:
     return {name: encode_tensor_raw(np.asarray(a)) for name, a in arrays.items()}
 
 
+def negotiated_tree(request: Request, tree: Any, *, msgpack_tree: Any = None, status_code: int = 200,
+                    headers: dict[str, str] | None = None) -> Response:
+    """Plain data (already JSON-safe) as JSON, or (Accept: application/msgpack) ``msgpack_tree``
+    (default: the same data); for responses too large to go through a model cheaply."""
+    headers = {"Vary": "Accept", **(headers or {})}
+    if wants_msgpack(request):
+        return MsgpackResponse(tree if msgpack_tree is None else msgpack_tree, status_code=status_code,
+                               headers=headers)
+    body = json.dumps(tree, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return JSONBytesResponse(body, status_code=status_code, headers=headers)
+
+
 def negotiated(request: Request, model: BaseModel, *, msgpack_tree: Any = None, status_code: int = 200,
                headers: dict[str, str] | None = None, exclude_unset: bool = False) -> Response:
     """``model`` as JSON, or (Accept: application/msgpack) ``msgpack_tree`` (default: the model's data)."""
-    headers = {"Vary": "Accept", **(headers or {})}
-    if wants_msgpack(request):
-        tree = msgpack_tree if msgpack_tree is not None else model.model_dump(mode="json", exclude_unset=exclude_unset)
-        return MsgpackResponse(tree, status_code=status_code, headers=headers)
-    body = json.dumps(model.model_dump(mode="json", exclude_unset=exclude_unset), separators=(",", ":"),
-                      ensure_ascii=False, allow_nan=False).encode("utf-8")
-    return JSONBytesResponse(body, status_code=status_code, headers=headers)
+    return negotiated_tree(request, model.model_dump(mode="json", exclude_unset=exclude_unset),
+                           msgpack_tree=msgpack_tree, status_code=status_code, headers=headers)

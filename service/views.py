@@ -7,14 +7,14 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
+from pydantic import ValidationError
+
 import graphspec
 from graphspec.tensors import RawBytes
 from runtime.data import tensors_from_tree
 from worker.store import StepRecord, decode_tensors
 
 from .bodies import finite, tensors_json, tensors_raw
-from pydantic import ValidationError
-
 from .models import (DataSummary, GraphAnalysis, JobError, JobLinks, JobResource, JobResult, JobSettings, StepEntry,
                      Tensor, ValueType)
 

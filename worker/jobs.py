@@ -116,7 +116,8 @@ class _Reporter:
     def flush(self) -> None:
         progress: dict[str, Any] = {"updated": repr(now())}
         if self.last is not None:
-            progress.update(step=self.last.step, loss=repr(float(self.last.loss)), epoch=self.last.epochs)  # complete epochs, as the result counts them
+            # epoch: complete epochs, as the result counts them
+            progress.update(step=self.last.step, loss=repr(float(self.last.loss)), epoch=self.last.epochs)
         _, state = patiently(self.store, self.store.report_steps, self.job_id, self.token, self.buffer, progress)
         self.buffer = []
         self.cancelled = self.cancelled or state in ("cancelling", "cancelled")

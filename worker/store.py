@@ -30,7 +30,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import redis
@@ -261,6 +261,16 @@ def series_columns(norm_names: Iterable[str]) -> list[str]:
     """The columns of a job's series (and of its CSV export): step, time, loss, eval_loss
     (NaN when the entry has none), then one ``grad_norm:<parameter>`` per parameter."""
     return [*SERIES_LEAD, *(NORM_PREFIX + name for name in norm_names)]
+
+
+def series_rows(records: Sequence["StepRecord"], norm_names: list[str],
+                norms: Sequence[Mapping[str, float]] | None = None) -> np.ndarray:
+    """Step entries as rows of a series (:func:`series_columns` with ``norm_names``): absent
+    eval losses and norms are NaN. ``norms``: each record's gradient norms, when already read."""
+    norms = [r.grad_norms for r in records] if norms is None else norms
+    return np.array([[r.step, r.time, r.loss, np.nan if r.eval_loss is None else r.eval_loss,
+                      *(n.get(name, np.nan) for name in norm_names)] for r, n in zip(records, norms)],
+                    dtype=SERIES_DTYPE).reshape(len(records), len(SERIES_LEAD) + len(norm_names))
 
 
 @dataclass(frozen=True)
@@ -608,14 +618,12 @@ class JobStore:
 
         Returns the steps Redis refused as already written (a replay after a redelivery)
         and the state (so the worker sees a cancel request without another round trip)."""
-        norms = [dict(rec.grad_norms) for rec in records]
+        norms = [dict(rec.grad_norms) for rec in records]  # read once: runtime's norms are computed lazily
         names = list(norms[0]) if norms else []
         # One layout per job: a batch whose entries name other parameters writes no rows (readers
         # then fall back to the stream, which has everything).
         uniform = bool(records) and all(n.keys() == norms[0].keys() for n in norms)
-        rows = np.array([[rec.step, rec.time, rec.loss, np.nan if rec.eval_loss is None else rec.eval_loss,
-                          *(n.get(name, np.nan) for name in names)] for rec, n in zip(records, norms)],
-                        dtype=SERIES_DTYPE).reshape(len(records), len(SERIES_LEAD) + len(names))
+        rows = series_rows(records, names, norms)
         args: list[Any] = [token, self._lease_ms(), self.settings.stream_maxlen, len(records),
                            json.dumps(series_columns(names)) if uniform else "", rows.tobytes() if uniform else b"",
                            rows.shape[1] * SERIES_DTYPE.itemsize]
@@ -672,10 +680,7 @@ class JobStore:
                 break
             after = chunk[-1].step
         names = list(records[0].grad_norms) if records else []
-        values = np.array([[r.step, r.time, r.loss, np.nan if r.eval_loss is None else r.eval_loss,
-                            *(r.grad_norms.get(name, np.nan) for name in names)] for r in records],
-                          dtype=SERIES_DTYPE).reshape(len(records), len(SERIES_LEAD) + len(names))
-        return StepSeries(columns=series_columns(names), values=values, source="stream")
+        return StepSeries(columns=series_columns(names), values=series_rows(records, names), source="stream")
 
     def cancel_requested(self, job_id: str) -> bool:
         return self.r.hget(self.job_key(job_id), "state") in (b"cancelling", b"cancelled")

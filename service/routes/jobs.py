@@ -3,7 +3,6 @@ read rows of their data, cancel, fetch the result."""
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -13,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from worker.store import JOB_ID, STATES, TERMINAL
 
-from ..bodies import JSONBytesResponse, MsgpackResponse, negotiated, tensors_json, tensors_raw, wants_msgpack
+from ..bodies import MsgpackResponse, negotiated, negotiated_tree, tensors_json, tensors_raw, wants_msgpack
 from ..datarows import MAX_ROWS, data_rows
 from ..deps import CeleryDep, JobRequestBody, SettingsDep, StoreDep, TenantDep, get_tenant
 from ..examples import JOB_EXAMPLE
@@ -167,10 +166,9 @@ def read_steps(job: TenantJob, store: StoreDep, request: Request,
                                  headers={"Content-Disposition": f'attachment; filename="{job["id"]}-steps.csv"',
                                           "Vary": "Accept"})
     if max_points is not None:
-        tree = downsampled_page(store, job["id"], after=after, max_points=max_points, finished=finished)
-        if wants_msgpack(request):
-            return MsgpackResponse(tree, headers={"Vary": "Accept"})
-        return JSONBytesResponse(json_bytes(tree), headers={"Vary": "Accept"})
+        # plain data, not a StepsPage: thousands of entries would cost more to validate than to read
+        return negotiated_tree(request, downsampled_page(store, job["id"], after=after, max_points=max_points,
+                                                         finished=finished))
     records = store.read_steps(job["id"], after=after, limit=limit)
     if len(records) == limit or not finished:
         next_after: int | None = records[-1].step if records else after
@@ -181,10 +179,6 @@ def read_steps(job: TenantJob, store: StoreDep, request: Request,
         return MsgpackResponse(tree, headers={"Vary": "Accept"})
     page = StepsPage(steps=[step_entry(r) for r in records], next_after=next_after, downsampled=False)
     return negotiated(request, page, exclude_unset=True)
-
-
-def json_bytes(tree: object) -> bytes:
-    return json.dumps(tree, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 @router.get(
