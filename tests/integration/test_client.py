@@ -7,11 +7,10 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator
@@ -26,6 +25,8 @@ from runtime.data import load_tensors
 from service.client import APIUnreachable, Client, ClientError, parse_sse
 
 from .conftest import API_KEYS, EXAMPLES, ROOT
+from browser import live_server
+
 from .redis_server import free_port
 
 pytestmark = pytest.mark.integration
@@ -36,52 +37,19 @@ KEY_A, KEY_B = API_KEYS["tenant-a"], API_KEYS["tenant-b"]
 SEED_RUN = dict(optimizer="sgd", lr=0.5, steps=300, batch_size=16)
 LONG_RUN = dict(optimizer="sgd", lr=0.01, steps=400_000, report_every=1000)
 CHAINRULE = shutil.which("chainrule")
-SERVER_START_TIMEOUT_S = 30.0
 
 
 # -- a real API server -----------------------------------------------------------------------
+@dataclass(frozen=True)
 class Server:
-    def __init__(self, url: str, proc: subprocess.Popen, log_path: Path):
-        self.url, self.proc, self.log_path = url, proc, log_path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    url: str
 
 
 @pytest.fixture(scope="module")
-def server(env: dict[str, str], celery_worker, tmp_path_factory) -> Iterator[Server]:
+def server(env: dict[str, str], celery_worker) -> Iterator[Server]:
     """``uvicorn service.app:app`` on a free port, configured like the other fixtures (``env``)."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("api") / "uvicorn.log"
-    cmd = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "warning"]
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    srv = Server(url, proc, log_path)
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with {proc.returncode} during startup; its log:\n{srv.log()}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn did not answer within {SERVER_START_TIMEOUT_S:.0f} s; log:\n{srv.log()}")
-            time.sleep(0.05)
-        yield srv
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+    with live_server(env) as url:
+        yield Server(url)
 
 
 @pytest.fixture

@@ -298,7 +298,7 @@ export function defList(value) {
   };
   walk(value, "");
   if (!rows.length) return h("span", { class: "muted" }, "(none)");
-  return h("dl", { class: "kv" }, rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+  return h("dl", { class: "kv" }, kv(rows));
 }
 
 function isTensorSummary(v) { return typeof v.dtype === "string" && Array.isArray(v.shape); }
