@@ -298,6 +298,11 @@ def optimizer_defaults(name: str) -> dict[str, Any]:
     return out
 
 
+def learning_rate_defaults() -> str:
+    """Each optimizer's default learning rate, for help texts: "sgd 0.01, momentum 0.01, ..."."""
+    return ", ".join(f"{name} {optimizer_defaults(name)['lr']:g}" for name in OPTIMIZERS)
+
+
 def make_optimizer(name: str, **hyper: Any) -> Optimizer:
     """An optimizer by name: ``"sgd"``, ``"momentum"`` (SGD, momentum 0.9 unless given, must be > 0),
     ``"adam"`` or ``"adamw"`` (Adam with decoupled weight decay, 0.01 unless given, as in PyTorch).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -30,14 +31,11 @@ def _counting_from(low: int):
             raise argparse.ArgumentTypeError(f"must be {low} or more, got {value}")
         return value
 
-    parse.__name__ = "integer"
     return parse
 
 
 def _rate(text: str) -> float:
     """An argparse type: a finite number >= 0."""
-    import math
-
     try:
         value = float(text)
     except ValueError:
@@ -186,7 +184,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _optimizer_hyper(args: argparse.Namespace) -> dict:
-    """The optimizer hyperparameters given on the command line (besides the learning rate)."""
+    """The optimizer hyperparameters given on the command line; the ones not given are left to
+    the optimizer's own defaults."""
     hyper: dict = {}
     if args.lr is not None:  # else the optimizer's own default (runtime.optimizer_defaults)
         hyper["lr"] = args.lr
@@ -223,8 +222,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume = runtime.Checkpoint.load(args.resume) if args.resume else None
         params = None if resume else (load_tensors(args.params) if args.params
                                       else runtime.init_params(graph, seed=args.seed))
-        settings = ", ".join(f"{k} {v}" for k, v in optimizer.config().items() if k != "name")
-        print(f"optimizer {optimizer.config()['name']}: {settings}", flush=True)
+        config = optimizer.config()
+        settings = ", ".join(f"{k} {v}" for k, v in config.items() if k != "name")
+        print(f"optimizer {config['name']}: {settings}", flush=True)
         bar = ProgressBar(args.steps)
 
         def report(step: runtime.StepReport) -> None:
@@ -483,9 +483,9 @@ def _remote_options() -> argparse.ArgumentParser:
 
 def _training_options() -> argparse.ArgumentParser:
     """Optimizer and schedule options, the same for local training and for submitted jobs."""
-    from runtime.optim import OPTIMIZERS, optimizer_defaults
+    from runtime.optim import OPTIMIZERS, learning_rate_defaults
 
-    lr_defaults = ", ".join(f"{name} {optimizer_defaults(name)['lr']:g}" for name in OPTIMIZERS)
+    lr_defaults = learning_rate_defaults()
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS, help="the optimizer (default sgd)")
     p.add_argument("--lr", type=_rate, help=f"learning rate (default: the optimizer's own: {lr_defaults})")

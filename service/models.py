@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from graphspec import DTYPES
-from runtime import OPTIMIZERS, optimizer_defaults
+from runtime import OPTIMIZERS
+from runtime.optim import learning_rate_defaults
 from worker.store import STATES
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
@@ -97,7 +98,7 @@ def _float_sized(value: Any) -> Any:
 Hyperparameter = Annotated[Any, AfterValidator(_float_sized)]
 
 
-_LR_DEFAULTS = ", ".join(f"{name} {optimizer_defaults(name)['lr']:g}" for name in OPTIMIZERS)
+_LR_DEFAULTS = learning_rate_defaults()
 
 
 class OptimizerSpec(BaseModel):
