@@ -58,13 +58,13 @@ def mount_static(app: FastAPI) -> None:
     app.mount(STATIC_URL, StaticFiles(directory=STATIC_DIR), name=STATIC_ROUTE_NAME)
 
 
-def _prefix(request: Request) -> str:
+def path_prefix(request: Request) -> str:
     return request.scope.get("root_path", "").rstrip("/")
 
 
 def static_url(request: Request, path: str) -> str:
     """A path (no scheme or host) under ``/static`` as the browser must request it."""
-    return f"{_prefix(request)}{STATIC_URL}/{path}"
+    return f"{path_prefix(request)}{STATIC_URL}/{path}"
 
 
 def install_docs(app: FastAPI, *, docs_url: str = "/docs", redoc_url: str = "/redoc") -> None:
@@ -80,7 +80,7 @@ def install_docs(app: FastAPI, *, docs_url: str = "/docs", redoc_url: str = "/re
 
     @app.get(docs_url, include_in_schema=False)
     async def swagger_ui_html(request: Request) -> HTMLResponse:
-        prefix = _prefix(request)
+        prefix = path_prefix(request)
         return with_csp(get_swagger_ui_html(
             openapi_url=prefix + openapi_url,
             title=f"{app.title} - Swagger UI",
@@ -100,7 +100,7 @@ def install_docs(app: FastAPI, *, docs_url: str = "/docs", redoc_url: str = "/re
     @app.get(redoc_url, include_in_schema=False)
     async def redoc_html(request: Request) -> HTMLResponse:
         return with_csp(get_redoc_html(
-            openapi_url=_prefix(request) + openapi_url,
+            openapi_url=path_prefix(request) + openapi_url,
             title=f"{app.title} - ReDoc",
             redoc_js_url=static_url(request, REDOC_JS),
             redoc_favicon_url=static_url(request, FAVICON),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from .docs_ui import STATIC_DIR, mount_static
+from .docs_ui import STATIC_DIR, mount_static, path_prefix
 
 UI_PATH = "/ui/"
 INDEX = STATIC_DIR / "ui" / "index.html"
@@ -26,13 +26,11 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline';
 def install_ui(app: FastAPI) -> None:
     mount_static(app)
 
-    @app.get("/", include_in_schema=False)
-    def root(request: Request) -> RedirectResponse:
-        return RedirectResponse(request.scope.get("root_path", "").rstrip("/") + UI_PATH, status_code=307)
+    def to_ui(request: Request) -> RedirectResponse:
+        return RedirectResponse(path_prefix(request) + UI_PATH, status_code=307)
 
-    @app.get("/ui", include_in_schema=False)
-    def ui_without_slash(request: Request) -> RedirectResponse:
-        return RedirectResponse(request.scope.get("root_path", "").rstrip("/") + UI_PATH, status_code=307)
+    for path in ("/", "/ui"):  # the site's root, and the page without its slash
+        app.add_api_route(path, to_ui, methods=["GET"], include_in_schema=False)
 
     @app.get(UI_PATH, include_in_schema=False)
     def ui() -> HTMLResponse:
