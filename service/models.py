@@ -98,9 +98,6 @@ def _float_sized(value: Any) -> Any:
 Hyperparameter = Annotated[Any, AfterValidator(_float_sized)]
 
 
-_LR_DEFAULTS = learning_rate_defaults()
-
-
 class OptimizerSpec(BaseModel):
     """An optimizer by name with its hyperparameters (checked by runtime.make_optimizer): ``lr``
     and e.g. ``momentum``, ``nesterov``, ``weight_decay`` (SGD) or ``betas``, ``eps``, ``weight_decay`` (Adam).
@@ -111,7 +108,7 @@ class OptimizerSpec(BaseModel):
     name: Annotated[str, WithJsonSchema({"type": "string", "enum": list(OPTIMIZERS)})]
     lr: Annotated[Hyperparameter, WithJsonSchema({
         "anyOf": [{"type": "number", "minimum": 0}, {"type": "null"}],
-        "description": f"learning rate (default: the optimizer's own: {_LR_DEFAULTS})"})] = None
+        "description": f"learning rate (default: the optimizer's own: {learning_rate_defaults()})"})] = None
 
     def as_kwargs(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
