@@ -151,14 +151,14 @@ def run_job(store: JobStore, job_id: str, *, worker: str, requeue: Callable[[dic
 
 def _run_leased(store: JobStore, job_id: str, job: dict[str, str], token: str, worker: str,
                 requeue: Callable[[dict[str, str]], None] | None) -> str:
-    ok, previous = store.transition(job_id, ["queued", "running"], "running", token=token, started=repr(now()),
-                                    worker=worker, lease=token)
+    ok, previous = store.transition(job_id, ["queued", "running"], "running", token=token, attempt=True,
+                                    started=repr(now()), worker=worker, lease=token)
     if not ok:
         if previous == "cancelling":  # cancelled while its worker was lost: nobody else will finish it
             store.transition(job_id, ["cancelling"], "cancelled", token=token, finished=repr(now()))
             return "cancelled"
         return previous
-    attempts = store.r.hincrby(store.job_key(job_id), "attempts", 1)
+    attempts = int(store.r.hget(store.job_key(job_id), "attempts"))  # counted by the move above, atomically
     if attempts > store.settings.max_attempts:
         return _fail(store, job_id, token, "PoisonJob", f"the job was started {attempts - 1} times without "
                                                          f"finishing (max_attempts {store.settings.max_attempts})")

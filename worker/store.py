@@ -67,8 +67,9 @@ end
 # keep the indexes in the same atomic step (a crash in between would lose a job from them).
 # KEYS: lease, job hash, active set, outbox zset, queued zset[, a blob key written with the move].
 # ARGV: token ('' = unfenced, '!' = only while no lease exists: the sweep), lease TTL (ms),
-#       job id, now, enqueue ('1': the job's message must be (re)sent), n, allowed x n, to, field, value...
-#       [, the blob]
+#       job id, now, flags ('e': the job's message must be (re)sent; 'a': the move starts an attempt,
+#       counted in the same step so a trainer killed right after it is never left uncounted),
+#       n, allowed x n, to, field, value... [, the blob]
 _TRANSITION = _FENCE + """
 local token = ARGV[1]
 if token == '!' then
@@ -98,7 +99,10 @@ for i = 1, n do
     else
       redis.call('ZREM', KEYS[5], ARGV[3])
     end
-    if ARGV[5] == '1' then
+    if string.find(ARGV[5], 'a', 1, true) then
+      redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+    end
+    if string.find(ARGV[5], 'e', 1, true) then
       redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
     elseif to == 'succeeded' or to == 'failed' or to == 'cancelled' then
       redis.call('ZREM', KEYS[4], ARGV[3])
@@ -466,12 +470,14 @@ class JobStore:
                     return out, (score, job_id)
 
     def transition(self, job_id: str, allowed: Iterable[str], to: str, *, token: str | None = None,
-                   enqueue: bool = False, blob: tuple[str, bytes] | None = None, **fields: Any) -> tuple[bool, str]:
+                   enqueue: bool = False, attempt: bool = False, blob: tuple[str, bytes] | None = None,
+                   **fields: Any) -> tuple[bool, str]:
         """Atomically move ``job_id`` to state ``to`` if it is in one of ``allowed``; returns
         (moved, the state before). With ``token`` (a trainer's) the move is fenced: refused
         with :class:`LeaseLost` unless that trainer holds the lease; ``token="!"`` (the sweep)
         moves only while no trainer holds it. ``enqueue`` puts the job in the outbox: its
-        message is to be sent, and the sweep sends it if the sender dies first. ``blob``
+        message is to be sent, and the sweep sends it if the sender dies first. ``attempt``
+        adds one to the job's ``attempts`` with the move (a trainer starting it). ``blob``
         (part, bytes) is stored with the move and only if it happens: a result must not
         outlive a cancel that won the race."""
         allowed = list(allowed)
@@ -479,8 +485,8 @@ class JobStore:
         for k, v in fields.items():
             flat += [k, v]
         keys = [self.job_key(job_id, "lease"), self.job_key(job_id), self.active_key, self.outbox_key, self.queued_key]
-        args = [token or "", self._lease_ms(), job_id, repr(now()), "1" if enqueue else "0", len(allowed), *allowed,
-                to, *flat]
+        flags = ("e" if enqueue else "") + ("a" if attempt else "")
+        args = [token or "", self._lease_ms(), job_id, repr(now()), flags, len(allowed), *allowed, to, *flat]
         if blob is not None:
             keys.append(self.job_key(job_id, blob[0]))
             args.append(blob[1])

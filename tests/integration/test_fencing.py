@@ -279,3 +279,18 @@ def test_a_job_whose_message_the_broker_lost_is_sent_again(store, celery_app, en
     assert job["state"] == "succeeded" and job["attempts"] == "1"
     assert [r.step for r in store.read_steps(job_id, limit=1000)] == list(range(1, SPEC["steps"] + 1))
     assert store.r.zscore(store.queued_key, job_id) is None
+
+
+def test_a_start_counts_its_attempt_in_the_same_move(store, cleanup):
+    """The attempt is counted by the move to running itself: a trainer killed right after it is
+    still one attempt (the fault matrix once caught a kill between a separate move and count)."""
+    graph_id = store.put_graph("tenant-a", graphspec.load(SEED))
+    job_id, _ = store.create_job("tenant-a", graph_id, SPEC, encode_tensors(runtime.load_tensors(DATA)))
+    cleanup.append(job_id)
+    store.mark_sent(job_id)
+    assert store.acquire_lease(job_id, "t1")
+    assert store.transition(job_id, ["queued"], "running", token="t1", attempt=True, lease="t1")[0]
+    assert store.get_job(job_id)["attempts"] == "1"
+    # a refused move counts nothing
+    assert not store.transition(job_id, ["queued"], "running", token="t1", attempt=True)[0]
+    assert store.get_job(job_id)["attempts"] == "1"
