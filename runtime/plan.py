@@ -10,7 +10,7 @@ gradients where a value fans out and unbroadcasting them to each operand's shape
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -48,18 +48,6 @@ class Step:
     @property
     def saves_inputs(self) -> tuple[int, ...]:
         return self.kernel.saves_inputs
-
-    @property
-    def forward_into(self):
-        return self.kernel.forward_into
-
-    @property
-    def vjp_into(self):
-        return self.kernel.vjp_into
-
-    @property
-    def inplace(self) -> bool:
-        return self.kernel.inplace
 
     @property
     def covers(self) -> tuple[str, ...]:
@@ -143,13 +131,19 @@ class Plan:
         keep = self._saved_for_backward(path) | set(self.graph.outputs.values())
         remaining = _consumer_counts(self.steps)
         shapes = {name: Meta(v.shape, v.dtype) for name, v in values.items()}
+        residuals: dict[str, tuple] = {}  # what kernels with residuals keep for their VJP
         with np.errstate(all="ignore"):  # non-finite results are detected explicitly, not warned about
             for step in self.steps:
                 args = [values[name] for name in step.inputs]
                 try:
-                    out = np.asarray(step.kernel.forward(*args, **step.attrs))
+                    out = step.kernel.forward(*args, **step.attrs)
                 except (ValueError, IndexError) as exc:
                     raise ExecutionError(str(exc), node=step.id, op=step.op) from None
+                if step.kernel.residuals:
+                    out, kept = out
+                    if step.id in path:
+                        residuals[step.id] = kept
+                out = np.asarray(out)
                 values[step.id] = out
                 shapes[step.id] = Meta(out.shape, out.dtype)
                 if not keep_values:
@@ -158,7 +152,7 @@ class Plan:
                         if remaining[name] == 0 and name not in keep and name in values:
                             del values[name]  # no later node and no VJP reads it
         outputs = {name: values[ref] for name, ref in self.graph.outputs.items()}
-        return Run(self, values, shapes, outputs, path, grad_inputs, with_grad)
+        return Run(self, values, shapes, outputs, path, grad_inputs, with_grad, residuals)
 
 
 def _consumer_counts(steps: Iterable[Step]) -> dict[str, int]:
@@ -219,6 +213,7 @@ class Run:
     grad_path: frozenset[str]
     grad_inputs: bool
     with_grad: bool = True
+    residuals: dict[str, tuple] = field(default_factory=dict)
 
     @property
     def loss(self) -> float:
@@ -243,8 +238,7 @@ class Run:
                     kept[step.id] = g
                 args = [self.values[name] if i in step.kernel.saves_inputs else self.shapes[name]
                         for i, name in enumerate(step.inputs)]
-                out = self.values[step.id] if step.kernel.saves_out else self.shapes[step.id]
-                input_grads = step.kernel.vjp(g, out, *args, **step.attrs)
+                input_grads = self.vjp(step, g, args)
                 for i in step.grad_inputs:
                     name = step.inputs[i]
                     if name not in self.grad_path or input_grads[i] is None:
@@ -263,6 +257,13 @@ class Run:
             result[name] = grad
         result.update(kept)
         return result
+
+    def vjp(self, step: Step, g: np.ndarray, args: list) -> tuple:
+        """``step``'s VJP at ``g``, with its output and residuals from this run."""
+        out = self.values[step.id] if step.kernel.saves_out else self.shapes[step.id]
+        if step.kernel.residuals:
+            return step.kernel.vjp(g, out, *args, residuals=self.residuals[step.id], **step.attrs)
+        return step.kernel.vjp(g, out, *args, **step.attrs)
 
 
 def _owned(grad: np.ndarray | None, meta: Meta) -> np.ndarray:

@@ -245,7 +245,7 @@ class Trainer:
                 return NonFiniteError(f"{where}the gradient d(loss)/d({s.id}) at node {s.id!r} ({s.op}) is the first "
                                       "to become NaN/inf in the backward pass (the forward pass is finite)",
                                       node=s.id, step=step, op=s.op)
-            culprit = self._vjp_blame(s, g, run.values, grads)
+            culprit = self._vjp_blame(s, g, run, grads)
             if culprit is not None:
                 return NonFiniteError(f"{where}the backward pass of node {s.id!r} ({s.op}) turned a finite gradient "
                                       f"into NaN/inf for its input {culprit!r} (the forward pass is finite)",
@@ -257,13 +257,13 @@ class Trainer:
         return NonFiniteError(f"{where}the loss or a gradient was NaN/inf, but re-running the batch did not "
                               "reproduce it", node=None, step=step)
 
-    def _vjp_blame(self, s, g: np.ndarray, values: Arrays, grads: Arrays) -> str | None:
+    def _vjp_blame(self, s, g: np.ndarray, run, grads: Arrays) -> str | None:
         """The input of step ``s`` whose gradient is non-finite because of ``s``'s own VJP, if any."""
         if not any(s.inputs[i] in grads and not np.isfinite(grads[s.inputs[i]]).all() for i in s.grad_inputs):
             return None
         try:
             with np.errstate(all="ignore"):
-                parts = s.kernel.vjp(g, values[s.id], *(values[n] for n in s.inputs), **s.attrs)
+                parts = run.vjp(s, g, [run.values[n] for n in s.inputs])
         except Exception:  # noqa: BLE001 - a replay that fails just attributes nothing
             return None
         for i in s.grad_inputs:

@@ -2,8 +2,9 @@
 
 A fusion replaces the last node of a pattern by a node with the pattern's outer inputs;
 the inner nodes then have no consumer and are not run (their values were never needed
-for the loss). Each fused kernel is written beside the plain ones it replaces, as they
-are: ``forward_into`` and ``vjp_into``.
+for the loss). A fused kernel is a :class:`~runtime.kernels.Kernel` like any other —
+numpy ``forward`` and ``vjp``, traced by the compiled engine — listed in :data:`FUSIONS`;
+it is the one definition of that pattern's different algorithm.
 
 * ``sigmoid`` then ``bce``: BCE of probabilities becomes BCE of the logits. Its gradient
   is ``sigmoid(z) - y`` instead of ``(a - y) / (a (1 - a))`` times ``a (1 - a)``, and
@@ -22,15 +23,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..kernels import Kernel
-from ..kernels.losses import reduce_into, scale_by_reduction
+from ..kernels.losses import per_element_grad, reduce
 from ..plan import Step
 
 if TYPE_CHECKING:
     from ..plan import Plan
-
-
-# np.clip's ufunc itself (np.clip is a Python wrapper around it); NaN stays NaN, as in np.clip
-_CLIP = (np._core.umath if hasattr(np, "_core") else np.core.umath).clip
 
 
 def _logit(p: float) -> float:
@@ -59,42 +56,26 @@ def _logit_bounds(eps: float, dtype: np.dtype) -> tuple[float, float]:
             _logit(high) if 0 < high < 1 else -exact)
 
 
-def _sigmoid_bce_into(e, out, z, y, *, eps, reduction):
+def _sigmoid_bce(z, y, *, eps, reduction):
     low, high = _logit_bounds(eps, z.dtype)
-    clipped = e.state["clipped"] = e.buffer(z.shape, z.dtype)
-    softplus = e.state["softplus"] = e.buffer(z.shape, z.dtype)  # log(1 + e^z) = -log(1 - a)
-    e.emit(_CLIP, z, low, high, clipped)
-    e.emit(np.logaddexp, 0, clipped, softplus)
-    per_element = e.scratch(np.broadcast_shapes(z.shape, y.shape), z.dtype)
-    yz = e.scratch(per_element.shape, z.dtype)
-    e.emit(np.multiply, y, clipped, yz)
-    e.emit(np.subtract, softplus, yz, per_element)  # -(y log a + (1 - y) log(1 - a))
-    reduce_into(e, per_element, out, reduction)
+    clipped = np.clip(z, low, high)
+    softplus = np.logaddexp(0, clipped)  # log(1 + e^z) = -log(1 - a)
+    per_element = softplus - y * clipped  # -(y log a + (1 - y) log(1 - a))
+    return reduce(per_element, reduction), (clipped, softplus)
 
 
-def _sigmoid_bce_vjp_into(e, g, out, z, y, *, wanted, eps, reduction):
-    clipped, softplus = e.state["clipped"], e.state["softplus"]
-    shape = np.broadcast_shapes(z.shape, y.shape)
-    dz = e.grad_for(0, shape, z.dtype)
-    # expm1(-softplus(z)) = -sigmoid(z), accurately for every z; so dz = -(sigmoid(z) - y) until the
-    # scaling below flips the sign back
-    e.emit(np.negative, softplus, dz)
-    e.emit(np.expm1, dz, dz)
-    e.emit(np.add, dz, y, dz)
-    inside = e.scratch(z.shape, bool)
-    e.emit(np.equal, clipped, z, inside)  # clipped probabilities have zero gradient
-    e.emit(np.multiply, dz, inside, dz)
-    scale_by_reduction(e, dz, g, shape, reduction, negate=True)
-    return dz, None
+def _sigmoid_bce_vjp(g, out, z, y, *, residuals, eps, reduction):
+    clipped, softplus = residuals
+    # expm1(-softplus(z)) = -sigmoid(z), accurately for every z: so this is -(sigmoid(z) - y),
+    # zero where z was clipped (clipped probabilities have zero gradient), and the sign flip
+    # rides on the reduction's weight, which is computed once per seed
+    minus_dz = (np.expm1(-softplus) + y) * (clipped == z)
+    return minus_dz * -per_element_grad(g, minus_dz.shape, reduction), None
 
 
-def _compiled_only(*args, **kwargs):
-    raise NotImplementedError("a fused kernel exists only in compiled form (runtime/compiled/fusions.py)")
-
-
-# The fusion's one definition: a kernel with only a compiled form (forward_into, vjp_into).
-SIGMOID_BCE = Kernel("sigmoid+bce", _compiled_only, _compiled_only, saves_inputs=(0, 1),
-                     forward_into=_sigmoid_bce_into, vjp_into=_sigmoid_bce_vjp_into)
+# The fusion's one definition: a kernel that only the compiled engine runs.
+SIGMOID_BCE = Kernel("sigmoid+bce", _sigmoid_bce, _sigmoid_bce_vjp, saves_inputs=(0, 1), residuals=True)
+FUSIONS = (SIGMOID_BCE,)
 
 
 def fuse(nodes: list[Step], plan: "Plan") -> list[Step]:

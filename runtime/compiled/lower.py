@@ -38,6 +38,7 @@ from ..kernels import Meta, unbroadcast, unbroadcast_plan
 from ..plan import Plan, Step
 from .emit import Emitter
 from .fusions import fuse
+from .trace import Template, Tracer, signature
 
 
 @dataclass
@@ -49,24 +50,30 @@ class Program:
     inputs: dict[str, np.ndarray]  # the buffers the step reads its inputs from
     loss: np.ndarray
     input_grads: dict[str, np.ndarray]
-    native: tuple[str, ...]  # ops run in compiled form
-    adapted: tuple[str, ...]  # ops run through forward/vjp adapters
+    native: tuple[str, ...]  # ops whose kernels were traced
+    adapted: tuple[str, ...]  # ops run through forward/vjp adapters (see ``untraced`` for why)
     fused: tuple[str, ...]  # fused kernels used
     bytes: int = 0
     values: dict[str, np.ndarray] = field(default_factory=dict)
     seed: np.ndarray | None = None  # d(loss)/d(loss) for the backward pass
-    seed_constants: list = field(default_factory=list)
+    seed_tape: list = field(default_factory=list)  # calls reading only the seed and constants
+    untraced: dict[str, str] = field(default_factory=dict)  # op -> why its kernel was not traced
 
     def __post_init__(self) -> None:
         self.tape = self.forward + self.backward
+        self._run_seed_tape()
 
     def set_seed(self, value: float) -> None:
         """Start the backward pass from ``value`` instead of 1: every gradient comes out
         multiplied by it (plain SGD folds its learning rate in this way)."""
         if self.seed is not None and self.seed.flat[0] != value:
             self.seed[...] = value
-            for array, derive in self.seed_constants:
-                array[...] = derive(self.seed)
+            self._run_seed_tape()
+
+    def _run_seed_tape(self) -> None:
+        with np.errstate(all="ignore"):
+            for fn, args in self.seed_tape:
+                fn(*args)
 
 
 def infer_types(plan: Plan, leaves: Mapping[str, TensorType]) -> dict[str, TensorType]:
@@ -128,6 +135,11 @@ class _Lowering:
         self.nodes = fuse(list(plan.steps), plan)  # plan steps, a fused pattern as one Step
         self.loss_id = plan.loss_node
         self.e = Emitter()
+        self.static: set[int] = set()  # ids of arrays that only the seed tape writes (seed, constants)
+        self.native: set[str] = set()
+        self.adapted: set[str] = set()
+        self.untraced: dict[str, str] = {}
+        self.metas: dict[str, Meta] = {}
 
     # -- pass 1: what runs, what gets a gradient, what the backward pass reads ----------------
     def analyse(self) -> None:
@@ -145,50 +157,84 @@ class _Lowering:
         dtypes = {name: np.dtype(name) for name in {t.dtype for t in types.values()}}
         dtype_of = self.dtype_of = {name: dtypes[t.dtype] for name, t in types.items()}
         buf: dict[str, np.ndarray] = {}
-        self.inputs = {name: e.buffer(tuple(self.input_types[name].shape), dtype_of[name])
+        # zero-filled, so a value check (runtime.kernels.data_check) could never see garbage
+        self.inputs = {name: np.zeros(tuple(self.input_types[name].shape), dtype_of[name])
                        for name in plan.input_names}
         buf.update(self.inputs)
         buf.update(self.params)
         pinned = set(buf)  # inputs and parameters are never written by the forward pass
-        state = self.state = {n.id: {} for n in self.run}
-        native, adapted = self.native, self.adapted = set(), set()
-        adapted_nodes = self.adapted_nodes = set()  # run through the kernel's forward/vjp
-
+        self.residuals: dict[str, list] = {}
         for position, n in enumerate(self.run):
-            t = types[n.id]
-            shape, dtype = tuple(t.shape), dtype_of[n.id]
+            shape, dtype = tuple(types[n.id].shape), dtype_of[n.id]
             args = [buf[name] for name in n.inputs]
-            out = None
-            if n.inplace and n.forward_into is not None:
-                for name in n.inputs:
-                    if (name not in pinned and name not in saved and name != loss_id and last_use[name] == position
-                            and buf[name].shape == shape and buf[name].dtype == dtype):
-                        out = buf[name]
-                        break
-            if out is None:
-                out = e.buffer(shape, dtype)
-            buf[n.id] = out
             if n.op == "constant":  # its value is known now: fill the buffer once, never write it again
+                out = buf[n.id] = e.buffer(shape, dtype)
                 out[...] = n.kernel.forward(**n.attrs)
                 pinned.add(n.id)
+                self.static.add(id(out))
                 continue
-            e.begin(state[n.id])
-            if n.forward_into is None or n.forward_into(e, out, *args, **n.attrs) is NotImplemented:
-                e.emit(_adapted_forward(n, out, args))
-                adapted_nodes.add(n.id)
-                adapted.add(n.op)
+            candidate = None  # a dead input's buffer the output may overwrite
+            for name in n.inputs:
+                if (name not in pinned and name not in saved and name != loss_id and last_use[name] == position
+                        and buf[name].shape == shape and buf[name].dtype == dtype):
+                    candidate = buf[name]
+                    break
+            e.begin()
+            results = self.call(n, "forward", args, [candidate])
+            if results is None:
+                out = e.buffer(shape, dtype)
+                self.residuals[n.id] = []  # the adapter's forward fills it for the adapter's VJP
+                e.emit(_adapted_forward(n, out, args, self.residuals[n.id]))
             else:
-                native.add(n.op)
+                values, owned = results
+                out = values[0]
+                _check_result(n, "forward", out, shape, dtype)
+                if not owned[0]:  # a view or an argument: the value gets a buffer of its own
+                    out = e.buffer(shape, dtype)
+                    e.emit(np.copyto, out, values[0])
+                kept = []
+                for value, own in zip(values[1:], owned[1:]):
+                    if not own:  # an argument's buffer may be overwritten later: keep a copy
+                        copy = e.buffer(value.shape, value.dtype)
+                        e.emit(np.copyto, copy, value)
+                        value = copy
+                    kept.append(value)
+                self.residuals[n.id] = kept
+                if id(out) in self.static:
+                    pinned.add(n.id)
+            buf[n.id] = out
         self.buf = buf
         self.forward_tape = e.tape
         e.tape = []
 
+    def meta(self, name: str) -> Meta:
+        """What a VJP gets for a value it does not read: its shape and dtype (one per value)."""
+        meta = self.metas.get(name)
+        if meta is None:
+            array = self.buf[name]
+            meta = self.metas[name] = Meta(array.shape, array.dtype)
+        return meta
+
+    def call(self, n: Step, which: str, args: list, targets: list, reuse=None,
+             wanted: tuple[bool, ...] | None = None) -> tuple[list, list] | None:
+        """Run node ``n``'s kernel function ``which`` ("forward" or "vjp") on ``args`` into the
+        tape, through its trace (:mod:`.trace`); None when it cannot be traced."""
+        static_ids = self.static
+        static = tuple([id(a) in static_ids for a in args])
+        template = _template(n, which, args, static, wanted)
+        if template.__class__ is str:
+            self.untraced[n.op] = template
+            self.adapted.add(n.op)
+            return None
+        self.native.add(n.op)
+        return template.instantiate(self.e, args, targets, reuse, self.static)
+
     # -- pass 3: the backward tape, gradients summed where a value fans out -------------------
     def emit_backward(self, param_grads: Mapping[str, np.ndarray]) -> Program:
         plan, types, e, loss_id, path = self.plan, self.types, self.e, self.loss_id, self.path
-        buf, dtype_of, state, adapted_nodes = self.buf, self.dtype_of, self.state, self.adapted_nodes
+        buf, dtype_of = self.buf, self.dtype_of
         seed = np.ones(tuple(types[loss_id].shape), dtype_of[loss_id])
-        e.seed = seed
+        self.static.add(id(seed))
         leaf_targets: dict[str, np.ndarray] = dict(param_grads)
         input_grads: dict[str, np.ndarray] = {}
         if self.grad_inputs:
@@ -223,35 +269,41 @@ class _Lowering:
             if n.id not in path or n.id not in grads:
                 continue
             g = grads.pop(n.id)
+            k = n.kernel
             wanted = tuple([i in n.grad_inputs and name in path for i, name in enumerate(n.inputs)])
-            targets = {}
+            targets: list = [None] * len(n.inputs)
             for i, name in enumerate(n.inputs):  # a leaf's first gradient goes straight into its array
                 if wanted[i] and name in leaf_targets and name not in grads and name not in n.inputs[:i]:
                     targets[i] = leaf_targets[name]
-            args = [buf[name] for name in n.inputs]
+            out = buf[n.id] if k.saves_out else self.meta(n.id)
+            args = [buf[name] if i in k.saves_inputs else self.meta(name) for i, name in enumerate(n.inputs)]
             g_exclusive = id(g) in exclusive
             exclusive.discard(id(g))
-            e.begin(state[n.id], targets, g if g_exclusive else None)
-            parts = None
-            if n.vjp_into is not None and n.id not in adapted_nodes:
-                parts = n.vjp_into(e, g, buf[n.id], *args, wanted=wanted, **n.attrs)
-            if parts is None or parts is NotImplemented:  # no compiled form for this case
-                parts = _adapted_vjp(e, n, g, buf[n.id], args, wanted)
+            e.begin()
+            results = None
+            if n.op not in self.untraced:
+                results = self.call(n, "vjp", [g, out, *args, *self.residuals[n.id]], targets,
+                                    g if g_exclusive else None, wanted)
+            if results is None:
+                parts = _adapted_vjp(e, n, g, out, args, wanted, self.residuals[n.id])
+            else:
+                parts = results[0]
             returned = [id(p) for p in parts if p is not None]
             for i, name in enumerate(n.inputs):
                 if not wanted[i]:
                     continue
                 gi = parts[i]
                 shape = tuple(types[name].shape)
+                _check_result(n, f"gradient for input {i}", gi, gi.shape, dtype_of[name])
                 if gi.shape != shape:
-                    target = targets.get(i)
+                    target = targets[i]
                     reduced = target if target is not None and name not in grads else e.buffer(shape, dtype_of[name])
                     _emit_unbroadcast(e, gi, reduced)
                     gi = reduced
                     if reduced is not target:
                         exclusive.add(id(reduced))
                 elif returned.count(id(gi)) == 1 and id(gi) not in owned and (
-                        (gi is g and g_exclusive) or (gi is not g and _is_fresh(e, gi))):
+                        (gi is g and g_exclusive) or (gi is not g and _is_fresh(gi, self.static))):
                     exclusive.add(id(gi))
                 contribute(name, gi)
 
@@ -260,12 +312,68 @@ class _Lowering:
                 target[...] = 0
         return Program(self.forward_tape, e.tape, self.inputs, buf[loss_id], input_grads, tuple(sorted(self.native)),
                        tuple(sorted(self.adapted)), tuple(sorted({n.op for n in self.run if len(n.covers) > 1})),
-                       e.bytes, buf, seed, e.seed_constants)
+                       e.bytes, buf, seed, e.seed_tape, dict(self.untraced))
 
 
-def _is_fresh(e: Emitter, array: np.ndarray) -> bool:
-    """An array the emitter allocated (not a view of one, not the seed)."""
-    return array.base is None and array is not e.seed
+_TEMPLATES: dict[tuple, Template | str] = {}  # traces, shared by every lowering (kernels never change)
+
+
+def _template(n: Step, which: str, args: list, static: tuple, wanted) -> Template | str:
+    """The trace of ``n``'s kernel function for arguments like ``args`` (cached), or why there is none."""
+    try:
+        key = (n.kernel, which, _frozen(n.attrs) if n.attrs else None, static, wanted,
+               *[(a.shape, a.dtype, a.strides) if a.__class__ is np.ndarray else signature(a) for a in args])
+        hash(key)
+    except TypeError:  # an attribute that is no plain value: trace every time
+        key = None
+    template = _TEMPLATES.get(key) if key is not None else None
+    if template is None:
+        template = _trace(n, which, args, static, wanted)
+        if key is not None:
+            if len(_TEMPLATES) > 4096:  # a long-lived worker sees many graphs: keep the cache small
+                _TEMPLATES.clear()
+            _TEMPLATES[key] = template
+    return template
+
+
+def _trace(n: Step, which: str, args: list, static: tuple, wanted) -> Template | str:
+    k = n.kernel
+    tracer = Tracer(f"kernel {k.op!r} ({which})")
+    traced = [tracer.argument(a) for a in args]
+    try:
+        with np.errstate(all="ignore"):
+            if which == "forward":
+                result = k.forward(*traced, **n.attrs)
+                results = [result[0], *result[1]] if k.residuals else [result]
+            else:
+                g, out, *rest = traced
+                inputs, residuals = rest[:len(n.inputs)], rest[len(n.inputs):]
+                extra = {"residuals": tuple(residuals)} if k.residuals else {}
+                results = list(k.vjp(g, out, *inputs, **extra, **n.attrs))
+    except Exception as exc:  # noqa: BLE001 - anything a trace cannot follow runs through the adapter
+        return f"{type(exc).__name__}: {exc}"
+    return tracer.template(results, wanted, static)
+
+
+def _frozen(value):
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def _check_result(n: Step, what: str, array, shape: tuple, dtype: np.dtype) -> None:
+    """A kernel's result has the contract's dtype (a wrong one is a kernel bug: say which)."""
+    if not isinstance(array, np.ndarray) or array.dtype != dtype or tuple(array.shape) != tuple(shape):
+        got = f"{array.dtype}{list(array.shape)}" if isinstance(array, np.ndarray) else type(array).__name__
+        raise TypeError(f"kernel {n.kernel.op!r} ({what}) gave {got}, its contract says {dtype}{list(shape)}: "
+                        "fix the kernel (runtime/kernels)")
+
+
+def _is_fresh(array: np.ndarray, static: set[int]) -> bool:
+    """An array the emitter allocated for the step (not a view, not the seed or a constant)."""
+    return array.base is None and id(array) not in static
 
 
 def _emit_unbroadcast(e: Emitter, g: np.ndarray, out: np.ndarray) -> None:
@@ -274,25 +382,27 @@ def _emit_unbroadcast(e: Emitter, g: np.ndarray, out: np.ndarray) -> None:
     e.emit(np.add.reduce, g, axes, None, out.reshape(kept))
 
 
-def _adapted_forward(n: Step, out: np.ndarray, args: list[np.ndarray]) -> tuple:
-    forward, attrs = n.kernel.forward, n.attrs
+def _adapted_forward(n: Step, out: np.ndarray, args: list[np.ndarray], residuals: list) -> tuple:
+    forward, attrs, has_residuals = n.kernel.forward, n.attrs, n.kernel.residuals
 
     def run() -> None:
-        np.copyto(out, forward(*args, **attrs))
+        result = forward(*args, **attrs)
+        if has_residuals:
+            result, residuals[:] = result[0], list(result[1])
+        np.copyto(out, result)
     return run
 
 
-def _adapted_vjp(e: Emitter, n: Step, g: np.ndarray, out: np.ndarray, args: list[np.ndarray],
-                 wanted: tuple[bool, ...]) -> list:
+def _adapted_vjp(e: Emitter, n: Step, g: np.ndarray, out, args: list, wanted: tuple[bool, ...],
+                 residuals: list) -> list:
     """The kernel's own VJP, unbroadcast and copied into gradient buffers."""
     k = n.kernel
-    metas = [a if i in k.saves_inputs else Meta(a.shape, a.dtype) for i, a in enumerate(args)]
-    out_arg = out if k.saves_out else Meta(out.shape, out.dtype)
-    dests = [e.grad_for(i, a.shape, a.dtype) if wanted[i] else None for i, a in enumerate(args)]
+    dests = [e.buffer(a.shape, a.dtype) if wanted[i] else None for i, a in enumerate(args)]
     vjp, attrs = k.vjp, n.attrs
 
     def run() -> None:
-        parts = vjp(g, out_arg, *metas, **attrs)
+        extra = {"residuals": tuple(residuals)} if k.residuals else {}
+        parts = vjp(g, out, *args, **extra, **attrs)
         for i, dest in enumerate(dests):
             if dest is not None:
                 part = parts[i]

@@ -1,6 +1,7 @@
 """The kernel table: one entry per op of the graphspec catalogue, forward and VJP side by side.
 
-A kernel is two functions over numpy arrays:
+A kernel is two functions over numpy arrays, and the only definition of its op's
+derivative — both engines run them:
 
     forward(*inputs, **attrs) -> output
     vjp(g, out, *inputs, **attrs) -> one gradient per input (None where the input takes none)
@@ -9,28 +10,27 @@ A kernel is two functions over numpy arrays:
 with :func:`unbroadcast`, so a broadcasting op's VJP can return the broadcast shape.
 ``saves`` names which forward values the VJP reads ("out" and/or input indices); the
 engine keeps only those, and passes a :class:`Meta` (shape and dtype) for the rest.
+A kernel registered with ``residuals=True`` returns ``(output, residuals)`` from
+``forward`` — intermediate arrays its VJP reuses instead of recomputing — and its VJP
+receives them as the keyword ``residuals``.
+
+The interpreter calls these functions; the compiled engine (:mod:`runtime.compiled`)
+*traces* the same functions once per set of shapes and plans buffers over the recording
+(:mod:`runtime.compiled.trace`). So a kernel is written as plain numpy on whole arrays:
+no ``out=``, no writing into an argument, no Python ``if`` on values (a value check
+that must run every step is a :func:`data_check`). Python numbers, not numpy scalars,
+for constants: ``np.float64(2) * x`` turns float32 into float64, and tracing refuses it.
+
 Adding an op is the list in docs/runtime.md ("Adding an op"): a contract in
 graphspec/ops.py (with a format version bump), one ``kernel(...)`` entry here, a sample in
-tests/op_samples.py, the generated docs; the suite fails until all are done.
-
-**Compiled form (optional).** The compiled engine (:mod:`runtime.compiled`) runs a
-training step as a flat list of numpy calls writing into buffers it allocated once. A
-kernel may give, beside ``forward`` and ``vjp``, the same two functions in that form:
-
-    forward_into(e, out, *inputs, **attrs)          emit calls that write the op into ``out``
-    vjp_into(e, g, out, *inputs, wanted, **attrs)   emit calls for each wanted input's gradient;
-                                                    return one array (or None) per input
-
-``e`` is the :class:`~runtime.compiled.emit.Emitter`: ``e.emit(fn, *args)`` appends a call,
-``e.grad_for(i, shape)`` gives the array to write input ``i``'s gradient into,
-``e.scratch(shape, dtype)`` a temporary valid only inside this one function's calls.
-``inplace=True`` promises that ``forward_into`` is correct when ``out`` is one of the
-inputs (a single elementwise ufunc), so the engine may reuse a dead input's buffer. An op
-without these runs through ``forward``/``vjp`` inside the compiled step (correct, slower).
+tests/op_samples.py, the generated docs; the suite fails until all are done. Patterns of
+several ops that the compiled engine runs as one different algorithm are fusions
+(runtime/compiled/fusions.py), declared there, each with its one definition.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -51,43 +51,44 @@ class Meta:
         return len(self.shape)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: a kernel is its functions
 class Kernel:
     op: str
     forward: Callable[..., np.ndarray]
     vjp: Callable[..., tuple]
     saves_out: bool = False
     saves_inputs: tuple[int, ...] = ()
-    forward_into: Callable[..., None] | None = None
-    vjp_into: Callable[..., tuple] | None = None
-    inplace: bool = False
+    residuals: bool = False  # forward returns (output, residuals); vjp takes residuals=...
 
 
 KERNELS: dict[str, Kernel] = {}
 
 
-def kernel(op: str, forward: Callable, vjp: Callable, *, saves: tuple = (), forward_into: Callable | None = None,
-           vjp_into: Callable | None = None, inplace: bool = False) -> Kernel:
-    """Register the kernel of catalogue op ``op``; ``saves`` lists "out" and/or input indices;
-    ``forward_into``/``vjp_into``/``inplace`` are its optional compiled form (module docstring)."""
+def kernel(op: str, forward: Callable, vjp: Callable, *, saves: tuple = (), residuals: bool = False) -> Kernel:
+    """Register the kernel of catalogue op ``op``; ``saves`` lists "out" and/or input indices
+    the VJP reads; ``residuals`` (module docstring)."""
     if op not in OPS:
         raise KeyError(f"no graphspec contract for op {op!r}: add it to graphspec/ops.py first")
     if op in KERNELS:
         raise ValueError(f"kernel {op!r} is already registered")
-    if (forward_into is None) != (vjp_into is None):
-        raise ValueError(f"kernel {op!r}: give both forward_into and vjp_into, or neither")
     entry = Kernel(op, forward, vjp, saves_out="out" in saves,
-                   saves_inputs=tuple(i for i in saves if isinstance(i, int)),
-                   forward_into=forward_into, vjp_into=vjp_into, inplace=inplace)
+                   saves_inputs=tuple(i for i in saves if isinstance(i, int)), residuals=residuals)
     KERNELS[op] = entry
     return entry
 
 
-def ufunc_into(ufunc: Callable) -> Callable:
-    """``forward_into`` for an op that is exactly one numpy ufunc of its inputs."""
-    def forward_into(e, out, *inputs):
-        e.emit(ufunc, *inputs, out)
-    return forward_into
+def data_check(fn: Callable[..., None]) -> Callable[..., None]:
+    """Mark ``fn`` (arrays in, an exception out when their values are wrong) as a check a
+    kernel runs on values: the interpreter calls it; a trace (runtime.compiled.trace) records
+    it as one call of the compiled step, since its Python ``if`` cannot be traced."""
+    @functools.wraps(fn)
+    def check(*args):
+        for arg in args:
+            tracer = getattr(arg, "tracer", None)  # a traced array
+            if tracer is not None:
+                return tracer.effect(fn, args)
+        return fn(*args)
+    return check
 
 
 _UNBROADCAST: dict[tuple, tuple] = {}  # (gradient shape, operand shape) -> (summed axes, kept shape)

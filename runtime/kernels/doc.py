@@ -18,13 +18,13 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "runtime.md"
 
 
 def render_table() -> str:
-    lines = ["| op | gradient flows to | VJP reads | compiled engine | computes |", "|---|---|---|---|---|"]
+    lines = ["| op | gradient flows to | VJP reads | computes |", "|---|---|---|---|"]
     for name in sorted(KERNELS):
         k, contract = KERNELS[name], OPS[name]
         to = ", ".join(contract.inputs[i] for i in contract.grad_inputs) or "—"
-        reads = [contract.inputs[i] for i in k.saves_inputs] + (["output"] if k.saves_out else [])
-        compiled = "native" + (", in place" if k.inplace else "") if k.forward_into else "adapter"
-        lines.append(f"| `{name}` | {to} | {', '.join(reads) or 'shapes only'} | {compiled} | {contract.doc} |")
+        reads = ([contract.inputs[i] for i in k.saves_inputs] + (["output"] if k.saves_out else [])
+                 + (["residuals of its forward"] if k.residuals else []))
+        lines.append(f"| `{name}` | {to} | {', '.join(reads) or 'shapes only'} | {contract.doc} |")
     return "\n".join(lines)
 
 
