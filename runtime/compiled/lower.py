@@ -38,7 +38,7 @@ from ..kernels import Meta, unbroadcast, unbroadcast_plan
 from ..plan import Plan, Step
 from .emit import Emitter
 from .fusions import fuse
-from .trace import Template, Tracer, signature
+from .trace import PromotionError, Template, Tracer, signature
 
 
 @dataclass
@@ -294,7 +294,7 @@ class _Lowering:
                     continue
                 gi = parts[i]
                 shape = tuple(types[name].shape)
-                _check_result(n, f"gradient for input {i}", gi, gi.shape, dtype_of[name])
+                _check_result(n, i, gi, gi.shape, dtype_of[name])
                 if gi.shape != shape:
                     target = targets[i]
                     reduced = target if target is not None and name not in grads else e.buffer(shape, dtype_of[name])
@@ -350,6 +350,8 @@ def _trace(n: Step, which: str, args: list, static: tuple, wanted) -> Template |
                 inputs, residuals = rest[:len(n.inputs)], rest[len(n.inputs):]
                 extra = {"residuals": tuple(residuals)} if k.residuals else {}
                 results = list(k.vjp(g, out, *inputs, **extra, **n.attrs))
+    except PromotionError as exc:  # the interpreter would hand float64 on, silently: the kernel must be fixed
+        raise TypeError(f"{exc} (fix the kernel in runtime/kernels)") from None
     except Exception as exc:  # noqa: BLE001 - anything a trace cannot follow runs through the adapter
         return f"{type(exc).__name__}: {exc}"
     return tracer.template(results, wanted, static)
@@ -363,9 +365,11 @@ def _frozen(value):
     return value
 
 
-def _check_result(n: Step, what: str, array, shape: tuple, dtype: np.dtype) -> None:
-    """A kernel's result has the contract's dtype (a wrong one is a kernel bug: say which)."""
-    if not isinstance(array, np.ndarray) or array.dtype != dtype or tuple(array.shape) != tuple(shape):
+def _check_result(n: Step, what: str | int, array, shape: tuple, dtype: np.dtype) -> None:
+    """A kernel's result has the contract's dtype (a wrong one is a kernel bug: say which);
+    ``what`` is "forward" or the index of the input whose gradient it is."""
+    if array.__class__ is not np.ndarray or array.dtype != dtype or array.shape != tuple(shape):
+        what = what if isinstance(what, str) else f"gradient for input {what}"
         got = f"{array.dtype}{list(array.shape)}" if isinstance(array, np.ndarray) else type(array).__name__
         raise TypeError(f"kernel {n.kernel.op!r} ({what}) gave {got}, its contract says {dtype}{list(shape)}: "
                         "fix the kernel (runtime/kernels)")

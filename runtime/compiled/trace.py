@@ -52,6 +52,10 @@ class TraceError(Exception):
     """A kernel did something a trace cannot record (the message says what)."""
 
 
+class PromotionError(TraceError):
+    """A kernel turned float32 into float64: a bug in the kernel, not a limit of tracing."""
+
+
 @dataclass(frozen=True)
 class View:
     """A view of slot ``base``'s memory: ``fn(*args, **kwargs)`` with the slots filled in."""
@@ -344,7 +348,7 @@ class Tracer:
             if isinstance(x, Traced) and x.dtype.kind == "f":
                 widest = max(widest, x.dtype.itemsize)
         if widest and value.dtype.itemsize > widest:
-            raise TraceError(f"{self.label}: {name} promotes float{8 * widest} to {value.dtype} (a numpy scalar "
+            raise PromotionError(f"{self.label}: {name} promotes float{8 * widest} to {value.dtype} (a numpy scalar "
                              "such as np.float64(...) or a float64 array among its operands); use a Python number "
                              "or an array of the operand's dtype")
 
@@ -414,6 +418,7 @@ class Template:
     program: list                     # per instruction: (kind, fn, arg specs, kwarg specs, out slot, static)
     view_specs: list                  # (fn, arg specs, kwarg specs) of each view, in order
     n_slots: int
+    passes_through: bool              # no calls: every result is an argument (or None)
 
     @classmethod
     def build(cls, tracer: Tracer, results, wanted, static) -> "Template":
@@ -500,7 +505,7 @@ class Template:
                     ins.out, k in static_ins) for k, ins in enumerate(kept)]
         results = [None if r is None else ((_CONSTANT, r[1]) if isinstance(r, tuple) else spec(r)) for r in result_refs]
         return cls(tracer.label, n_args, kept, static_ins, groups, group_of, results, program, view_specs,
-                   len(tracer.values))
+                   len(tracer.values), not program and all(r is None or r[0] == _SLOT for r in results))
 
     def instantiate(self, e: Emitter, args: Sequence, targets: Sequence, reuse=None,
                     static_ids: set[int] | None = None) -> list:
@@ -510,6 +515,8 @@ class Template:
         Returns the results — arrays (bound buffers, arguments, or views of them) or None — and
         for each whether it is a buffer of its own (not an argument, not a view).
         ``static_ids`` gains the ids of the arrays the seed tape computes."""
+        if self.passes_through:  # e.g. add's VJP: (g, g)
+            return [None if r is None else args[r[1]] for r in self.results], [False] * len(self.results)
         arrays: list = [*args, *([None] * (self.n_slots - self.n_args))]
         for g in self.groups:
             if g.static:
