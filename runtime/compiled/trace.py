@@ -98,6 +98,13 @@ _WITH_OUT = {np.take, np.dot, np.cumsum, np.cumprod}  # numpy functions with an 
 _CLIP = (np._core.umath if hasattr(np, "_core") else np.core.umath).clip  # np.clip's ufunc
 
 
+def _as_method(func):
+    def method(self, *args, **kwargs):
+        return func(self, *args, **kwargs)
+    method.__name__ = func.__name__
+    return method
+
+
 class Traced(NDArrayOperatorsMixin):
     """Stands in for an array while a kernel is traced; numpy calls on it are recorded."""
 
@@ -139,26 +146,9 @@ class Traced(NDArrayOperatorsMixin):
     def squeeze(self, axis=None):
         return np.squeeze(self, axis)
 
-    def sum(self, axis=None, dtype=None, keepdims=False):
-        return np.sum(self, axis=axis, dtype=dtype, keepdims=keepdims)
-
-    def mean(self, axis=None, keepdims=False):
-        return np.mean(self, axis=axis, keepdims=keepdims)
-
-    def max(self, axis=None, keepdims=False):
-        return np.max(self, axis=axis, keepdims=keepdims)
-
-    def min(self, axis=None, keepdims=False):
-        return np.min(self, axis=axis, keepdims=keepdims)
-
-    def prod(self, axis=None, keepdims=False):
-        return np.prod(self, axis=axis, keepdims=keepdims)
-
-    def all(self, axis=None, keepdims=False):
-        return np.all(self, axis=axis, keepdims=keepdims)
-
-    def any(self, axis=None, keepdims=False):
-        return np.any(self, axis=axis, keepdims=keepdims)
+    # reductions: the numpy function of the same name, called with the same arguments
+    sum, mean, max, min, prod, all, any = (_as_method(f) for f in (np.sum, np.mean, np.max, np.min, np.prod,
+                                                                   np.all, np.any))
 
     def clip(self, low, high):
         return np.clip(self, low, high)
