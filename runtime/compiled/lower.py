@@ -220,7 +220,7 @@ class _Lowering:
         """Run node ``n``'s kernel function ``which`` ("forward" or "vjp") on ``args`` into the
         tape, through its trace (:mod:`.trace`); None when it cannot be traced."""
         static_ids = self.static
-        static = tuple([id(a) in static_ids for a in args])
+        static = None if static_ids.isdisjoint(map(id, args)) else tuple([id(a) in static_ids for a in args])
         template = _template(n, which, args, static, wanted)
         if template.__class__ is str:
             self.untraced[n.op] = template

@@ -73,6 +73,7 @@ REDUCE = "reduce"    # ufunc.reduce(array, axis, dtype, out, keepdims)
 ASSIGN = "assign"    # np.copyto(out, fn(*args, **kwargs)): numpy functions without out=
 COPY = "copy"        # np.copyto(out, args[0], casting="unsafe")
 EFFECT = "effect"    # fn(*args): a data check, no result
+_POSITIONAL_OUT = "positional"  # a UFUNC call taking its out positionally (instantiation's fast path)
 
 
 @dataclass
@@ -94,6 +95,8 @@ class _Ref:
 _REDUCTIONS = {np.sum: np.add, np.prod: np.multiply, np.max: np.maximum, np.min: np.minimum,
                np.amax: np.maximum, np.amin: np.minimum}
 _MUTATING = {np.put, np.put_along_axis, np.copyto, np.place, np.putmask, np.fill_diagonal}
+_VIEW_METHODS = {np.swapaxes: np.ndarray.swapaxes, np.transpose: np.ndarray.transpose, np.reshape: np.ndarray.reshape,
+                 np.squeeze: np.ndarray.squeeze}
 _WITH_OUT = {np.take, np.dot, np.cumsum, np.cumprod}  # numpy functions with an out= argument
 _CLIP = (np._core.umath if hasattr(np, "_core") else np.core.umath).clip  # np.clip's ufunc
 
@@ -203,10 +206,12 @@ class Tracer:
         self.label = label
         self.values: list[np.ndarray] = []  # each slot's stand-in value (zeros for the arguments)
         self.instructions: list[Instruction] = []
+        self.n_args = 0
 
     def argument(self, array):
         """A traced stand-in for one kernel argument (a :class:`Meta` stays itself)."""
         slot = len(self.values)
+        self.n_args += 1
         if isinstance(array, Meta) or array is None:
             self.values.append(None)
             return array
@@ -264,7 +269,8 @@ class Tracer:
             if len(set(shared)) > 1:
                 raise TraceError(f"{self.label}: np.{name} returned a view of more than one array")
             kw_refs, _, _ = self._unwrap(kwargs)
-            return Traced(self, View(shared[0], func, refs, kw_refs), value)
+            method = _VIEW_METHODS.get(func) if not kwargs else None  # the same view, without numpy's dispatch
+            return Traced(self, View(shared[0], method or func, refs, kw_refs), value)
         self._check_promotion(name, args, value)
         return self.compute(OUT if func in _WITH_OUT else ASSIGN, func, args, kwargs, value)
 
@@ -342,7 +348,10 @@ class Tracer:
                              "such as np.float64(...) or a float64 array among its operands); use a Python number "
                              "or an array of the operand's dtype")
 
-    def template(self, results, wanted: Sequence[bool] | None, static: Sequence[bool]) -> "Template":
+    def template(self, results, wanted: Sequence[bool] | None, static: Sequence[bool] | None) -> "Template":
+        """The recording as a :class:`Template`: ``results`` are what the kernel returned,
+        ``wanted`` which of them the engine uses (None: all), ``static`` which arguments only
+        the seed tape writes (None: none)."""
         return Template.build(self, results, wanted, static)
 
 
@@ -412,7 +421,7 @@ class Template:
 
     @classmethod
     def build(cls, tracer: Tracer, results, wanted, static) -> "Template":
-        n_args = len(static)
+        n_args = tracer.n_args
         result_refs = []
         for i, r in enumerate(results):
             if r is None or (wanted is not None and not wanted[i]):
@@ -431,7 +440,7 @@ class Template:
                 live.update(ins.reads)
         kept.reverse()
         # static: computed from the seed and constants only
-        is_static = {slot for slot in range(n_args) if static[slot]}
+        is_static = {slot for slot in range(n_args) if static and static[slot]}
         static_ins = set()
         for k, ins in enumerate(kept):
             if ins.kind != EFFECT and all(s in is_static for s in ins.reads):
@@ -491,7 +500,8 @@ class Template:
                 g.unsafe.append(tuple(s for s, reads in arg_reads.items()
                                       if any(k > w or (k == w and not ok) for k, ok in reads)))
         spec, view_specs = _compile_refs(kept, result_refs)
-        program = [(ins.kind, ins.fn, tuple(spec(a) for a in ins.args), {k: spec(v) for k, v in ins.kwargs.items()},
+        program = [(_POSITIONAL_OUT if ins.kind == UFUNC and ins.fn not in _KEYWORD_OUT else ins.kind, ins.fn,
+                    tuple(spec(a) for a in ins.args), {k: spec(v) for k, v in ins.kwargs.items()},
                     ins.out, k in static_ins) for k, ins in enumerate(kept)]
         results = [None if r is None else ((_CONSTANT, r[1]) if isinstance(r, tuple) else spec(r)) for r in result_refs]
         return cls(tracer.label, n_args, kept, static_ins, groups, group_of, results, program, view_specs,
@@ -544,7 +554,12 @@ class Template:
         for kind, fn, spec, kwargs, slot, static in self.program:
             values = [arrays[p] if c == _SLOT else (views[p] if c == _VIEW else _get(c, p, arrays, views))
                       for c, p in spec]
-            entry = _entry(kind, fn, values, _resolve_kwargs(kwargs, arrays, views), arrays[slot] if slot is not None else None)
+            if kind is _POSITIONAL_OUT:  # most calls: fn(*args, out)
+                values.append(arrays[slot])
+                entry = fn, tuple(values)
+            else:
+                entry = _entry(kind, fn, values, _resolve_kwargs(kwargs, arrays, views),
+                               arrays[slot] if slot is not None else None)
             (seed_tape if static else tape).append(entry)
         out, owned = [], []
         for r in self.results:
