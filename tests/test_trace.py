@@ -204,3 +204,13 @@ def test_a_value_check_is_a_call_on_every_step():
     labels[1] = 7
     with pytest.raises(ValueError, match="class label 7 is out of range for 3 classes"):
         run(e)
+
+
+def test_dividing_by_one_is_no_call():
+    """A mean over one element (a batch of one) divides by 1: x / 1 is x to the bit, so the
+    trace records only the sum (W1_b1's step is 15 calls, not 16)."""
+    x = np.ones((1, 1))
+    tmpl = template(lambda x: x.mean(), x)
+    assert [ins[1] for ins in tmpl.program] == [np.add.reduce]
+    assert [ins[1] for ins in template(lambda x: x.mean(), np.ones((2, 1))).program] == [np.add.reduce,
+                                                                                         np.true_divide]

@@ -225,6 +225,8 @@ class Tracer:
             raise TraceError(f"{self.label}: {ufunc.__name__}(..., out=...) writes into an array: kernels "
                              "return new values; the compiled engine decides where they are written")
         kwargs = {k: v for k, v in kwargs.items() if k != "out"}
+        if method == "__call__" and not kwargs and _is_identity(ufunc, inputs):
+            return inputs[0]  # x / 1, x * 1: x itself, to the bit (a mean over one element)
         refs, values, _ = self._unwrap(inputs)
         with np.errstate(all="ignore"):
             if method == "__call__":
@@ -353,6 +355,16 @@ class Tracer:
         ``wanted`` which of them the engine uses (None: all), ``static`` which arguments only
         the seed tape writes (None: none)."""
         return Template.build(self, results, wanted, static)
+
+
+def _is_identity(ufunc, inputs) -> bool:
+    """``ufunc(x, 1)`` is ``x`` exactly (IEEE: x / 1 and x * 1 are x, NaN included) when it keeps
+    x's shape and dtype."""
+    if ufunc not in (np.true_divide, np.multiply) or len(inputs) != 2:
+        return False
+    x, one = inputs
+    return (isinstance(x, Traced) and type(one) in (int, float) and one == 1
+            and np.result_type(x.dtype, one) == x.dtype)
 
 
 def _flatten(obj):
