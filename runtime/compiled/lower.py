@@ -3,24 +3,27 @@
 What the lowering decides, once, so the step never has to:
 
 * **shapes**: every value's shape and dtype, from the op contracts' type rules applied to
-  the concrete input shapes (nothing runs);
+  the concrete input shapes;
 * **fusions** (:mod:`.fusions`): a few node pairs become one kernel, e.g. ``sigmoid`` then
   ``bce`` becomes BCE on the logits, whose gradient is ``sigmoid(z) - y``;
 * **dead work**: nodes the loss does not need are not run; gradients flow only along
   paths from a parameter to the loss (inputs only when asked for);
-* **buffers**: one persistent array per value, except that an elementwise op whose input
-  is dead after it (no later node, no VJP reads it) writes over that input's buffer;
-  gradients that only pass through (``add``) share their array; a gradient nobody else
-  reads is overwritten by the next activation's VJP; parameter gradients are written
-  straight into the caller's gradient arrays;
-* **fan-out**: the first gradient reaching a value is used as is, later ones are added in.
+* **each node's calls**: its kernel's own ``forward`` and ``vjp``, traced
+  (:mod:`.trace`, one recording per kernel and shapes, shared by every lowering) and bound
+  to buffers — the output over a dead input's buffer when that is safe, an activation's
+  gradient over an incoming gradient nobody else reads, a parameter's gradient straight
+  into the caller's array; gradients that only pass through (``add``) share their array;
+* **fan-out**: the first gradient reaching a value is used as is, later ones are added in;
+  a gradient of a broadcast operand is summed back to its shape (``unbroadcast_plan``).
 
-Ops whose kernel has no compiled form run their ``forward``/``vjp`` through a small
-adapter that copies the result into the value's buffer.
+Besides those sums and copies, the lowering computes nothing itself: a kernel the tracer
+cannot follow runs its ``forward``/``vjp`` through a small adapter that copies the result
+into the value's buffer (``Program.untraced`` says why).
 
 The passes (:class:`_Lowering`): shapes and fusions; what runs and what gets a gradient
 (:mod:`runtime.analysis`, the same functions the interpreter's plan uses); the forward
-tape; the backward tape.
+tape; the backward tape. Past 300 lines because the two tape passes share the buffer
+state; the tracer and the emitter are their own modules.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from ..kernels import Meta, unbroadcast, unbroadcast_plan
 from ..plan import Plan, Step
 from .emit import Emitter
 from .fusions import fuse
-from .trace import PromotionError, Template, Tracer, signature
+from .template import Template
+from .trace import PromotionError, Tracer, signature
 
 
 @dataclass
