@@ -9,7 +9,8 @@ derivative of its own that is not a declared fusion:
   bookkeeping (copies, gradient sums where a value fans out, unbroadcasting): nothing else
   computes anything — checked over every op's gradient-check samples, float64 and float32;
 * every op's kernel traces (none falls back to the adapter), so each is run through its one
-  definition on the compiled engine too.
+  definition on the compiled engine too — and, replaying the interpreter's own calls, gives
+  its losses and gradients bit for bit (where no fusion replaces a pattern).
 """
 
 from __future__ import annotations
@@ -78,6 +79,19 @@ def _lower_recording(sample: Sample):
     return program, own
 
 
+def _assert_same_bits_as_the_interpreter(sample: Sample) -> None:
+    grad_inputs = sample.wrt != "params"
+    run = runtime.compile(sample.graph).forward(sample.inputs, sample.params, grad_inputs=grad_inputs)
+    expected = run.backward() if run.grad_path else {}
+    step = runtime.CompiledStep(sample.graph, grad_inputs=grad_inputs)
+    step.load_params(sample.params)
+    loss, grads = step.gradients(sample.inputs)
+    assert loss == run.loss or (np.isnan(loss) and np.isnan(run.loss)), f"{sample!r}: loss {loss} != {run.loss}"
+    for name, value in expected.items():
+        if name in grads:
+            np.testing.assert_array_equal(grads[name], value, err_msg=f"{sample!r}: d(loss)/d({name})")
+
+
 def _bookkeeping(fn) -> bool:
     return fn in BOOKKEEPING or getattr(fn, "func", None) in BOOKKEEPING
 
@@ -96,6 +110,8 @@ def test_every_op_runs_compiled_through_its_one_definition(op):
             assert op in program.native or op == "constant" or op in {"sigmoid", "bce"} & set(program.fused)
             computing = [fn for fn, _ in own if not _bookkeeping(fn)]
             assert not computing, f"{variant!r}: the engine computed {computing} outside any kernel's trace"
+            if not program.fused:  # the interpreter's calls, replayed: the same bits
+                _assert_same_bits_as_the_interpreter(variant)
         checked.append(sample)
 
     check()
