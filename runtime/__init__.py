@@ -20,11 +20,12 @@ from .init import init_params
 from .kernels import KERNELS, Kernel, unbroadcast
 from .optim import OPTIMIZERS, SGD, Adam, Optimizer, make_optimizer, optimizer_defaults
 from .plan import Plan, Run, compile
-from .trainer import StepReport, Trainer, TrainResult
+from .spec import SpecError, TrainingSpec
+from .trainer import DEFAULT_CHECKPOINT_STEPS, StepReport, Trainer, TrainResult
 
 __all__ = [
     "Adam", "ChainruleRuntimeError", "Checkpoint", "CheckpointError", "CompiledStep", "DataFileError", "ExecutionError",
     "Explanation", "GradcheckResult", "InputError", "KERNELS", "Kernel", "MissingKernelError", "NonFiniteError", "OPTIMIZERS",
-    "Optimizer", "Plan", "Run", "SGD", "StepReport", "TrainResult", "Trainer", "assert_gradcheck", "compile", "explain", "gradcheck", "init_params",
+    "DEFAULT_CHECKPOINT_STEPS", "Optimizer", "Plan", "Run", "SGD", "SpecError", "StepReport", "TrainingSpec", "TrainResult", "Trainer", "assert_gradcheck", "compile", "explain", "gradcheck", "init_params",
     "load_tensors", "make_optimizer", "optimizer_defaults", "save_tensors", "unbroadcast",
 ]

@@ -43,6 +43,7 @@ from .compiled import CompiledStep
 from .errors import InputError, NonFiniteError
 from .optim import Optimizer
 from .plan import Plan, compile
+from .spec import TrainingSpec
 
 Arrays = dict[str, np.ndarray]
 
@@ -136,6 +137,11 @@ class GradNorms(Mapping[str, float]):
         return repr(self._computed())
 
 
+# Without a checkpoint_every of its own a run that checkpoints does so every this many steps
+# (the worker then writes one at most every Settings.checkpoint_every_s; `chainrule train` each).
+DEFAULT_CHECKPOINT_STEPS = 100
+
+
 def _count(name: str, value: Any, minimum: int) -> int | None:
     if value is None:
         return None
@@ -180,7 +186,30 @@ class Trainer:
         self.batched = tuple(name for name, spec in plan.graph.inputs.items()
                              if len(spec.shape) > 0 and not isinstance(spec.shape[0], int))
 
+    @classmethod
+    def from_spec(cls, plan: Plan | graphspec.Graph, spec: "TrainingSpec", *, compiled: bool = True) -> "Trainer":
+        """A trainer configured by a :class:`~runtime.spec.TrainingSpec` (its optimizer, batch size,
+        shuffling and seed); train with ``fit(data, params, **spec.fit_options())``."""
+        return cls(plan, spec.make_optimizer(), batch_size=spec.batch_size, shuffle=spec.shuffle, seed=spec.seed,
+                   compiled=compiled)
+
     # -- data ------------------------------------------------------------------------------
+    def check_data(self, data: Mapping[str, Any], label: str = "data") -> int | None:
+        """Check ``data`` against the graph as :meth:`fit` will (names, dtypes, shapes, symbols,
+        finiteness, one batch dimension); the number of examples (None when no input is
+        per-example). Raises :class:`~runtime.errors.InputError` naming the input (its message
+        starts with ``label``, unless that is empty)."""
+        placeholders = {name: np.broadcast_to(np.zeros((), dtype=spec.dtype), tuple(spec.shape))
+                        for name, spec in self.plan.graph.parameters.items()}  # zero-cost stand-ins
+        return self._prepare(data, placeholders, label)[1]
+
+    def total_steps(self, examples: int | None, steps: int | None, epochs: int | None) -> int | None:
+        """The updates :meth:`fit` runs on ``examples`` rows: min(steps, epochs x batches per epoch)."""
+        candidates = [steps] if steps is not None else []
+        if epochs is not None:
+            candidates.append(epochs * self._layout(examples)[1])
+        return min(candidates) if candidates else None
+
     def _prepare(self, data: Mapping[str, Any], params: Mapping[str, Any], label: str) -> tuple[Arrays, int | None]:
         """Check ``data`` (and ``params``) against the graph once; return the bound arrays (inputs
         and parameters) and the number of examples (None when no input is per-example)."""
@@ -191,8 +220,8 @@ class Trainer:
         except InputError as exc:
             if exc.kind != "input":
                 raise
-            raise InputError(f"{label}: {exc}", name=exc.name, expected=exc.expected, actual=exc.actual,
-                             kind=exc.kind) from None
+            raise InputError(f"{label}: {exc}" if label else str(exc), name=exc.name, expected=exc.expected,
+                             actual=exc.actual, kind=exc.kind) from None
         examples: int | None = None
         first = None
         for name in self.batched:
@@ -200,7 +229,8 @@ class Trainer:
             if examples is None:
                 examples, first = n, name
             elif n != examples:
-                raise InputError(f"{label}: input {name!r} has {n} examples (axis 0) but {first!r} has {examples}; "
+                prefix = f"{label}: " if label else ""
+                raise InputError(f"{prefix}input {name!r} has {n} examples (axis 0) but {first!r} has {examples}; "
                                  "every per-example input needs the same batch dimension", name=name,
                                  expected=f"{examples} along axis 0", actual=f"{n} along axis 0")
         return bound, examples

@@ -45,7 +45,7 @@ def _rate(text: str) -> float:
     return value
 
 
-_positive, _non_negative = _counting_from(1), _counting_from(0)
+_positive = _counting_from(1)
 
 
 def _check_output(parser: argparse.ArgumentParser, flag: str, path: Path) -> None:
@@ -55,11 +55,6 @@ def _check_output(parser: argparse.ArgumentParser, flag: str, path: Path) -> Non
         check_tensor_path(path)
     except DataFileError as exc:
         parser.error(f"{flag}: {exc}")
-
-
-def _require_budget(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.steps is None and args.epochs is None:
-        parser.error("give --steps N, --epochs N or both (training stops at whichever comes first)")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -198,12 +193,6 @@ def _optimizer_hyper(args: argparse.Namespace) -> dict:
     return hyper
 
 
-def _optimizer_from_args(args: argparse.Namespace):
-    from runtime import make_optimizer
-
-    return make_optimizer(args.optimizer, **_optimizer_hyper(args))
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     import runtime
     from runtime.data import load_tensors, save_tensors
@@ -214,29 +203,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if graph is None:
         return 1
     try:
-        optimizer = _optimizer_from_args(args)
+        spec = args.spec
         data = load_tensors(args.data)
         eval_data = load_tensors(args.eval_data) if args.eval_data else None
-        trainer = runtime.Trainer(graph, optimizer, batch_size=args.batch_size, shuffle=not args.no_shuffle,
-                                  seed=args.seed)
+        trainer = runtime.Trainer.from_spec(graph, spec)
         resume = runtime.Checkpoint.load(args.resume) if args.resume else None
         params = None if resume else (load_tensors(args.params) if args.params
-                                      else runtime.init_params(graph, seed=args.seed))
-        config = optimizer.config()
+                                      else runtime.init_params(graph, seed=spec.seed))
+        config = trainer.optimizer.config()
         settings = ", ".join(f"{k} {v}" for k, v in config.items() if k != "name")
         print(f"optimizer {config['name']}: {settings}", flush=True)
-        bar = ProgressBar(args.steps)
+        bar = ProgressBar(spec.steps)
 
         def report(step: runtime.StepReport) -> None:
             extra = "" if step.eval_loss is None else f"eval {step.eval_loss:.6g}"
             bar.update(step.step, step.loss, extra)
 
         checkpoint_path = args.checkpoint
-        result = trainer.fit(
-            data, params, steps=args.steps, epochs=args.epochs, callback=report, eval_data=eval_data,
-            eval_every=args.eval_every if eval_data is not None else None, resume=resume,
-            checkpoint_every=args.checkpoint_every if checkpoint_path else None,
-            on_checkpoint=(lambda ckpt: ckpt.save(checkpoint_path)) if checkpoint_path else None)
+        options = spec.fit_options(has_eval_data=eval_data is not None)
+        options["checkpoint_every"] = (spec.checkpoint_every or runtime.DEFAULT_CHECKPOINT_STEPS) if checkpoint_path \
+            else None
+        result = trainer.fit(data, params, callback=report, eval_data=eval_data, resume=resume,
+                             on_checkpoint=(lambda ckpt: ckpt.save(checkpoint_path)) if checkpoint_path else None,
+                             **options)
     except (runtime.ChainruleRuntimeError, ValueError) as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
@@ -380,12 +369,8 @@ def _save_result(client, job_id: str, out: Path) -> dict:
 
 
 def _submit(client, args: argparse.Namespace) -> int:
-    hyper = _optimizer_hyper(args)
     graph = str(args.graph) if str(args.graph).startswith("sha256:") else args.graph
-    job = client.submit(graph, args.data, optimizer=args.optimizer, steps=args.steps,
-                        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                        report_every=args.report_every, gradients=args.gradients, eval_data=args.eval_data,
-                        eval_every=args.eval_every, idempotency_key=args.idempotency_key, **hyper)
+    job = client.submit(graph, args.data, args.spec, eval_data=args.eval_data, idempotency_key=args.idempotency_key)
     print(job["id"], flush=True)
     if not args.watch and not args.out:
         return 0
@@ -481,22 +466,49 @@ def _remote_options() -> argparse.ArgumentParser:
     return common
 
 
-def _training_options() -> argparse.ArgumentParser:
-    """Optimizer and schedule options, the same for local training and for submitted jobs."""
+def _training_options(*, service: bool) -> argparse.ArgumentParser:
+    """The training settings as flags: the optimizer and its hyperparameters, then one flag per
+    runtime.TrainingSpec field (``service``: also the settings only a server has). Flags not
+    given stay None, so the spec's own defaults apply."""
     from runtime.optim import OPTIMIZERS, learning_rate_defaults
+    from runtime.spec import default_of, settings
 
-    lr_defaults = learning_rate_defaults()
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS, help="the optimizer (default sgd)")
-    p.add_argument("--lr", type=_rate, help=f"learning rate (default: the optimizer's own: {lr_defaults})")
-    p.add_argument("--momentum", type=_rate)
-    p.add_argument("--nesterov", action="store_true")
-    p.add_argument("--weight-decay", type=_rate)
-    p.add_argument("--steps", type=_positive, help="number of updates")
-    p.add_argument("--epochs", type=_positive,
-                   help="number of passes over the data (with --steps: whichever comes first)")
-    p.add_argument("--batch-size", type=_positive, help="mini-batch size (default: the whole data set)")
+    group = p.add_argument_group("training (see docs/runtime.md: TrainingSpec)")
+    group.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS, help="the optimizer (default sgd)")
+    group.add_argument("--lr", type=_rate, help=f"learning rate (default: the optimizer's own: {learning_rate_defaults()})")
+    group.add_argument("--momentum", type=_rate)
+    group.add_argument("--nesterov", action="store_true")
+    group.add_argument("--weight-decay", type=_rate)
+    for f, setting in settings():
+        if f.name == "optimizer" or (setting.service_only and not service):
+            continue
+        default = default_of(f)
+        flag = setting.flag or "--" + f.name.replace("_", "-")
+        shown = "" if default is None or isinstance(default, bool) else f" (default {default})"
+        if isinstance(default, bool):  # --no-shuffle: the flag says the opposite of the default
+            state = "on" if default else "off"
+            group.add_argument(flag, dest=f.name, action="store_const", const=not default,
+                               help=f"{setting.doc} is {state} by default: this flag turns it {'off' if default else 'on'}")
+        elif setting.choices:
+            group.add_argument(flag, dest=f.name, choices=setting.choices, help=setting.doc + shown)
+        else:
+            group.add_argument(flag, dest=f.name, type=_counting_from(setting.minimum or 0), help=setting.doc + shown)
     return p
+
+
+def _training_spec(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """The runtime.TrainingSpec the flags describe; a problem is reported by its flag."""
+    import runtime
+    from runtime.spec import settings
+
+    options = {f.name: getattr(args, f.name, None) for f, _ in settings() if f.name != "optimizer"}
+    try:
+        return runtime.TrainingSpec.from_options(args.optimizer, **options, **_optimizer_hyper(args))
+    except runtime.SpecError as exc:
+        issue = exc.issues[0]
+        name = issue["location"].rsplit("/", 1)[-1]
+        parser.error(f"--{name.replace('_', '-')}: {issue['message']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -527,17 +539,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the explanation as JSON")
     p.set_defaults(func=_cmd_explain)
 
-    training = _training_options()
-    p = sub.add_parser("train", parents=[training], help="train a graph locally with a progress bar")
+    p = sub.add_parser("train", parents=[_training_options(service=False)], help="train a graph locally with a progress bar")
     p.add_argument("graph", type=Path)
     p.add_argument("--data", type=Path, required=True, help="training tensors by input name (.npz/.json/.msgpack)")
     p.add_argument("--eval-data", type=Path, help="held-out tensors, evaluated every --eval-every steps and at the end")
-    p.add_argument("--eval-every", type=_positive, default=50)
-    p.add_argument("--no-shuffle", action="store_true")
-    p.add_argument("--seed", type=_non_negative, default=0, help="seed for initializers and shuffling")
     p.add_argument("--params", type=Path, help="start from these parameters instead of the initializers")
     p.add_argument("--checkpoint", type=Path, help="write checkpoints here (msgpack)")
-    p.add_argument("--checkpoint-every", type=_positive, default=100)
     p.add_argument("--resume", type=Path, help="continue from a checkpoint file")
     p.add_argument("--out", type=Path, help="write the trained parameters (.msgpack, .json or .npz)")
     p.set_defaults(func=_cmd_train)
@@ -557,15 +564,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_worker)
 
     remote = _remote_options()
-    p = sub.add_parser("submit", parents=[remote, training], help="submit a training job to the chainrule API")
+    p = sub.add_parser("submit", parents=[remote, _training_options(service=True)], help="submit a training job to the chainrule API")
     p.add_argument("graph", type=Path, help="graph document (.json or .msgpack, sent inline) or a stored 'sha256:...' id")
     p.add_argument("--data", type=Path, required=True, help="training tensors by input name (.npz/.json/.msgpack)")
     p.add_argument("--eval-data", type=Path, help="held-out tensors, evaluated on the server")
-    p.add_argument("--eval-every", type=_positive, help="evaluate every this many steps")
-    p.add_argument("--seed", type=_non_negative, default=0, help="seed for initializers and shuffling")
-    p.add_argument("--report-every", type=_positive, default=1, help="record a step entry every this many steps")
-    p.add_argument("--gradients", choices=("norms", "full", "none"), default="norms",
-                   help="per step entry: gradient norms (default), full gradients, or nothing")
     p.add_argument("--idempotency-key", help="submitting again with the same key returns the same job")
     p.add_argument("--watch", action="store_true", help="follow the job with a progress bar until it ends")
     p.add_argument("--out", type=Path, help="wait for the job and write its trained parameters "
@@ -610,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # what argparse alone cannot say, named by flag, with the subcommand's usage
     if args.command in ("train", "submit"):
-        _require_budget(args.subparser, args)
+        args.spec = _training_spec(args.subparser, args)
     if getattr(args, "out", None) is not None:  # refused now, not after the training it would have saved
         _check_output(args.subparser, "--out", args.out)
     try:

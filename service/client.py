@@ -21,7 +21,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import httpx
 import numpy as np
@@ -30,6 +30,9 @@ import graphspec
 from graphspec.codec import detect_encoding, pack
 from graphspec.errors import Issue
 from graphspec.tensors import decode_tensor, encode_tensor_raw
+
+if TYPE_CHECKING:
+    from runtime.spec import TrainingSpec
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_KEY_ENV = "CHAINRULE_API_KEY"
@@ -146,18 +149,30 @@ def _tensor_map(data: Any) -> dict[str, Any]:
     return {str(name): _tensor(value) for name, value in data.items()}
 
 
-def _optimizer_field(optimizer: str | Mapping[str, Any], lr: float | None, hyper: Mapping[str, Any]) -> dict[str, Any]:
-    """The body's ``optimizer`` object from either calling form (a name plus keywords, or the object)."""
-    given = dict(hyper, **({} if lr is None else {"lr": lr}))
+def _training_body(spec: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The body's training fields from a TrainingSpec, a dict of them, or keywords (setting names, and
+    the optimizer's hyperparameters beside ``optimizer``); None values are left out."""
+    from runtime.spec import TrainingSpec, settings
+
+    if spec is not None:
+        if options:
+            raise TypeError(f"give the training settings as spec or as keywords, not both ({', '.join(options)})")
+        return spec.to_body() if isinstance(spec, TrainingSpec) else dict(spec)
+    names = {f.name for f, _ in settings()}
+    body = {k: v for k, v in options.items() if k in names and k != "optimizer" and v is not None}
+    hyper = {k: v for k, v in options.items() if k not in names and v is not None}
+    optimizer = options.get("optimizer", "sgd")
     if isinstance(optimizer, str):
-        return {"name": optimizer, **given}
-    if not isinstance(optimizer, Mapping) or "name" not in optimizer:
+        body["optimizer"] = {"name": optimizer, **hyper}
+    elif isinstance(optimizer, Mapping) and "name" in optimizer:
+        both = sorted(set(hyper) & set(optimizer))
+        if both:
+            raise TypeError(f"{', '.join(both)} given both in the optimizer object and as a keyword; give it once")
+        body["optimizer"] = {**optimizer, **hyper}
+    else:
         raise TypeError("optimizer must be a name ('sgd', 'adam', ...) or an object such as "
                         "{'name': 'adam', 'lr': 0.001}")
-    both = sorted(set(given) & set(optimizer))
-    if both:
-        raise TypeError(f"{', '.join(both)} given both in the optimizer object and as a keyword; give it once")
-    return {**optimizer, **given}
+    return body
 
 
 def _decode_tensors(tree: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
@@ -361,32 +376,36 @@ class Client:
         return graphspec.loads(response.content, "msgpack")
 
     # -- jobs ------------------------------------------------------------------------------
-    def submit(self, graph: Any, data: Any, *, optimizer: str | Mapping[str, Any] = "sgd", lr: float | None = None,
-               steps: int | None = None, epochs: int | None = None, batch_size: int | None = None, seed: int = 0,
-               report_every: int = 1, gradients: str = "norms", eval_data: Any = None,
-               eval_every: int | None = None, shuffle: bool = True, checkpoint_every: int | None = None,
-               time_limit_s: int | None = None, idempotency_key: str | None = None,
-               **optimizer_hyper: Any) -> dict[str, Any]:
+    def submit(self, graph: Any, data: Any = None, spec: "TrainingSpec | Mapping[str, Any] | None" = None, *,
+               eval_data: Any = None, idempotency_key: str | None = None, **options: Any) -> dict[str, Any]:
         """Submit a training job; returns the job resource (``{"id", "state": "queued", ...}``).
 
         ``graph``: a Graph, a graph file (sent inline), a document dict, or the ``sha256:...`` id of a
         stored graph. ``data``/``eval_data``: dicts of arrays or tensor files (.npz/.json/.msgpack).
-        ``optimizer``: a name with ``lr`` and the other hyperparameters as keywords
-        (``optimizer="sgd", lr=0.5, momentum=0.9``), or the HTTP body's object
-        (``optimizer={"name": "adam", "lr": 1e-3}``). Hyperparameters left out take the optimizer's
-        defaults (``runtime.optimizer_defaults``). With the same ``idempotency_key`` a repeated
-        call returns the first job.
+        The training settings (runtime.TrainingSpec's fields) come in one of three forms:
+
+        * keywords: ``submit(g, data, optimizer="sgd", lr=0.5, momentum=0.9, steps=100)`` — setting
+          names, and the optimizer's hyperparameters beside it (or ``optimizer={"name": "adam", ...}``);
+        * ``spec``: a ``runtime.TrainingSpec``, or a dict of the HTTP body's training fields;
+        * the whole HTTP body as one dict: ``submit({"graph": ..., "data": ..., "optimizer": ..., "steps": 100})``.
+
+        Settings left out take their defaults (``runtime.TrainingSpec``, ``runtime.optimizer_defaults``);
+        the server validates everything and answers a 422 naming the field. With the same
+        ``idempotency_key`` a repeated call returns the first job.
         """
-        field, value = _graph_field(graph)
-        body: dict[str, Any] = {field: value, "data": _tensor_map(data),
-                                "optimizer": _optimizer_field(optimizer, lr, optimizer_hyper),
-                                "seed": seed, "shuffle": shuffle, "report_every": report_every,
-                                "gradients": gradients}
-        optional = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "eval_every": eval_every,
-                    "checkpoint_every": checkpoint_every, "time_limit_s": time_limit_s}
-        body.update({k: v for k, v in optional.items() if v is not None})
-        if eval_data is not None:
-            body["eval_data"] = _tensor_map(eval_data)
+        if isinstance(graph, Mapping) and data is None and "data" in graph:  # the HTTP body's shape
+            body = dict(graph)
+            for key in ("data", "eval_data"):
+                if body.get(key) is not None:
+                    body[key] = _tensor_map(body[key])
+            if "graph" in body and not isinstance(body["graph"], Mapping):
+                body["graph"] = _graph_field(body["graph"])[1]
+            body.update(_training_body(spec, options) if spec is not None or options else {})
+        else:
+            field, value = _graph_field(graph)
+            body = {field: value, "data": _tensor_map(data), **_training_body(spec, options)}
+            if eval_data is not None:
+                body["eval_data"] = _tensor_map(eval_data)
         headers = {"Content-Type": MSGPACK}
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key

@@ -36,32 +36,11 @@ def input_problem(exc: runtime.InputError, prefix: str, *, code: str = "input_mi
                          kind="data-mismatch", title="Data does not fit the graph")
 
 
-def placeholder_params(graph: graphspec.Graph) -> dict[str, np.ndarray]:
-    """Zero-cost parameters of the declared dtypes and shapes (read-only broadcast views), for checking inputs."""
-    return {name: np.broadcast_to(np.zeros((), dtype=spec.dtype), tuple(spec.shape))
-            for name, spec in graph.parameters.items()}
-
-
-def check_fits(plan: runtime.Plan, arrays: Mapping[str, np.ndarray], prefix: str) -> int | None:
-    """Check training data against the graph (names, dtypes, shapes, symbols, finiteness), as the
-    trainer will; returns the number of examples (None when no input is per-example)."""
-    graph = plan.graph
+def check_fits(trainer: runtime.Trainer, arrays: Mapping[str, np.ndarray], prefix: str) -> int | None:
+    """Check training data against the graph as the trainer will (Trainer.check_data); returns
+    the number of examples (None when no input is per-example), or a located 422."""
     try:
-        plan.check_inputs(arrays, placeholder_params(graph))
+        return trainer.check_data(arrays, label="")
     except runtime.InputError as exc:
-        raise input_problem(exc, prefix) from None
-    # The trainer slices every input whose first declared dimension is symbolic: they must agree.
-    examples, first = None, None
-    for name, spec in graph.inputs.items():
-        if len(spec.shape) == 0 or isinstance(spec.shape[0], int):
-            continue
-        n = arrays[name].shape[0]
-        if examples is None:
-            examples, first = n, name
-        elif n != examples:
-            message = (f"input {name!r} has {n} examples (axis 0) but {first!r} has {examples}; every "
-                       "per-example input needs the same batch dimension")
-            raise unprocessable(message, [{"code": "batch_mismatch", "location": prefix + pointer(name),
-                                           "message": message}], kind="data-mismatch",
-                                title="Data does not fit the graph")
-    return examples
+        raise input_problem(exc, prefix, code="batch_mismatch" if "batch dimension" in str(exc)
+                            else "input_mismatch") from None

@@ -10,11 +10,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 
 from graphspec import DTYPES
 from runtime import OPTIMIZERS
 from runtime.optim import learning_rate_defaults
+from runtime.spec import default_of, settings as training_settings
 from worker.store import STATES
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
@@ -77,48 +78,36 @@ class GraphCreated(BaseModel):
 
 # -- jobs ---------------------------------------------------------------------------------
 
-def _float_sized(value: Any) -> Any:
-    """Hyperparameters become floats: a JSON integer beyond the float range (``1`` and 400 zeros)
-    is refused here, with its location, rather than overflowing in the optimizer's ``float()``."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, int) and not isinstance(item, bool):
-            try:
-                float(item)
-            except OverflowError:
-                raise ValueError("the number is too large to be a hyperparameter") from None
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-    return value
-
-
-Hyperparameter = Annotated[Any, AfterValidator(_float_sized)]
-
-
 class OptimizerSpec(BaseModel):
     """An optimizer by name with its hyperparameters (checked by runtime.make_optimizer): ``lr``
     and e.g. ``momentum``, ``nesterov``, ``weight_decay`` (SGD) or ``betas``, ``eps``, ``weight_decay`` (Adam).
     Hyperparameters left out take the optimizer's defaults; the job stores them all."""
 
     model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": True})
-    __pydantic_extra__: dict[str, Hyperparameter] = Field(init=False)  # validates the other hyperparameters
     name: Annotated[str, WithJsonSchema({"type": "string", "enum": list(OPTIMIZERS)})]
-    lr: Annotated[Hyperparameter, WithJsonSchema({
+    lr: Annotated[Any, WithJsonSchema({
         "anyOf": [{"type": "number", "minimum": 0}, {"type": "null"}],
         "description": f"learning rate (default: the optimizer's own: {learning_rate_defaults()})"})] = None
 
-    def as_kwargs(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name}
-        if self.lr is not None:
-            out["lr"] = self.lr
-        out.update(self.model_extra or {})
-        return out
+
+def _training_fields(*, as_stored: bool) -> dict[str, Any]:
+    """The pydantic fields of every training setting, from runtime.TrainingSpec (the one place they
+    are defined): as a request takes them (defaults, bounds), or ``as_stored`` (each nullable)."""
+    fields: dict[str, Any] = {}
+    for f, s in training_settings():
+        if f.name == "optimizer":
+            continue
+        default = default_of(f)
+        kind: Any = Literal[s.choices] if s.choices else (bool if isinstance(default, bool) else int)  # type: ignore[valid-type]
+        if as_stored:
+            fields[f.name] = (kind | None, Field(description=s.doc))
+        else:
+            fields[f.name] = (kind | None if default is None else kind,
+                              Field(default, ge=s.minimum, le=s.maximum, description=s.doc))
+    return fields
 
 
-class JobRequest(_Strict):
+class _JobBody(_Strict):
     """A training job. Give ``graph`` (an inline document) or ``graph_id`` (one stored with POST /v1/graphs),
     and ``steps``, ``epochs`` or both (training stops at whichever comes first)."""
 
@@ -127,17 +116,30 @@ class JobRequest(_Strict):
     data: TensorMap
     eval_data: TensorMap | None = None
     optimizer: OptimizerSpec
-    steps: int | None = Field(None, ge=1, description="number of updates (at most the server's max_steps)")
-    epochs: int | None = Field(None, ge=1)
-    batch_size: int | None = Field(None, ge=1, description="examples per step; omitted = full batch")
-    seed: int = Field(0, ge=0, le=2**63 - 1)
-    shuffle: bool = True
-    report_every: int = Field(1, ge=1, description="write a step entry every this many steps")
-    gradients: Literal["norms", "full", "none"] = Field(
-        "norms", description="per step: gradient L2 norms, full gradient tensors as well, or nothing")
-    checkpoint_every: int | None = Field(None, ge=1)
-    eval_every: int | None = Field(None, ge=1, description="evaluate on eval_data every this many steps")
-    time_limit_s: int | None = Field(None, ge=1, description="capped by the server's max_time_limit_s")
+
+    def training(self) -> dict[str, Any]:
+        """The request's training settings as runtime.TrainingSpec.from_dict takes them."""
+        out = {name: getattr(self, name) for name in TRAINING_FIELDS if name in self.model_fields_set}
+        out["optimizer"] = {"name": self.optimizer.name, **({"lr": self.optimizer.lr} if self.optimizer.lr is not None
+                                                           else {}), **(self.optimizer.model_extra or {})}
+        return out
+
+
+JobRequest = create_model("JobRequest", __base__=_JobBody, __doc__=_JobBody.__doc__,
+                          **_training_fields(as_stored=False))
+TRAINING_FIELDS = tuple(f.name for f, _ in training_settings() if f.name != "optimizer")
+
+
+class JobSettings(BaseModel):
+    """The training settings a job was stored with: the request's fields, the optimizer with every
+    hyperparameter filled in and ``time_limit_s`` as capped by the server. Fields a job stored before
+    they existed are null."""
+
+    optimizer: OptimizerSpec | None = Field(description="name and every hyperparameter, defaults filled in")
+
+
+JobSettings = create_model("JobSettings", __base__=JobSettings, __doc__=JobSettings.__doc__,  # type: ignore[misc]
+                           **_training_fields(as_stored=True))
 
 
 class JobError(BaseModel):
@@ -153,24 +155,6 @@ class JobLinks(BaseModel):
     result: str
     cancel: str
     data: str = Field(description="rows of the job's training data")
-
-
-class JobSettings(BaseModel):
-    """The training settings a job was stored with: the request's fields, the optimizer with every
-    hyperparameter filled in and ``time_limit_s`` as capped by the server. Fields a job stored before
-    they existed are null."""
-
-    optimizer: OptimizerSpec | None = Field(description="name and every hyperparameter, defaults filled in")
-    steps: int | None
-    epochs: int | None
-    batch_size: int | None = Field(description="null: full batch")
-    seed: int | None
-    shuffle: bool | None
-    report_every: int | None
-    gradients: Literal["norms", "full", "none"] | None
-    checkpoint_every: int | None
-    eval_every: int | None
-    time_limit_s: int | None = Field(description="the job's time limit in seconds, after the server's cap")
 
 
 class InputSummary(BaseModel):

@@ -71,22 +71,21 @@ def prepare_job(req: JobRequest, tenant: str, store: JobStore, settings: Setting
     """Everything checked, nothing stored; a ProblemError (413/422) names what is wrong and where."""
     graph, inline = _resolve_graph(req, tenant, store, settings)
 
-    if req.steps is None and req.epochs is None:
-        raise unprocessable("give steps, epochs or both (training stops at whichever comes first)",
-                            _issue("missing_field", "/steps", "steps or epochs is required"))
-    if req.steps is not None and req.steps > settings.max_steps:
-        raise unprocessable(f"steps is {req.steps}; the limit is {settings.max_steps}",
-                            _issue("too_large", "/steps", f"at most {settings.max_steps} steps"))
-
-    try:
-        # stored in full (defaults filled in): the job's settings say what it trains with
-        optimizer = runtime.make_optimizer(**req.optimizer.as_kwargs()).config()
+    try:  # every training setting, checked once, here (runtime.TrainingSpec: the one definition)
+        training = runtime.TrainingSpec.from_dict(req.training())
+        optimizer = training.optimizer_config()  # stored in full: the job's settings say what it trains with
         json.dumps(optimizer, allow_nan=False)
+    except runtime.SpecError as exc:
+        optimizer_issue = any(issue["code"] == "invalid_optimizer" for issue in exc.issues)
+        raise unprocessable(exc.issues[0]["message"] if len(exc.issues) == 1 else str(exc), exc.issues,
+                            **({"kind": "invalid-optimizer"} if optimizer_issue else {})) from None
     except (ValueError, TypeError, OverflowError) as exc:
         raise unprocessable(f"invalid optimizer: {exc}", _issue("invalid_optimizer", "/optimizer", str(exc)),
                             kind="invalid-optimizer") from None
-
-    if req.eval_every is not None and req.eval_data is None:
+    if training.steps is not None and training.steps > settings.max_steps:
+        raise unprocessable(f"steps is {training.steps}; the limit is {settings.max_steps}",
+                            _issue("too_large", "/steps", f"at most {settings.max_steps} steps"))
+    if training.eval_every is not None and req.eval_data is None:
         raise unprocessable("eval_every needs eval_data", _issue("missing_field", "/eval_data",
                                                                  "eval_every is set but eval_data is missing"))
 
@@ -97,28 +96,26 @@ def prepare_job(req: JobRequest, tenant: str, store: JobStore, settings: Setting
         raise too_large(f"the job's data is {total} bytes; the limit is {settings.max_job_data_bytes}",
                         location="/data", limit=settings.max_job_data_bytes)
 
-    plan = runtime.compile(graph)
+    trainer = runtime.Trainer.from_spec(graph, training)  # what the worker will build: its checks and counts
     data = decode_map(req.data, "/data", limits)
-    examples = check_fits(plan, data, "/data")
+    examples = check_fits(trainer, data, "/data")
     eval_data = eval_examples = None
     if req.eval_data is not None:
         eval_data = decode_map(req.eval_data, "/eval_data", limits)
-        eval_examples = check_fits(plan, eval_data, "/eval_data")
+        eval_examples = check_fits(trainer, eval_data, "/eval_data")
 
-    total_steps = _total_steps(req, examples)
+    total_steps = trainer.total_steps(examples, training.steps, training.epochs)
     if total_steps is not None and total_steps > settings.max_steps:
-        raise unprocessable(f"{req.epochs} epochs are {total_steps} steps; the limit is {settings.max_steps}",
+        raise unprocessable(f"{training.epochs} epochs are {total_steps} steps; the limit is {settings.max_steps}",
                             _issue("too_large", "/epochs", f"at most {settings.max_steps} steps in all"))
 
-    check_history_budget(graph, total_steps, req.report_every, req.gradients, settings)
+    check_history_budget(graph, total_steps, training.report_every, training.gradients, settings)
 
-    time_limit = min(req.time_limit_s or settings.default_time_limit_s, settings.max_time_limit_s)
+    time_limit = min(training.time_limit_s or settings.default_time_limit_s, settings.max_time_limit_s)
     spec = {
-        "optimizer": optimizer, "steps": req.steps, "epochs": req.epochs, "batch_size": req.batch_size,
-        "seed": req.seed, "shuffle": req.shuffle, "report_every": req.report_every, "gradients": req.gradients,
-        "checkpoint_every": req.checkpoint_every, "eval_every": req.eval_every,
+        **training.to_dict(), "optimizer": optimizer, "time_limit_s": time_limit,
         # not read by the worker; kept for the job resource and for operators
-        "time_limit_s": time_limit, "total_steps": total_steps, "examples": examples,
+        "total_steps": total_steps, "examples": examples,
         "data_summary": data_summary(graph, data, examples),
         "eval_data_summary": None if eval_data is None else data_summary(graph, eval_data, eval_examples),
     }
@@ -141,21 +138,6 @@ def dry_run(prepared: PreparedJob) -> DryRun:
     spec = prepared.spec
     return DryRun(graph_id=prepared.graph_id, total_steps=spec["total_steps"], settings=job_settings(spec),
                   data=spec["data_summary"], eval_data=spec["eval_data_summary"])
-
-
-def _total_steps(req: JobRequest, examples: int | None) -> int | None:
-    """The number of updates the trainer will run: min(steps, epochs x batches per epoch)."""
-    candidates = []
-    if req.steps is not None:
-        candidates.append(req.steps)
-    if req.epochs is not None:
-        if examples is None:
-            batches = 1
-        else:
-            size = examples if req.batch_size is None else min(req.batch_size, examples)
-            batches = -(-examples // size)
-        candidates.append(req.epochs * batches)
-    return min(candidates) if candidates else None
 
 
 def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Celery, settings: Settings,

@@ -69,12 +69,12 @@ class _Reporter:
     """Samples every report_every-th step and writes the samples in one fenced round trip
     at most every FLUSH_INTERVAL_S; each write also reads the job's state (cancel requests)."""
 
-    def __init__(self, store: JobStore, job_id: str, spec: dict[str, Any], token: str,
+    def __init__(self, store: JobStore, job_id: str, spec: runtime.TrainingSpec, token: str,
                  stopping_key: str | None = None):
         self.store, self.job_id, self.token, self.stopping_key = store, job_id, token, stopping_key
         self.handing_back = False
-        self.every = max(1, int(spec.get("report_every", 1)))
-        self.gradients = spec.get("gradients", "norms")
+        self.every = spec.report_every
+        self.gradients = spec.gradients
         self.buffer: list[StepRecord] = []
         self.last_flush = float("-inf")
         self.last_poll = self.last_renew = self.last_stop_check = time.monotonic()
@@ -206,13 +206,10 @@ def _hand_back(store: JobStore, job_id: str, job: dict[str, str], token: str, re
     return "handed back"
 
 
-# Without an explicit checkpoint_every a job is still checkpointed: a checkpoint is taken
-# every DEFAULT_CHECKPOINT_STEPS steps and written when Settings.checkpoint_every_s has passed.
-DEFAULT_CHECKPOINT_STEPS = 100
-
-
-def _checkpointing(store: JobStore, job_id: str, token: str, spec: dict[str, Any], reporter: "_Reporter"):
-    explicit = spec.get("checkpoint_every")
+def _checkpointing(store: JobStore, job_id: str, token: str, spec: runtime.TrainingSpec, reporter: "_Reporter"):
+    """Without an explicit checkpoint_every a job is still checkpointed: a checkpoint is taken every
+    runtime.DEFAULT_CHECKPOINT_STEPS steps and written when Settings.checkpoint_every_s has passed."""
+    explicit = spec.checkpoint_every
     last = [time.monotonic()]
 
     def save(checkpoint: runtime.Checkpoint) -> None:
@@ -223,32 +220,29 @@ def _checkpointing(store: JobStore, job_id: str, token: str, spec: dict[str, Any
             patiently(store, store.put_blob, job_id, "checkpoint", checkpoint.to_bytes(), token=token)
             last[0] = time.monotonic()
 
-    return explicit or DEFAULT_CHECKPOINT_STEPS, save
+    return explicit or runtime.DEFAULT_CHECKPOINT_STEPS, save
 
 
 def _train(store: JobStore, job_id: str, job: dict[str, str], token: str, worker: str,
            requeue: Callable[[dict[str, str]], None] | None) -> str:
-    spec = json.loads(job["spec"])
+    spec = runtime.TrainingSpec.from_stored(json.loads(job["spec"]))  # also a job stored before specs had versions
     graph = store.get_graph(job["tenant"], job["graph_id"])
     if graph is None:
         return _fail(store, job_id, token, "MissingGraph", f"graph {job['graph_id']} is no longer stored")
     data = decode_tensors(store.get_blob(job_id, "data") or b"\x80")
     eval_blob = store.get_blob(job_id, "eval_data")
     eval_data = decode_tensors(eval_blob) if eval_blob else None
-    optimizer = runtime.make_optimizer(**spec["optimizer"])
     # compiled: the fast engine (docs/performance.md); the interpreter stays the reference
-    trainer = runtime.Trainer(graph, optimizer, batch_size=spec.get("batch_size"), shuffle=spec.get("shuffle", True),
-                              seed=spec.get("seed", 0), compiled=True)
+    trainer = runtime.Trainer.from_spec(graph, spec, compiled=True)
     checkpoint_blob = store.get_blob(job_id, "checkpoint")
     resume = runtime.Checkpoint.from_bytes(checkpoint_blob) if checkpoint_blob else None
-    params = None if resume else runtime.init_params(graph, seed=spec.get("seed", 0))
+    params = None if resume else runtime.init_params(graph, seed=spec.seed)
     reporter = _Reporter(store, job_id, spec, token, store.worker_stopping_key(worker) if requeue else None)
     checkpoint_every, save_checkpoint = _checkpointing(store, job_id, token, spec, reporter)
     try:
-        result = trainer.fit(
-            data, params, steps=spec.get("steps"), epochs=spec.get("epochs"), callback=reporter,
-            eval_data=eval_data, eval_every=spec.get("eval_every") if eval_data is not None else None,
-            resume=resume, checkpoint_every=checkpoint_every, on_checkpoint=save_checkpoint)
+        options = {**spec.fit_options(has_eval_data=eval_data is not None), "checkpoint_every": checkpoint_every}
+        result = trainer.fit(data, params, callback=reporter, eval_data=eval_data, resume=resume,
+                             on_checkpoint=save_checkpoint, **options)
     except (LeaseLost, *REDIS_DOWN):
         raise  # not ours to write any more, or nowhere to write it
     except Exception:

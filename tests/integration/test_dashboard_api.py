@@ -440,7 +440,7 @@ def test_dry_run_checks_everything_and_stores_nothing(settings, store, celery_wo
 
 
 @pytest.mark.parametrize("overrides, status, location", [
-    ({"optimizer": {"name": "sgdd"}}, 422, "/optimizer"),
+    ({"optimizer": {"name": "sgdd"}}, 422, "/optimizer/name"),
     ({"steps": 10, "report_every": 0}, 422, "/report_every"),
     ({"data": {**SEED_DATA, "x1": {"dtype": "float64", "shape": [3], "data": [1, 2, 3]}}}, 422, "/data/x2")])
 def test_dry_run_answers_the_problems_a_submission_gets(api, overrides, status, location):

@@ -135,8 +135,10 @@ def test_a_broken_graph_and_bad_options_show_problems_at_their_location_before_s
     assert page.get_attribute("[name='steps']", "aria-invalid") == "true"
     page.fill("[name='steps']", "10")
     page.fill("[name='optimizer.lr']", "-1")
-    lr_error = page.wait_for_selector("[data-pointer='/optimizer'] > .sp-errors li[data-location^='/optimizer']")
+    # located at the hyperparameter itself, so shown at its field
+    lr_error = page.wait_for_selector("[data-pointer='/optimizer/lr'] .sp-errors li[data-location='/optimizer/lr']")
     assert "lr must be" in lr_error.inner_text()
+    assert page.get_attribute("[name='optimizer.lr']", "aria-invalid") == "true"
     page.fill("[name='optimizer.lr']", "0.1")
     page.click("#sp-zone-data details summary")
     data = json.loads(SEED_DATA.read_text())
