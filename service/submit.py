@@ -17,6 +17,7 @@ from celery import Celery
 
 import graphspec
 import runtime
+from worker.dispatch import send_job
 from worker.settings import Settings
 from worker.store import IdempotencyConflict, JobStore, encode_tensors, now
 
@@ -29,8 +30,6 @@ from .views import job_settings
 
 log = logging.getLogger("service.jobs")
 
-TASK_NAME = "chainrule.train"
-HARD_LIMIT_GRACE_S = 30
 
 
 @dataclass
@@ -153,10 +152,8 @@ def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Cele
         return _replayed(store, tenant, job_id), False
     # As stored (queued): once sent, a worker may already be running it.
     job = store.get_job(job_id) or {}
-    t = prepared.time_limit_s
     try:
-        celery.send_task(TASK_NAME, args=[job_id], queue=settings.queue, soft_time_limit=t,
-                         time_limit=t + HARD_LIMIT_GRACE_S)
+        send_job(celery, settings, job_id, prepared.time_limit_s)
     except Exception as exc:  # noqa: BLE001 - any broker failure: the job must not stay queued forever
         log.error("could not enqueue job %s: %s", job_id, exc)
         _mark_enqueue_failed(store, tenant, job_id, idempotency_key, exc)

@@ -25,18 +25,17 @@ import time
 
 from celery import Celery
 
+from . import dispatch
 from .jobs import REDIS_DOWN
 from .store import JobStore, now
 
 log = logging.getLogger(__name__)
-TASK_NAME = "chainrule.train"
 
 
 def send_job(celery: Celery, store: JobStore, job_id: str, job: dict[str, str]) -> None:
     """(Re)send a stored job's task with its own time limit."""
     limit = int(json.loads(job.get("spec", "{}")).get("time_limit_s") or store.settings.default_time_limit_s)
-    celery.send_task(TASK_NAME, args=[job_id], queue=store.settings.queue, soft_time_limit=limit,
-                     time_limit=limit + 30)
+    dispatch.send_job(celery, store.settings, job_id, limit)
 
 
 def sweep(store: JobStore, celery: Celery, *, orphans: bool = True) -> list[tuple[str, str]]:

@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     # Every key chainrule writes (its own and Celery's) starts with this, so several
     # deployments or test runs can share one Redis without touching each other's data.
     namespace: str = "chainrule"
-    queue: str = "chainrule.train"
+    queue: str = "chainrule.train"  # the Celery queue training tasks go to (named like the task, by custom)
 
     # Celery's Redis transport redelivers an unacknowledged task after this many seconds
     # (at-least-once). It must exceed the longest job; the job lease (not the broker) is

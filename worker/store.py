@@ -39,6 +39,7 @@ import graphspec
 from graphspec.codec import pack
 from graphspec.tensors import encode_tensor_raw
 
+from .dispatch import TRAIN_TASK
 from .settings import Settings
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
@@ -220,7 +221,7 @@ def _job_of_envelope(raw: bytes | None) -> str | None:
         message = json.loads(raw)
         if isinstance(message, list):
             message = message[0]
-        if message["headers"].get("task") != "chainrule.train":
+        if message["headers"].get("task") != TRAIN_TASK:
             return None
         body = message["body"]
         if message["properties"].get("body_encoding") == "base64":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from .celery_app import app
+from .dispatch import TRAIN_TASK
 from .jobs import run_job
 from .recovery import Sweeper, send_job
 from .settings import get_settings
@@ -20,7 +21,7 @@ def store() -> JobStore:
     return _store
 
 
-@app.task(name="chainrule.train", bind=True)
+@app.task(name=TRAIN_TASK, bind=True)
 def train_job(self, job_id: str) -> str:
     s = store()
     return run_job(s, job_id, worker=self.request.hostname or "worker",
