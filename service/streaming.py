@@ -16,6 +16,7 @@ import redis
 import redis.asyncio as aioredis
 from sse_starlette import ServerSentEvent
 
+from worker.records import JobRecord
 from worker.settings import Settings
 from worker.store import TERMINAL, JobStore, StepRecord
 
@@ -56,10 +57,10 @@ async def job_events(store: JobStore, settings: Settings, path: str, job_id: str
             if not entries:
                 # Nothing new: a finished job ends the stream at once, a live one is waited on.
                 raw = await client.hgetall(store.job_key(job_id))
-                job = {k.decode(): v.decode() for k, v in raw.items()} if raw else None
+                job = JobRecord.from_hash({k.decode(): v.decode() for k, v in raw.items()}) if raw else None
                 if job is None:  # expired or removed while streaming
                     return
-                if job["state"] in TERMINAL:
+                if job.state in TERMINAL:
                     # steps are written before the final state: whatever came in between is here now
                     while entries := await _read(client, key, last, block=False):
                         for record in entries:

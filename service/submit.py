@@ -18,6 +18,7 @@ from celery import Celery
 import graphspec
 import runtime
 from worker.dispatch import send_job
+from worker.records import JobRecord
 from worker.settings import Settings
 from worker.store import IdempotencyConflict, JobStore, encode_tensors, now
 
@@ -140,7 +141,7 @@ def dry_run(prepared: PreparedJob) -> DryRun:
 
 
 def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Celery, settings: Settings,
-               idempotency_key: str | None) -> tuple[dict[str, str], bool]:
+               idempotency_key: str | None) -> tuple[JobRecord, bool]:
     """Store and enqueue; returns (job hash, created). A repeated Idempotency-Key returns the first job."""
     graph_id = store.put_graph(tenant, prepared.graph) if prepared.inline_graph else prepared.graph_id
     try:
@@ -151,7 +152,7 @@ def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Cele
     if not created:
         return _replayed(store, tenant, job_id), False
     # As stored (queued): once sent, a worker may already be running it.
-    job = store.get_job(job_id) or {}
+    job = store.get_job(job_id)
     try:
         send_job(celery, settings, job_id, prepared.time_limit_s)
     except Exception as exc:  # noqa: BLE001 - any broker failure: the job must not stay queued forever
@@ -168,7 +169,7 @@ def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Cele
     return job, True
 
 
-def _replayed(store: JobStore, tenant: str, job_id: str) -> dict[str, str]:
+def _replayed(store: JobStore, tenant: str, job_id: str) -> JobRecord:
     # The first request may still be writing the job (set-if-absent on the key comes first).
     for _ in range(20):
         job = store.job_for_tenant(tenant, job_id)

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 import graphspec
 from graphspec.tensors import RawBytes
 from runtime.data import tensors_from_tree
+from worker.records import JobRecord
 from worker.store import StepRecord, decode_tensors
 
 from .bodies import finite, tensors_json, tensors_raw
@@ -19,22 +20,18 @@ from .models import (DataSummary, GraphAnalysis, JobError, JobLinks, JobResource
                      Tensor, ValueType)
 
 
-def _time(value: str | None) -> datetime | None:
-    if not value:
+def _time(value: float | None) -> datetime | None:
+    if value is None:
         return None
     try:
-        return datetime.fromtimestamp(float(value), tz=timezone.utc)
+        return datetime.fromtimestamp(value, tz=timezone.utc)
     except (ValueError, OverflowError, OSError):
         return None
 
 
-def _int(value: str | None) -> int | None:
-    if value in (None, ""):
-        return None
-    try:
-        return int(float(value))
-    except (ValueError, OverflowError):
-        return None
+def _finite(value: float | None) -> float | None:
+    """NaN and inf (a diverged loss) are null in JSON."""
+    return value if value is not None and math.isfinite(value) else None
 
 
 def job_links(job_id: str) -> JobLinks:
@@ -43,25 +40,17 @@ def job_links(job_id: str) -> JobLinks:
                     cancel=f"{base}/cancel", data=f"{base}/data")
 
 
-def job_resource(job: dict[str, str]) -> JobResource:
-    """A job hash (JobStore.get_job) as the API's job resource."""
-    try:
-        spec = json.loads(job.get("spec") or "{}")
-    except ValueError:
-        spec = {}
-    total = _int(job.get("total_steps")) or spec.get("total_steps") or None
-    error = None
-    if job.get("error_type"):
-        error = JobError(type=job["error_type"], message=job.get("error_message", ""), node=job.get("error_node"))
+def job_resource(job: JobRecord) -> JobResource:
+    """A stored job (JobStore.get_job) as the API's job resource."""
+    spec = job.spec
+    error = None if job.error is None else JobError(type=job.error.type, message=job.error.message, node=job.error.node)
     return JobResource(
-        id=job["id"], state=job["state"], step=_int(job.get("step")) or 0, total_steps=total,
-        epoch=_int(job.get("epoch")), loss=_float(job.get("loss")),
-        best_loss=_float(job.get("best_loss")), best_loss_step=_int(job.get("best_loss_step")),
+        id=job.id, state=job.state, step=job.step, total_steps=job.total_steps, epoch=job.epoch,
+        loss=_finite(job.loss), best_loss=_finite(job.best_loss), best_loss_step=job.best_loss_step,
         settings=job_settings(spec), data=_summary(spec.get("data_summary")),
         eval_data=_summary(spec.get("eval_data_summary")),
-        created=_time(job.get("created")), started=_time(job.get("started")), finished=_time(job.get("finished")),
-        error=error, worker=job.get("worker") or None, attempts=_int(job.get("attempts")) or 0,
-        graph_id=job.get("graph_id", ""), links=job_links(job["id"]),
+        created=_time(job.created), started=_time(job.started), finished=_time(job.finished),
+        error=error, worker=job.worker, attempts=job.attempts, graph_id=job.graph_id, links=job_links(job.id),
     )
 
 
@@ -85,15 +74,6 @@ def _summary(value: Any) -> DataSummary | None:
     try:
         return DataSummary.model_validate(value)
     except ValidationError:
-        return None
-
-
-def _float(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return finite(value)
-    except ValueError:
         return None
 
 

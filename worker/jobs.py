@@ -11,7 +11,6 @@ While Redis is unreachable (a restart) the trainer waits for it, up to
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -26,6 +25,7 @@ import runtime
 from graphspec.codec import pack
 from graphspec.tensors import encode_tensor_raw
 
+from .records import JobRecord
 from .store import TERMINAL, JobStore, LeaseLost, StepRecord, decode_tensors, encode_tensors, now
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class _Reporter:
             self.last_renew = clock
         if self.stopping_key is not None and clock - self.last_stop_check >= CANCEL_POLL_S:
             self.last_stop_check = clock
-            self.handing_back = _quietly(lambda: bool(self.store.r.exists(self.stopping_key)), self.handing_back)
+            self.handing_back = _quietly(lambda: self.store.worker_stopping(self.stopping_key), self.handing_back)
         if self.buffer and clock - self.last_flush >= FLUSH_INTERVAL_S:
             self.flush()
         elif clock - self.last_poll >= CANCEL_POLL_S:
@@ -124,7 +124,7 @@ class _Reporter:
         self.last_flush = self.last_poll = time.monotonic()
 
 
-def run_job(store: JobStore, job_id: str, *, worker: str, requeue: Callable[[dict[str, str]], None] | None = None) -> str:
+def run_job(store: JobStore, job_id: str, *, worker: str, requeue: Callable[[JobRecord], None] | None = None) -> str:
     """Train job ``job_id`` to its end; returns the final state. Never raises for a job's own
     failure (bad data, NaN, time limit): that is recorded on the job as ``failed``.
 
@@ -134,8 +134,8 @@ def run_job(store: JobStore, job_id: str, *, worker: str, requeue: Callable[[dic
     if job is None:
         log.warning("job %s no longer exists (expired?)", job_id)
         return "missing"
-    if job["state"] in TERMINAL:
-        return job["state"]  # a redelivery of a finished job: nothing to do
+    if job.state in TERMINAL:
+        return job.state  # a redelivery of a finished job: nothing to do
     token = f"{worker}:{uuid.uuid4().hex}"
     if not patiently(store, store.acquire_lease, job_id, token):
         log.info("job %s is held by a live trainer: this delivery does nothing", job_id)
@@ -149,8 +149,8 @@ def run_job(store: JobStore, job_id: str, *, worker: str, requeue: Callable[[dic
         _quietly(lambda: store.release_lease(job_id, token), None)  # else it expires by itself
 
 
-def _run_leased(store: JobStore, job_id: str, job: dict[str, str], token: str, worker: str,
-                requeue: Callable[[dict[str, str]], None] | None) -> str:
+def _run_leased(store: JobStore, job_id: str, job: JobRecord, token: str, worker: str,
+                requeue: Callable[[JobRecord], None] | None) -> str:
     ok, previous = store.transition(job_id, ["queued", "running"], "running", token=token, attempt=True,
                                     started=repr(now()), worker=worker, lease=token)
     if not ok:
@@ -158,7 +158,7 @@ def _run_leased(store: JobStore, job_id: str, job: dict[str, str], token: str, w
             store.transition(job_id, ["cancelling"], "cancelled", token=token, finished=repr(now()))
             return "cancelled"
         return previous
-    attempts = int(store.r.hget(store.job_key(job_id), "attempts"))  # counted by the move above, atomically
+    attempts = store.get_job(job_id).attempts  # counted by the move above, atomically
     if attempts > store.settings.max_attempts:
         return _fail(store, job_id, token, "PoisonJob", f"the job was started {attempts - 1} times without "
                                                          f"finishing (max_attempts {store.settings.max_attempts})")
@@ -188,8 +188,8 @@ def _fail(store: JobStore, job_id: str, token: str, kind: str, message: str, nod
     return "failed"
 
 
-def _hand_back(store: JobStore, job_id: str, job: dict[str, str], token: str, reporter: "_Reporter",
-               result: runtime.TrainResult, requeue: Callable[[dict[str, str]], None]) -> str:
+def _hand_back(store: JobStore, job_id: str, job: JobRecord, token: str, reporter: "_Reporter",
+               result: runtime.TrainResult, requeue: Callable[[JobRecord], None]) -> str:
     """Warm shutdown: save where training stopped, put the job back in the queue, send it again."""
     reporter.flush()
     patiently(store, store.put_blob, job_id, "checkpoint", result.checkpoint.to_bytes(), token=token)
@@ -197,7 +197,7 @@ def _hand_back(store: JobStore, job_id: str, job: dict[str, str], token: str, re
                                 step=result.steps, requeued=repr(now()))
     if not moved:
         return previous  # cancelled meanwhile: nothing to hand back
-    store.r.hincrby(store.job_key(job_id), "attempts", -1)  # a graceful hand-back is not a lost attempt
+    store.give_back_attempt(job_id)
     # Let go before sending: the next worker may receive the message within a millisecond.
     store.release_lease(job_id, token)
     requeue(job)
@@ -223,12 +223,12 @@ def _checkpointing(store: JobStore, job_id: str, token: str, spec: runtime.Train
     return explicit or runtime.DEFAULT_CHECKPOINT_STEPS, save
 
 
-def _train(store: JobStore, job_id: str, job: dict[str, str], token: str, worker: str,
-           requeue: Callable[[dict[str, str]], None] | None) -> str:
-    spec = runtime.TrainingSpec.from_stored(json.loads(job["spec"]))  # also a job stored before specs had versions
-    graph = store.get_graph(job["tenant"], job["graph_id"])
+def _train(store: JobStore, job_id: str, job: JobRecord, token: str, worker: str,
+           requeue: Callable[[JobRecord], None] | None) -> str:
+    spec = runtime.TrainingSpec.from_stored(job.spec)  # also a job stored before specs had versions
+    graph = store.get_graph(job.tenant, job.graph_id)
     if graph is None:
-        return _fail(store, job_id, token, "MissingGraph", f"graph {job['graph_id']} is no longer stored")
+        return _fail(store, job_id, token, "MissingGraph", f"graph {job.graph_id} is no longer stored")
     data = decode_tensors(store.get_blob(job_id, "data") or b"\x80")
     eval_blob = store.get_blob(job_id, "eval_data")
     eval_data = decode_tensors(eval_blob) if eval_blob else None

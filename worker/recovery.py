@@ -18,7 +18,6 @@ delivery finds the job leased or finished.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -27,15 +26,15 @@ from celery import Celery
 
 from . import dispatch
 from .jobs import REDIS_DOWN
+from .records import JobRecord
 from .store import JobStore, now
 
 log = logging.getLogger(__name__)
 
 
-def send_job(celery: Celery, store: JobStore, job_id: str, job: dict[str, str]) -> None:
+def send_job(celery: Celery, store: JobStore, job_id: str, job: JobRecord) -> None:
     """(Re)send a stored job's task with its own time limit."""
-    limit = int(json.loads(job.get("spec", "{}")).get("time_limit_s") or store.settings.default_time_limit_s)
-    dispatch.send_job(celery, store.settings, job_id, limit)
+    dispatch.send_job(celery, store.settings, job_id, job.time_limit_s or store.settings.default_time_limit_s)
 
 
 def sweep(store: JobStore, celery: Celery, *, orphans: bool = True) -> list[tuple[str, str]]:
@@ -45,18 +44,18 @@ def sweep(store: JobStore, celery: Celery, *, orphans: bool = True) -> list[tupl
     for job_id in store.orphans() if orphans else ():
         job = store.get_job(job_id)
         if job is None:
-            store.r.srem(store.active_key, job_id)
+            store.forget_active(job_id)
             continue
-        if job["state"] == "cancelling":
+        if job.state == "cancelling":
             if store.transition(job_id, ["cancelling"], "cancelled", token="!", finished=repr(now()))[0]:
                 done.append((job_id, "cancelled"))
             continue
-        attempts = int(job.get("attempts", 0))
+        attempts = job.attempts
         if attempts >= store.settings.max_attempts:
             ok, _ = store.transition(
                 job_id, ["running"], "failed", token="!", finished=repr(now()), error_type="PoisonJob",
                 error_message=f"the job's worker was lost {attempts} times (max_attempts "
-                              f"{store.settings.max_attempts}); last worker: {job.get('worker', '?')}")
+                              f"{store.settings.max_attempts}); last worker: {job.worker or '?'}")
             if ok:
                 done.append((job_id, "failed"))
             continue
@@ -68,8 +67,7 @@ def sweep(store: JobStore, celery: Celery, *, orphans: bool = True) -> list[tupl
             done.append((job_id, "requeued"))
     # Reading the whole queue is not for every sweep: one worker in the deployment does it
     # at most once per grace period.
-    if store.r.set(f"{store.ns}:lost-message-audit:{store.settings.queue}", "1", nx=True,
-                   px=int(store.settings.unsent_grace_s * 1000)):
+    if store.claim_once(f"lost-message-audit:{store.settings.queue}", store.settings.unsent_grace_s):
         for job_id in store.lost_messages(store.settings.unsent_grace_s):
             job = store.get_job(job_id)
             if job is not None:
@@ -82,7 +80,7 @@ def sweep(store: JobStore, celery: Celery, *, orphans: bool = True) -> list[tupl
             done.append((job_id, "rescued"))
     for job_id, claimed_at in store.claim_unsent(store.settings.unsent_grace_s):
         job = store.get_job(job_id)
-        if job is not None and job["state"] == "queued":
+        if job is not None and job.state == "queued":
             send_job(celery, store, job_id, job)
             done.append((job_id, "sent"))
         store.mark_sent(job_id, claimed_at)
@@ -113,7 +111,7 @@ class Sweeper(threading.Thread):
         while not self.stopping.is_set():
             try:
                 if self.redis_was_down:
-                    self.store.r.ping()
+                    self.store.ping()
                     self.redis_was_down = False
                     self.orphans_after = time.monotonic() + self.store.settings.lease_ttl_s
                 sweep(self.store, self.celery, orphans=time.monotonic() >= self.orphans_after)

@@ -40,6 +40,7 @@ from graphspec.codec import pack
 from graphspec.tensors import encode_tensor_raw
 
 from .dispatch import TRAIN_TASK
+from .records import JobRecord
 from .settings import Settings
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
@@ -346,7 +347,7 @@ class JobStore:
     """Every Redis read and write of the job model goes through here."""
 
     def __init__(self, client: redis.Redis, settings: Settings):
-        self.r = client
+        self._r = client  # private: every read and write is a method here
         self.settings = settings
         self.ns = settings.namespace
         self._transition = client.register_script(_TRANSITION)
@@ -375,11 +376,11 @@ class JobStore:
     # -- graphs ------------------------------------------------------------------------
     def put_graph(self, tenant: str, graph: graphspec.Graph) -> str:
         graph_id = graphspec.content_hash(graph)
-        self.r.set(self.tenant_key(tenant, f"graph:{graph_id}"), graphspec.dumps(graph, "msgpack"))
+        self._r.set(self.tenant_key(tenant, f"graph:{graph_id}"), graphspec.dumps(graph, "msgpack"))
         return graph_id
 
     def get_graph(self, tenant: str, graph_id: str) -> graphspec.Graph | None:
-        blob = self.r.get(self.tenant_key(tenant, f"graph:{graph_id}"))
+        blob = self._r.get(self.tenant_key(tenant, f"graph:{graph_id}"))
         return None if blob is None else graphspec.loads(blob, "msgpack",
                                                         limits=graphspec.Limits(max_bytes=len(blob) + 1,
                                                                                 max_nodes=10**6,
@@ -396,13 +397,13 @@ class JobStore:
         if idempotency_key is not None:
             idem = self.tenant_key(tenant, f"idem:{idempotency_key}")
             fingerprint = request_fingerprint(graph_id, spec, data, eval_data)
-            if not self.r.set(idem, f"{job_id} {fingerprint}", nx=True, ex=self.settings.retention_s):
-                existing_id, _, existing_print = (self.r.get(idem) or b"").decode().partition(" ")
+            if not self._r.set(idem, f"{job_id} {fingerprint}", nx=True, ex=self.settings.retention_s):
+                existing_id, _, existing_print = (self._r.get(idem) or b"").decode().partition(" ")
                 if existing_print != fingerprint:
                     raise IdempotencyConflict(existing_id)
                 return existing_id, False
         created = now()
-        pipe = self.r.pipeline(transaction=True)
+        pipe = self._r.pipeline(transaction=True)
         pipe.hset(self.job_key(job_id), mapping={
             "id": job_id, "tenant": tenant, "state": "queued", "graph_id": graph_id, "created": repr(created),
             "step": 0, "total_steps": spec.get("steps") or 0, "attempts": 0, "spec": json.dumps(spec),
@@ -418,20 +419,54 @@ class JobStore:
 
     def release_idempotency_key(self, tenant: str, key: str) -> None:
         """Forget a key (its job could not be queued), so a retry submits afresh."""
-        self.r.delete(self.tenant_key(tenant, f"idem:{key}"))
+        self._r.delete(self.tenant_key(tenant, f"idem:{key}"))
 
-    def get_job(self, job_id: str) -> dict[str, str] | None:
+    def get_job(self, job_id: str) -> JobRecord | None:
         if not JOB_ID.fullmatch(job_id):
             return None  # not ours: and "job_x:data" must not reach another key of job_x
-        raw = self.r.hgetall(self.job_key(job_id))
-        return {k.decode(): v.decode() for k, v in raw.items()} if raw else None
+        raw = self._r.hgetall(self.job_key(job_id))
+        return JobRecord.from_hash({k.decode(): v.decode() for k, v in raw.items()}) if raw else None
 
-    def job_for_tenant(self, tenant: str, job_id: str) -> dict[str, str] | None:
+    def job_for_tenant(self, tenant: str, job_id: str) -> JobRecord | None:
         job = self.get_job(job_id)
-        return job if job is not None and job.get("tenant") == tenant else None
+        return job if job is not None and job.tenant == tenant else None
+
+    def job_state(self, job_id: str) -> str | None:
+        """Just the state (one field read), or None for a job that is not stored."""
+        raw = self._r.hget(self.job_key(job_id), "state")
+        return None if raw is None else raw.decode()
+
+    def give_back_attempt(self, job_id: str) -> None:
+        """A graceful hand-back is not a lost attempt: undo the count the start made."""
+        self._r.hincrby(self.job_key(job_id), "attempts", -1)
+
+    def flag_worker_stopping(self, worker: str, stopping: bool = True) -> None:
+        """Mark (or clear) a worker node as shutting down: its running jobs hand themselves back."""
+        if stopping:
+            self._r.set(self.worker_stopping_key(worker), "1", ex=3600)
+        else:
+            self._r.delete(self.worker_stopping_key(worker))
+
+    def worker_stopping(self, worker_key: str) -> bool:
+        return bool(self._r.exists(worker_key))
+
+    def forget_active(self, job_id: str) -> None:
+        """Drop a job that no longer exists from the set of running jobs the sweep watches."""
+        self._r.srem(self.active_key, job_id)
+
+    def claim_once(self, name: str, ttl_s: float) -> bool:
+        """True for the first caller in ``ttl_s`` seconds across every process (a periodic
+        task that one worker should do at a time)."""
+        return bool(self._r.set(f"{self.ns}:{name}", "1", nx=True, px=max(1, int(ttl_s * 1000))))
+
+    def ping(self) -> bool:
+        return bool(self._r.ping())
+
+    def close(self) -> None:
+        self._r.close()
 
     def list_jobs(self, tenant: str, *, state: str | None = None, before: tuple[float, str] | None = None,
-                  limit: int = 50) -> tuple[list[dict[str, str]], tuple[float, str] | None]:
+                  limit: int = 50) -> tuple[list[JobRecord], tuple[float, str] | None]:
         """Newest first. ``before`` is the cursor from the previous page: (creation time, job id)
         of its last job; jobs created in the same instant are ordered by id, so none is skipped.
 
@@ -439,11 +474,11 @@ class JobStore:
         only the jobs on the page in full: filtering 10,000 jobs for a rare state is a few
         round trips, not one per job."""
         key = self.tenant_key(tenant, "jobs")
-        out: list[dict[str, str]] = []
+        out: list[JobRecord] = []
         offset = 0
         batch = max(2 * limit, 500) if state is not None else 2 * limit
         while True:
-            rows = self.r.zrevrangebyscore(key, "+inf" if before is None else repr(before[0]), "-inf",
+            rows = self._r.zrevrangebyscore(key, "+inf" if before is None else repr(before[0]), "-inf",
                                            start=offset, num=batch, withscores=True)
             if not rows:
                 return out, None
@@ -452,13 +487,13 @@ class JobStore:
             rows = [(job_id, score) for job_id, score in rows
                     if not (before is not None and score == before[0] and job_id >= before[1])]
             # the cursor's own job, or one listed before it in the same instant, is left out above
-            pipe = self.r.pipeline(transaction=False)
+            pipe = self._r.pipeline(transaction=False)
             for job_id, _ in rows:
                 pipe.hget(self.job_key(job_id), "state")
             states = pipe.execute()
             expired = [job_id for (job_id, _), st in zip(rows, states) if st is None]
             if expired:  # expired by retention
-                self.r.zrem(key, *expired)
+                self._r.zrem(key, *expired)
                 offset -= len(expired)
             for (job_id, score), job_state in zip(rows, states):
                 if job_state is None or (state is not None and job_state.decode() != state):
@@ -511,14 +546,14 @@ class JobStore:
         prefix = f"{self.ns}:celery:"
         stranded = []
         due = now() - grace_s
-        for tag, taken_at in self.r.zrangebyscore(prefix + "unacked_index", "-inf", due, withscores=True):
-            job_id = _job_of_envelope(self.r.hget(prefix + "unacked", tag))
-            if job_id is None or self.r.exists(self.job_key(job_id, "lease")):
+        for tag, taken_at in self._r.zrangebyscore(prefix + "unacked_index", "-inf", due, withscores=True):
+            job_id = _job_of_envelope(self._r.hget(prefix + "unacked", tag))
+            if job_id is None or self._r.exists(self.job_key(job_id, "lease")):
                 continue
-            state, created, requeued = self.r.hmget(self.job_key(job_id), "state", "created", "requeued")
+            state, created, requeued = self._r.hmget(self.job_key(job_id), "state", "created", "requeued")
             if state != b"queued" or taken_at < float(requeued or created or 0):
                 continue  # not queued, or a delivery from before the job was last queued (already resent)
-            if self.r.set(f"{self.ns}:rescued:{tag.decode()}", job_id, nx=True, ex=self.settings.visibility_timeout_s):
+            if self._r.set(f"{self.ns}:rescued:{tag.decode()}", job_id, nx=True, ex=self.settings.visibility_timeout_s):
                 stranded.append(job_id)
         return stranded
 
@@ -532,41 +567,41 @@ class JobStore:
         A message moving from the queue to unacked during the two reads can be taken for
         lost; its job is then sent twice, which is harmless."""
         due = now() - grace_s
-        candidates = [raw.decode() for raw in self.r.zrangebyscore(self.queued_key, "-inf", due)]
+        candidates = [raw.decode() for raw in self._r.zrangebyscore(self.queued_key, "-inf", due)]
         candidates = [j for j in candidates if self.outbox_entry(j) is None
-                      and not self.r.exists(self.job_key(j, "lease"))]
+                      and not self._r.exists(self.job_key(j, "lease"))]
         if not candidates:
             return []
         prefix = f"{self.ns}:celery:"
-        present = {_job_of_envelope(raw) for raw in self.r.hvals(prefix + "unacked")}
-        present |= {_job_of_envelope(raw) for raw in self.r.lrange(prefix + self.settings.queue, 0, -1)}
+        present = {_job_of_envelope(raw) for raw in self._r.hvals(prefix + "unacked")}
+        present |= {_job_of_envelope(raw) for raw in self._r.lrange(prefix + self.settings.queue, 0, -1)}
         lost = []
         for job_id in candidates:
-            state = self.r.hget(self.job_key(job_id), "state")
+            state = self._r.hget(self.job_key(job_id), "state")
             if state is None:
-                self.r.zrem(self.queued_key, job_id)  # removed or expired
+                self._r.zrem(self.queued_key, job_id)  # removed or expired
             if job_id in present or state != b"queued":
                 continue
-            if self.r.zadd(self.queued_key, {job_id: now()}, xx=True, ch=True):
+            if self._r.zadd(self.queued_key, {job_id: now()}, xx=True, ch=True):
                 lost.append(job_id)
         return lost
 
     # -- the outbox: jobs whose task message is not yet known to be sent -------------------
     def mark_sent(self, job_id: str, enqueued_at: float | None = None) -> None:
         """The job's message is in the broker: drop it from the outbox (unless re-added since)."""
-        score = enqueued_at if enqueued_at is not None else self.r.zscore(self.outbox_key, job_id)
+        score = enqueued_at if enqueued_at is not None else self._r.zscore(self.outbox_key, job_id)
         if score is not None:
             self._sent(keys=[self.outbox_key], args=[job_id, repr(score)])
 
     def outbox_entry(self, job_id: str) -> float | None:
-        return self.r.zscore(self.outbox_key, job_id)
+        return self._r.zscore(self.outbox_key, job_id)
 
     def claim_unsent(self, grace_s: float) -> list[tuple[str, float]]:
         """Outbox entries older than ``grace_s`` (their sender died or failed), each claimed by
         this caller alone; returns (job id, claim score) to pass to :meth:`mark_sent`."""
         claimed = []
         due = now() - grace_s
-        for raw, _ in self.r.zrangebyscore(self.outbox_key, "-inf", due, withscores=True):
+        for raw, _ in self._r.zrangebyscore(self.outbox_key, "-inf", due, withscores=True):
             stamp = now()
             if self._claim_unsent(keys=[self.outbox_key], args=[raw, repr(due), repr(stamp)]):
                 claimed.append((raw.decode(), stamp))
@@ -578,8 +613,8 @@ class JobStore:
 
     def orphans(self) -> list[str]:
         """Running (or cancelling) jobs whose trainer's lease has expired: their worker was lost."""
-        return [raw.decode() for raw in self.r.smembers(self.active_key)
-                if not self.r.exists(self.job_key(raw.decode(), "lease"))]
+        return [raw.decode() for raw in self._r.smembers(self.active_key)
+                if not self._r.exists(self.job_key(raw.decode(), "lease"))]
 
     def request_cancel(self, job_id: str) -> str | None:
         """Queued jobs are cancelled at once; running ones move to cancelling and the worker
@@ -594,7 +629,7 @@ class JobStore:
     # -- the lease: one trainer per job ---------------------------------------------------
     def acquire_lease(self, job_id: str, token: str) -> bool:
         """SET NX with a TTL: only one trainer holds a job; a second delivery finds it taken."""
-        return bool(self.r.set(self.job_key(job_id, "lease"), token, nx=True,
+        return bool(self._r.set(self.job_key(job_id, "lease"), token, nx=True,
                                px=int(self.settings.lease_ttl_s * 1000)))
 
     def renew_lease(self, job_id: str, token: str) -> bool:
@@ -610,7 +645,7 @@ class JobStore:
 
     def expire_job(self, job_id: str) -> None:
         ttl = self.settings.retention_s
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self._r.pipeline(transaction=False)
         for part in (None, "steps", "series", "series:columns", "data", "eval_data", "checkpoint", "result"):
             pipe.expire(self.job_key(job_id, part), ttl)
         pipe.execute()
@@ -650,7 +685,7 @@ class JobStore:
         return [int(r.decode().partition("-")[0]) for r in refused], state.decode()
 
     def read_steps(self, job_id: str, *, after: int = 0, limit: int = 100) -> list[StepRecord]:
-        entries = self.r.xrange(self.job_key(job_id, "steps"), min=f"({after}-0" if after else "-", max="+",
+        entries = self._r.xrange(self.job_key(job_id, "steps"), min=f"({after}-0" if after else "-", max="+",
                                 count=limit)
         return [StepRecord.from_fields(fields) for _, fields in entries]
 
@@ -658,7 +693,7 @@ class JobStore:
         """The job's series key as a :class:`StepSeries`, read with one GET (and XLEN, in one
         transaction); None when it does not hold exactly the stream's entries: a job written
         before the series existed, or partly by an older worker, or a stream trimmed by MAXLEN."""
-        pipe = self.r.pipeline(transaction=True)
+        pipe = self._r.pipeline(transaction=True)
         pipe.get(self.job_key(job_id, "series"))
         pipe.get(self.job_key(job_id, "series:columns"))
         pipe.xlen(self.job_key(job_id, "steps"))
@@ -690,10 +725,10 @@ class JobStore:
         return StepSeries(columns=series_columns(names), values=series_rows(records, names), source="stream")
 
     def cancel_requested(self, job_id: str) -> bool:
-        return self.r.hget(self.job_key(job_id), "state") in (b"cancelling", b"cancelled")
+        return self._r.hget(self.job_key(job_id), "state") in (b"cancelling", b"cancelled")
 
     def get_blob(self, job_id: str, part: str) -> bytes | None:
-        return self.r.get(self.job_key(job_id, part))
+        return self._r.get(self.job_key(job_id, part))
 
     def put_blob(self, job_id: str, part: str, blob: bytes, *, token: str) -> None:
         """A trainer's write of a checkpoint or result, fenced by its lease token."""

@@ -36,7 +36,7 @@ def _start_sweeping(sender=None, **_: object) -> None:
     """Each worker sweeps for orphaned jobs at start and then periodically (worker/recovery.py)."""
     global _sweeper
     _sweeper = Sweeper(store(), app)
-    store().r.delete(store().worker_stopping_key(sender.hostname))  # a restarted node starts fresh
+    store().flag_worker_stopping(sender.hostname, False)  # a restarted node starts fresh
     _sweeper.start()
 
 
@@ -44,7 +44,7 @@ def _start_sweeping(sender=None, **_: object) -> None:
 def _hand_back_running_jobs(sender=None, **_: object) -> None:
     """Warm shutdown (SIGTERM): tell this node's running jobs, in whatever pool process they
     run, to checkpoint and go back to the queue instead of running to the end."""
-    store().r.set(store().worker_stopping_key(sender), "1", ex=3600)
+    store().flag_worker_stopping(sender)
 
 
 @worker_shutdown.connect

@@ -29,7 +29,7 @@ async def healthz() -> Health:
                         "otherwise a 503 problem whose `checks` say which is missing.",
             responses=problem_responses(503))
 async def readyz(store: StoreDep, celery: CeleryDep) -> Ready:
-    checks = {"redis": await _check(store.r.ping, "redis"), "workers": "skipped (redis is down)"}
+    checks = {"redis": await _check(store.ping, "redis"), "workers": "skipped (redis is down)"}
     if checks["redis"] == "ok":
         checks["workers"] = await _check(lambda: _workers(celery), "workers")
     if any(v != "ok" for v in checks.values()):

@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
+from worker.records import JobRecord
 from worker.store import JOB_ID, STATES, TERMINAL
 
 from ..bodies import MsgpackResponse, negotiated, negotiated_tree, tensors_json, tensors_raw, wants_msgpack
@@ -30,7 +31,7 @@ JobId = Annotated[str, Path(description="a job id as returned by POST /v1/jobs, 
 assert set(STATES) == set(JobState.__args__)  # type: ignore[attr-defined]
 
 
-def tenant_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> dict[str, str]:
+def tenant_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> JobRecord:
     """The job if it exists and belongs to the caller's tenant; 404 otherwise (others' jobs are invisible)."""
     job = store.job_for_tenant(tenant, job_id)
     if job is None:
@@ -38,7 +39,7 @@ def tenant_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> dict[str, s
     return job
 
 
-TenantJob = Annotated[dict[str, str], Depends(tenant_job)]
+TenantJob = Annotated[JobRecord, Depends(tenant_job)]
 
 
 # Every job route answers msgpack too when asked (Accept: application/msgpack).
@@ -78,7 +79,7 @@ def create_job(body: JobRequestBody, tenant: TenantDep, store: StoreDep, celery:
     if dry_run_:
         return negotiated(request, dry_run(prepared))
     job, created = submit_job(prepared, tenant, store, celery, settings, key)
-    headers = {"Location": f"/v1/jobs/{job['id']}"}
+    headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
     return negotiated(request, job_resource(job), status_code=202 if created else 200, headers=headers)
@@ -159,17 +160,17 @@ def read_steps(job: TenantJob, store: StoreDep, request: Request,
                max_points: Annotated[int | None, Query(ge=MIN_POINTS, le=MAX_POINTS, description=(
                    "downsample to at most this many entries, keeping every bucket's extremes"))] = None,
                ) -> Response:
-    finished = job["state"] in TERMINAL
+    finished = job.state in TERMINAL
     if wants_csv(request.headers.get("accept")):
-        first = store.read_steps(job["id"], after=after, limit=CSV_PAGE)  # a Redis failure is still a 503 here
-        return StreamingResponse(csv_lines(store, job["id"], first, after=after), media_type=CSV_MEDIA_TYPE,
-                                 headers={"Content-Disposition": f'attachment; filename="{job["id"]}-steps.csv"',
+        first = store.read_steps(job.id, after=after, limit=CSV_PAGE)  # a Redis failure is still a 503 here
+        return StreamingResponse(csv_lines(store, job.id, first, after=after), media_type=CSV_MEDIA_TYPE,
+                                 headers={"Content-Disposition": f'attachment; filename="{job.id}-steps.csv"',
                                           "Vary": "Accept"})
     if max_points is not None:
         # plain data, not a StepsPage: thousands of entries would cost more to validate than to read
-        return negotiated_tree(request, downsampled_page(store, job["id"], after=after, max_points=max_points,
+        return negotiated_tree(request, downsampled_page(store, job.id, after=after, max_points=max_points,
                                                          finished=finished))
-    records = store.read_steps(job["id"], after=after, limit=limit)
+    records = store.read_steps(job.id, after=after, limit=limit)
     if len(records) == limit or not finished:
         next_after: int | None = records[-1].step if records else after
     else:
@@ -194,10 +195,10 @@ def read_steps(job: TenantJob, store: StoreDep, request: Request,
 def read_data(job: TenantJob, store: StoreDep, request: Request,
               offset: Annotated[int, Query(ge=0, le=MAX_STEP, description="the first row")] = 0,
               limit: Annotated[int, Query(ge=1, le=MAX_ROWS, description="rows to return")] = 10) -> Response:
-    graph = store.get_graph(job["tenant"], job["graph_id"])
-    blob = store.get_blob(job["id"], "data")
+    graph = store.get_graph(job.tenant, job.graph_id)
+    blob = store.get_blob(job.id, "data")
     if graph is None or blob is None:
-        raise not_found("data of job", job["id"])
+        raise not_found("data of job", job.id)
     rows = data_rows(graph, blob, offset, limit)
     head = {"examples": rows.examples, "offset": rows.offset, "count": rows.count}
     if wants_msgpack(request):
@@ -234,12 +235,12 @@ async def stream_events(job_id: JobId, tenant: TenantDep, store: StoreDep, setti
     responses={202: MSGPACK_TOO, **problem_responses(401, 404, 409, 503)},
 )
 def cancel_job(job: TenantJob, store: StoreDep, request: Request) -> Response:
-    if job["state"] in TERMINAL:
-        raise conflict(f"job {job['id']} has already finished ({job['state']})", state=job["state"])
-    state = store.request_cancel(job["id"])
-    current = store.get_job(job["id"]) or job
+    if job.state in TERMINAL:
+        raise conflict(f"job {job.id} has already finished ({job.state})", state=job.state)
+    state = store.request_cancel(job.id)
+    current = store.get_job(job.id) or job
     if state in TERMINAL and state != "cancelled":
-        raise conflict(f"job {job['id']} finished ({state}) before it could be cancelled", state=state)
+        raise conflict(f"job {job.id} finished ({state}) before it could be cancelled", state=state)
     return negotiated(request, job_resource(current), status_code=202)
 
 
@@ -252,11 +253,11 @@ def cancel_job(job: TenantJob, store: StoreDep, request: Request) -> Response:
     responses={200: {"content": {"application/msgpack": {}}}, **problem_responses(401, 404, 409, 503)},
 )
 def read_result(job: TenantJob, store: StoreDep, request: Request) -> Response:
-    if job["state"] != "succeeded":
-        raise conflict(f"job {job['id']} has no result: it is {job['state']}", state=job["state"])
-    blob = store.get_blob(job["id"], "result")
+    if job.state != "succeeded":
+        raise conflict(f"job {job.id} has no result: it is {job.state}", state=job.state)
+    blob = store.get_blob(job.id, "result")
     if blob is None:
-        raise not_found("result of job", job["id"])
+        raise not_found("result of job", job.id)
     if wants_msgpack(request):
         return MsgpackResponse(blob, headers={"Vary": "Accept"})
     return negotiated(request, result_resource(blob))
