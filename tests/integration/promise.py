@@ -21,7 +21,7 @@ def local_params(graph: graphspec.Graph, data: dict[str, np.ndarray], spec: dict
 def assert_as_if_uninterrupted(store, job_id: str, graph: graphspec.Graph, data: dict[str, np.ndarray], spec: dict,
                                *, every: int = 1) -> None:
     job = store.get_job(job_id)
-    assert job["state"] == "succeeded", job
+    assert job.state == "succeeded", job
     steps = [r.step for r in store.read_steps(job_id, limit=spec["steps"] + 10)]
     expected_steps = list(range(every, spec["steps"] + 1, every))
     if expected_steps[-1] != spec["steps"]:

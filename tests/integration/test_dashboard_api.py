@@ -62,7 +62,7 @@ def synthetic_job(store, api, records: list[StepRecord], *, finish: bool = True,
     job_id, _ = store.create_job(tenant, graph_id, spec, encode_tensors(SEED_ARRAYS))
     store.mark_sent(job_id)
     token = f"test:{uuid.uuid4().hex}"
-    store.r.set(store.job_key(job_id, "lease"), token)
+    store._r.set(store.job_key(job_id, "lease"), token)
     moved, _ = store.transition(job_id, ["queued"], "running", token=token, started=repr(now()), lease=token)
     assert moved
     for i in range(0, len(records), 500):
@@ -104,7 +104,7 @@ def without_grads(entry: dict) -> dict:
 def test_series_holds_exactly_the_accepted_entries_and_best_loss(store, api):
     job_id = synthetic_job(store, api, [record(1, 0.9), record(2, 0.7, eval_loss=0.8)], finish=False)
     token = "again"
-    store.r.set(store.job_key(job_id, "lease"), token)
+    store._r.set(store.job_key(job_id, "lease"), token)
     # A replay (steps 2, then a lower loss at an already written step) is refused: no series row, no best_loss.
     refused, _ = store.report_steps(job_id, token, [record(2, 0.01), record(3, float("nan")), record(4, 0.5)],
                                     {"step": 4})
@@ -119,7 +119,7 @@ def test_series_holds_exactly_the_accepted_entries_and_best_loss(store, api):
         assert (math.isnan(row[2]) and math.isnan(rec.loss)) or row[2] == rec.loss
         assert (math.isnan(row[3]) and rec.eval_loss is None) or row[3] == rec.eval_loss
     job = store.get_job(job_id)
-    assert (float(job["best_loss"]), job["best_loss_step"]) == (0.5, "4")  # not the refused 0.01, not NaN
+    assert (job.best_loss, job.best_loss_step) == (0.5, 4)  # not the refused 0.01, not NaN
 
 
 def test_the_stream_is_read_when_the_series_does_not_hold_every_entry(store, api):
@@ -128,18 +128,18 @@ def test_the_stream_is_read_when_the_series_does_not_hold_every_entry(store, api
     full = store.read_step_series(job_id)
     assert full.source == "series" and len(full) == 40
     # A job written before the series existed (or partly by an older worker): rows missing.
-    store.r.set(store.job_key(job_id, "series"), full.values[:30].tobytes())
+    store._r.set(store.job_key(job_id, "series"), full.values[:30].tobytes())
     assert store.read_series(job_id) is None
     fallback = store.read_step_series(job_id, page=7)  # several pages
     assert fallback.source == "stream" and fallback.columns == full.columns
     np.testing.assert_array_equal(fallback.values, full.values)
-    store.r.delete(store.job_key(job_id, "series"))
+    store._r.delete(store.job_key(job_id, "series"))
     assert store.read_step_series(job_id).source == "stream"
 
 
 def test_a_batch_naming_other_parameters_writes_no_rows(store, api):
     job_id = synthetic_job(store, api, [record(1, 0.9)], finish=False)
-    store.r.set(store.job_key(job_id, "lease"), "t")
+    store._r.set(store.job_key(job_id, "lease"), "t")
     store.report_steps(job_id, "t", [record(2, 0.8, norms={"other": 1.0})], {"step": 2})
     assert store.read_series(job_id) is None  # one row for two entries: not used
     assert store.read_step_series(job_id).source == "stream"
@@ -148,7 +148,7 @@ def test_a_batch_naming_other_parameters_writes_no_rows(store, api):
 def test_series_keys_expire_with_the_job(store, api, settings):
     job_id = synthetic_job(store, api, [record(1, 0.9), record(2, 0.8)])
     for part in ("series", "series:columns", "steps", None):
-        ttl = store.r.ttl(store.job_key(job_id, part))
+        ttl = store._r.ttl(store.job_key(job_id, part))
         assert 0 < ttl <= settings.retention_s, (part, ttl)
 
 
@@ -184,7 +184,7 @@ def test_downsampled_steps_are_real_entries_that_keep_every_spike(api, store):
     assert set(spikes.values()) <= set(steps), {k: v for k, v in spikes.items() if v not in steps}
 
     # The same page from the stream, for a job whose series is missing.
-    store.r.delete(store.job_key(job_id, "series"))
+    store._r.delete(store.job_key(job_id, "series"))
     assert store.read_series(job_id) is None
     assert api.get(f"/v1/jobs/{job_id}/steps", params={"max_points": 200}).json() == page
     # msgpack carries the same page.
@@ -317,17 +317,17 @@ def test_an_older_job_hash_renders_with_nulls(api, store):
     old = {"id": job_id, "tenant": "tenant-a", "state": "succeeded", "graph_id": "sha256:" + "0" * 64,
            "created": repr(now()), "step": 10, "total_steps": 10, "attempts": 1, "loss": "0.5",
            "spec": json.dumps({"optimizer": {"name": "sgd", "lr": 0.5}, "steps": 10, "report_every": 5})}
-    store.r.hset(store.job_key(job_id), mapping=old)
-    store.r.expire(store.job_key(job_id), 600)
+    store._r.hset(store.job_key(job_id), mapping=old)
+    store._r.expire(store.job_key(job_id), 600)
     job = api.get(f"/v1/jobs/{job_id}").json()
     assert job["best_loss"] is None and job["best_loss_step"] is None
     assert job["data"] is None and job["eval_data"] is None
     assert job["settings"]["optimizer"] == {"name": "sgd", "lr": 0.5}
     assert job["settings"]["steps"] == 10 and job["settings"]["time_limit_s"] is None
     # no spec at all, or one this version cannot read: settings null, the job still renders
-    store.r.hdel(store.job_key(job_id), "spec")
+    store._r.hdel(store.job_key(job_id), "spec")
     assert api.get(f"/v1/jobs/{job_id}").json()["settings"] is None
-    store.r.hset(store.job_key(job_id), "spec", json.dumps({"optimizer": "sgd", "steps": "many"}))
+    store._r.hset(store.job_key(job_id), "spec", json.dumps({"optimizer": "sgd", "steps": "many"}))
     assert api.get(f"/v1/jobs/{job_id}").json()["settings"] is None
     # a job without a history yet: a downsampled page and a CSV are empty, not errors
     page = api.get(f"/v1/jobs/{job_id}/steps", params={"max_points": 16}).json()
@@ -387,7 +387,7 @@ class RecordingCelery:
 
 def namespace_keys(store) -> set[str]:
     """This session's keys but Celery's."""
-    return {k.decode() for k in store.r.scan_iter(match=f"{store.ns}:*", count=1000)
+    return {k.decode() for k in store._r.scan_iter(match=f"{store.ns}:*", count=1000)
             if not k.startswith(f"{store.ns}:celery:".encode())}
 
 
@@ -406,14 +406,14 @@ def test_dry_run_checks_everything_and_stores_nothing(settings, store, celery_wo
     with starlette_test_client()(app) as client:
         headers = {"Authorization": f"Bearer {API_KEYS['tenant-a']}", "Idempotency-Key": f"dry-{uuid.uuid4().hex}"}
         indexes = (store.queued_key, store.outbox_key, store.tenant_key("tenant-a", "jobs"))
-        listed = {key: set(store.r.zrange(key, 0, -1)) for key in indexes}
+        listed = {key: set(store._r.zrange(key, 0, -1)) for key in indexes}
         before = namespace_keys(store)
         resp = client.post("/v1/jobs", params={"dry_run": "true"}, headers=headers,
                            json=job_body(graph=doc, optimizer={"name": "momentum"}, epochs=2, steps=None))
         assert resp.status_code == 200, resp.text
         body = resp.json()
         assert new_keys(store, before) == set()  # nothing stored: no job, no graph, no idempotency key
-        assert all(set(store.r.zrange(key, 0, -1)) <= listed[key] for key in indexes)  # no job queued or listed
+        assert all(set(store._r.zrange(key, 0, -1)) <= listed[key] for key in indexes)  # no job queued or listed
         assert app.state.celery.sent == []
         assert "location" not in resp.headers
         assert body["dry_run"] is True and body["total_steps"] == 8  # 2 epochs x ceil(60 / 16) batches

@@ -70,9 +70,9 @@ def test_diverging_job_keeps_every_reported_step_and_shows_where_it_stopped(stor
 
     job_id = submit(graph, data, spec)
     job, _ = wait_for_state(store, job_id, {"succeeded", "failed", "cancelled"}, timeout=30)
-    assert job["state"] == "failed", job
-    assert job["error_type"] == "NonFiniteError"
-    assert f"step {last + 1}" in job["error_message"] and f"step {last + 1}" in str(error)
+    assert job.state == "failed", job
+    assert job.error.type == "NonFiniteError"
+    assert f"step {last + 1}" in job.error.message and f"step {last + 1}" in str(error)
 
     steps = store.read_steps(job_id, limit=10_000)
     expected = [s for s in range(1, last + 1) if s % report_every == 0]
@@ -80,8 +80,8 @@ def test_diverging_job_keeps_every_reported_step_and_shows_where_it_stopped(stor
         expected.append(last)  # the last reported step is always kept, whatever report_every is
     assert [s.step for s in steps] == expected
     assert [s.loss for s in steps] == pytest.approx([losses[s - 1] for s in expected], rel=1e-9)
-    assert int(job["step"]) == last
-    assert float(job["loss"]) == pytest.approx(losses[-1], rel=1e-9)
+    assert job.step == last
+    assert job.loss == pytest.approx(losses[-1], rel=1e-9)
 
 
 def test_cancelled_job_keeps_its_last_reported_step(store, submit):
@@ -91,7 +91,7 @@ def test_cancelled_job_keeps_its_last_reported_step(store, submit):
     wait_for_state(store, job_id, "running")
     store.request_cancel(job_id)
     job, _ = wait_for_state(store, job_id, {"cancelled", "failed", "succeeded"}, timeout=30)
-    assert job["state"] == "cancelled", job
+    assert job.state == "cancelled", job
     steps = store.read_steps(job_id, limit=10_000)
-    assert steps and steps[-1].step == int(job["step"]) > 0
+    assert steps and steps[-1].step == job.step > 0
     assert all(s.step % 1000 == 0 for s in steps[:-1])

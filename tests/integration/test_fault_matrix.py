@@ -133,13 +133,13 @@ def chaos(settings, env, tmp_path):
     finally:
         workers.close()
         celery.close()
-        store.r.close()
+        store._r.close()
         delete_namespace(settings.redis_url, namespace)
 
 
 def _holders(store: JobStore, job_ids: list[str]) -> dict[str, tuple[str, str]]:
     """hostname -> (job id, lease token) for every job running under a lease right now."""
-    pipe = store.r.pipeline(transaction=False)
+    pipe = store._r.pipeline(transaction=False)
     for job_id in job_ids:
         pipe.hget(store.job_key(job_id), "state")
         pipe.get(store.job_key(job_id, "lease"))
@@ -153,7 +153,7 @@ def _holders(store: JobStore, job_ids: list[str]) -> dict[str, tuple[str, str]]:
 
 
 def _unfinished(store: JobStore, job_ids: list[str]) -> list[str]:
-    pipe = store.r.pipeline(transaction=False)
+    pipe = store._r.pipeline(transaction=False)
     for job_id in job_ids:
         pipe.hget(store.job_key(job_id), "state")
     return [j for j, s in zip(job_ids, pipe.execute()) if (s or b"").decode() not in TERMINAL]
@@ -204,24 +204,24 @@ def test_kill_9_at_random_steps_across_many_jobs(chaos):
                 # Confirmed: the job is still running under the dead worker's token (it did not
                 # finish in between), so it must be recovered by the sweep and run again.
                 job = store.get_job(job_id)
-                hit = job["state"] == "running" and job.get("lease") == token
+                hit = job.state == "running" and job.lease == token
                 if hit:
                     hits[job_id] = hits.get(job_id, 0) + 1
                 kills.append((round(time.monotonic() - started, 2), hostname, job_id if hit else None,
-                              int(job.get("step", 0))))
+                              job.step))
                 workers.start()
                 next_kill = time.monotonic() + rng.uniform(*KILL_GAP_S)
         time.sleep(0.05)
     elapsed = time.monotonic() - started
 
     jobs = {job_id: store.get_job(job_id) for job_id in job_ids}
-    attempts = {job_id: int(job["attempts"]) for job_id, job in jobs.items()}
+    attempts = {job_id: job.attempts for job_id, job in jobs.items()}
     print(f"\nfault matrix: {len(jobs)} jobs, {len(workers.started)} workers started, {len(kills)} SIGKILLs "
           f"({sum(hits.values())} mid-job, across {len(hits)} jobs), {sum(attempts.values())} attempts "
           f"(max {max(attempts.values())}), all terminal after {elapsed:.1f} s")
 
     for job_id, spec in specs.items():
-        assert jobs[job_id]["state"] == "succeeded", (jobs[job_id], workers.logs())
+        assert jobs[job_id].state == "succeeded", (jobs[job_id], workers.logs())
         assert_as_if_uninterrupted(store, job_id, graph, data, spec)
         assert attempts[job_id] >= 1 + hits.get(job_id, 0), (job_id, attempts[job_id], hits.get(job_id))
     assert len(kills) >= MIN_KILLS, f"only {len(kills)} kills before every job finished: give the jobs more steps"
@@ -233,11 +233,12 @@ def test_kill_9_at_random_steps_across_many_jobs(chaos):
 def _lost_report(store: JobStore, unfinished: list[str], kills, workers: _Workers) -> str:
     lines = [f"{len(unfinished)} job(s) never finished (kills: {kills}):"]
     for job_id in unfinished:
-        job = store.get_job(job_id) or {}
-        lease = store.r.get(store.job_key(job_id, "lease"))
-        lines.append(f"  {job_id}: state={job.get('state')} step={job.get('step')}/{job.get('total_steps')} "
-                     f"attempts={job.get('attempts')} worker={job.get('worker')} lease={lease!r} "
-                     f"active={store.r.sismember(store.active_key, job_id)} outbox={store.outbox_entry(job_id)}")
+        job = store.get_job(job_id)
+        lease = store._r.get(store.job_key(job_id, "lease"))
+        stored = ("not stored" if job is None else f"state={job.state} step={job.step}/{job.total_steps} "
+                  f"attempts={job.attempts} worker={job.worker}")
+        lines.append(f"  {job_id}: {stored} lease={lease!r} "
+                     f"active={store._r.sismember(store.active_key, job_id)} outbox={store.outbox_entry(job_id)}")
     return "\n".join(lines) + "\n" + workers.logs()
 
 
@@ -272,7 +273,7 @@ def _assert_unchanged_until_let_go(api, store, job_id: str, final: dict, history
     of it (the lease released after the trainer's last write: from then on every write it
     could still try is refused by the fence), and once more after that; not after a fixed pause."""
     def unchanged_and_released() -> bool:
-        released = not store.r.exists(store.job_key(job_id, "lease"))
+        released = not store._r.exists(store.job_key(job_id, "lease"))
         again = api.get(f"/v1/jobs/{job_id}").json()
         assert (again["state"], again["step"], again["finished"]) == (final["state"], final["step"],
                                                                      final["finished"]), (final, again)

@@ -66,19 +66,19 @@ def test_a_killed_worker_costs_seconds_and_the_job_ends_as_if_uninterrupted(stor
     with run_worker(celery_app, env, queue=queue, hostname=f"faults-a-{job_id}@localhost",
                     log_path=tmp_path / "a.log") as first:
         _send(celery_app, store, queue, job_id)
-        _wait(lambda: int(store.get_job(job_id).get("step", 0)) > 1500, 60, "the job to pass its first checkpoints")
+        _wait(lambda: int(store.get_job(job_id).step) > 1500, 60, "the job to pass its first checkpoints")
         os.killpg(first.proc.pid, signal.SIGKILL)  # the whole worker, not just a pool child
         first.proc.wait(10)
-    assert store.get_job(job_id)["state"] == "running"  # nobody told Redis: the job is orphaned
+    assert store.get_job(job_id).state == "running"  # nobody told Redis: the job is orphaned
     killed_at = time.monotonic()
 
     with run_worker(celery_app, env, queue=queue, hostname=f"faults-b-{job_id}@localhost",
                     log_path=tmp_path / "b.log"):
-        job = _wait(lambda: (j := store.get_job(job_id))["state"] in ("succeeded", "failed") and j, 90,
+        job = _wait(lambda: (j := store.get_job(job_id)).state in ("succeeded", "failed") and j, 90,
                     "the job to finish on the second worker")
     recovered_in = time.monotonic() - killed_at
-    assert job["state"] == "succeeded", job
-    assert job["attempts"] == "2"
+    assert job.state == "succeeded", job
+    assert job.attempts == 2
     assert recovered_in < 60  # the visibility timeout is hours; the lease makes it seconds
 
     assert_as_if_uninterrupted(store, job_id, graph, data, SPEC)
@@ -88,25 +88,25 @@ def test_a_job_that_keeps_losing_its_worker_is_failed_as_poison(store, celery_ap
     graph_id = store.put_graph("tenant-a", graphspec.load(SEED))
     job_id, _ = store.create_job("tenant-a", graph_id, SPEC, b"")
     store.transition(job_id, ["queued"], "running", worker="gone@nowhere")
-    store.r.hset(store.job_key(job_id), "attempts", settings.max_attempts)  # its lease is gone too
+    store._r.hset(store.job_key(job_id), "attempts", settings.max_attempts)  # its lease is gone too
     assert (job_id, "failed") in sweep(store, celery_app)
     job = store.get_job(job_id)
-    assert job["state"] == "failed" and job["error_type"] == "PoisonJob"
-    assert f"{settings.max_attempts} times" in job["error_message"]
-    assert job_id not in [j.decode() for j in store.r.smembers(f"{settings.namespace}:active")]
+    assert job.state == "failed" and job.error.type == "PoisonJob"
+    assert f"{settings.max_attempts} times" in job.error.message
+    assert job_id not in [j.decode() for j in store._r.smembers(f"{settings.namespace}:active")]
 
 
 def test_only_one_sweeper_requeues_an_orphan(store, celery_app, settings):
     graph_id = store.put_graph("tenant-a", graphspec.load(SEED))
     job_id, _ = store.create_job("tenant-a", graph_id, SPEC, b"")
     store.transition(job_id, ["queued"], "running", worker="gone@nowhere")
-    store.r.hset(store.job_key(job_id), "attempts", 1)
+    store._r.hset(store.job_key(job_id), "attempts", 1)
     sent = []
     fake = type("Celery", (), {"send_task": lambda self, *a, **k: sent.append((a, k))})()
     first, second = sweep(store, fake), sweep(store, fake)
     assert (job_id, "requeued") in first and (job_id, "requeued") not in second
     assert len([s for s in sent if s[1]["args"] == [job_id]]) == 1
-    assert store.get_job(job_id)["state"] == "queued"
+    assert store.get_job(job_id).state == "queued"
     store.transition(job_id, ["queued"], "cancelled")
 
 
@@ -131,22 +131,22 @@ def test_sigterm_hands_the_running_job_back_and_loses_no_work(store, celery_app,
     with run_worker(celery_app, env, queue=queue, hostname=f"faults-c-{job_id}@localhost",
                     log_path=tmp_path / "c.log") as first:
         _send(celery_app, store, queue, job_id)
-        _wait(lambda: int(store.get_job(job_id).get("step", 0)) > 1500, 60, "the job to be well under way")
+        _wait(lambda: int(store.get_job(job_id).step) > 1500, 60, "the job to be well under way")
         first.proc.send_signal(signal.SIGTERM)  # a rolling deploy: warm shutdown
         stopped = time.monotonic()
         first.proc.wait(20)
         assert time.monotonic() - stopped < 10, "the worker should hand the job back promptly, not finish it"
     job = store.get_job(job_id)
-    assert job["state"] == "queued", job  # handed back, not running, not lost
-    handed_back_at = int(job["step"])
+    assert job.state == "queued", job  # handed back, not running, not lost
+    handed_back_at = job.step
     assert 1500 < handed_back_at < spec["steps"]
 
     with run_worker(celery_app, env, queue=queue, hostname=f"faults-d-{job_id}@localhost",
                     log_path=tmp_path / "d.log"):
-        job = _wait(lambda: (j := store.get_job(job_id))["state"] in ("succeeded", "failed") and j, 90,
+        job = _wait(lambda: (j := store.get_job(job_id)).state in ("succeeded", "failed") and j, 90,
                     "the job to finish on the next worker")
-    assert job["state"] == "succeeded", job
-    assert job["attempts"] == "1"  # a graceful hand-back is not a lost attempt
+    assert job.state == "succeeded", job
+    assert job.attempts == 1  # a graceful hand-back is not a lost attempt
     assert_as_if_uninterrupted(store, job_id, graph, data, spec, every=2)
 
 
@@ -187,12 +187,12 @@ def test_a_job_taken_by_a_worker_that_died_before_starting_it_is_sent_again(stor
             os.killpg(dying.pid, signal.SIGKILL)
             dying.wait(10)
         dying.stdout.close()
-    assert store.get_job(job_id)["state"] == "queued" and store.r.hlen(f"{store.ns}:celery:unacked") >= 1
+    assert store.get_job(job_id).state == "queued" and store._r.hlen(f"{store.ns}:celery:unacked") >= 1
 
     with run_worker(celery_app, env, queue=queue, hostname=f"faults-rescue-{job_id}@localhost",
                     log_path=tmp_path / "rescue.log") as worker:
-        job = _wait(lambda: (j := store.get_job(job_id))["state"] in ("succeeded", "failed") and j, 30,
+        job = _wait(lambda: (j := store.get_job(job_id)).state in ("succeeded", "failed") and j, 30,
                     "the stranded job to be sent again and trained")
         assert f"job {job_id}: taken by a worker that died before starting it, sent again" in worker.log()
-    assert job["attempts"] == "1"
+    assert job.attempts == 1
     assert_as_if_uninterrupted(store, job_id, graph, data, spec)

@@ -56,7 +56,7 @@ def cleanup(store):
     jobs: list[str] = []
     yield jobs
     for job_id in jobs:
-        store.r.delete(store.job_key(job_id, "lease"))
+        store._r.delete(store.job_key(job_id, "lease"))
         store.request_cancel(job_id)
         store.transition(job_id, ["cancelling", "running", "queued"], "cancelled")
 
@@ -64,7 +64,7 @@ def cleanup(store):
 def test_a_trainer_that_lost_its_lease_cannot_write(store, cleanup):
     job_id = _running_job(store, "first")
     cleanup.append(job_id)
-    store.r.set(store.job_key(job_id, "lease"), "second")  # another trainer holds the job now
+    store._r.set(store.job_key(job_id, "lease"), "second")  # another trainer holds the job now
 
     with pytest.raises(LeaseLost):
         store.report_steps(job_id, "first", [_record(1)], {"step": 1})
@@ -76,7 +76,7 @@ def test_a_trainer_that_lost_its_lease_cannot_write(store, cleanup):
 
     assert store.read_steps(job_id) == []
     assert store.get_blob(job_id, "checkpoint") is None
-    assert store.get_job(job_id)["state"] == "running"
+    assert store.get_job(job_id).state == "running"
     # ... while the holder writes as usual.
     assert store.report_steps(job_id, "second", [_record(1)], {"step": 1}) == ([], "running")
 
@@ -86,19 +86,19 @@ def test_a_lapsed_lease_is_taken_back_by_its_own_trainer_only(store, cleanup):
     carries on (no rollback to its checkpoint); any other token is still refused."""
     job_id = _running_job(store, "mine")
     cleanup.append(job_id)
-    store.r.delete(store.job_key(job_id, "lease"))
+    store._r.delete(store.job_key(job_id, "lease"))
 
     with pytest.raises(LeaseLost):
         store.report_steps(job_id, "someone-else", [_record(1)], {"step": 1})
     assert store.report_steps(job_id, "mine", [_record(1)], {"step": 1}) == ([], "running")
-    assert store.r.get(store.job_key(job_id, "lease")) == b"mine"
-    assert 0 < store.r.pttl(store.job_key(job_id, "lease")) <= store.settings.lease_ttl_s * 1000
+    assert store._r.get(store.job_key(job_id, "lease")) == b"mine"
+    assert 0 < store._r.pttl(store.job_key(job_id, "lease")) <= store.settings.lease_ttl_s * 1000
 
 
 def test_the_sweep_leaves_a_job_whose_trainer_came_back(store, cleanup):
     job_id = _running_job(store, "back")
     cleanup.append(job_id)
-    store.r.delete(store.job_key(job_id, "lease"))
+    store._r.delete(store.job_key(job_id, "lease"))
     assert job_id in store.orphans()
     # The trainer renews between the sweep's scan and its move: the move must not happen.
     assert store.renew_lease(job_id, "back")
@@ -106,7 +106,7 @@ def test_the_sweep_leaves_a_job_whose_trainer_came_back(store, cleanup):
     celery = RecordingCelery()
     assert all(j != job_id for j, _ in sweep(store, celery))
     assert job_id not in celery.sent
-    assert store.get_job(job_id)["state"] == "running"
+    assert store.get_job(job_id).state == "running"
 
 
 @pytest.mark.parametrize("state,attempts", [("running", 1), ("running", None), ("cancelling", 1)],
@@ -121,8 +121,8 @@ def test_the_sweep_does_not_move_a_job_whose_lease_came_back_after_it_listed_orp
     cleanup.append(job_id)
     if state == "cancelling":
         assert store.request_cancel(job_id) == "cancelling"
-    store.r.hset(store.job_key(job_id), "attempts", settings.max_attempts if attempts is None else attempts)
-    store.r.delete(store.job_key(job_id, "lease"))  # lapsed: the trainer paused past its TTL
+    store._r.hset(store.job_key(job_id), "attempts", settings.max_attempts if attempts is None else attempts)
+    store._r.delete(store.job_key(job_id, "lease"))  # lapsed: the trainer paused past its TTL
 
     class TrainerBackRightAfterTheListing(JobStore):
         def orphans(self):
@@ -132,16 +132,16 @@ def test_the_sweep_does_not_move_a_job_whose_lease_came_back_after_it_listed_orp
             return [job_id]  # only this job: other tests' jobs are none of this sweep's business
 
     celery = RecordingCelery()
-    done = sweep(TrainerBackRightAfterTheListing(store.r, settings), celery)
+    done = sweep(TrainerBackRightAfterTheListing(store._r, settings), celery)
 
     assert [what for j, what in done if j == job_id] == []
     assert job_id not in celery.sent
     job = store.get_job(job_id)
-    assert job["state"] == state and "error_type" not in job and "finished" not in job, job
-    assert store.r.get(store.job_key(job_id, "lease")) == b"back"
+    assert job.state == state and job.error is None and job.finished is None, job
+    assert store._r.get(store.job_key(job_id, "lease")) == b"back"
     assert store.outbox_entry(job_id) is None  # not queued to be sent again ...
-    assert store.r.zscore(store.queued_key, job_id) is None  # ... nor listed as queued
-    assert store.r.sismember(store.active_key, job_id)
+    assert store._r.zscore(store.queued_key, job_id) is None  # ... nor listed as queued
+    assert store._r.sismember(store.active_key, job_id)
     # ... and the trainer's writes are still accepted.
     assert store.report_steps(job_id, "back", [_record(1)], {"step": 1}) == ([], state)
 
@@ -149,12 +149,12 @@ def test_the_sweep_does_not_move_a_job_whose_lease_came_back_after_it_listed_orp
 def test_once_the_sweep_requeued_a_job_its_old_trainer_is_fenced_off(store, cleanup):
     job_id = _running_job(store, "old")
     cleanup.append(job_id)
-    store.r.delete(store.job_key(job_id, "lease"))
+    store._r.delete(store.job_key(job_id, "lease"))
     celery = RecordingCelery()
     assert (job_id, "requeued") in sweep(store, celery)
     assert celery.sent.count(job_id) == 1
     assert store.outbox_entry(job_id) is None  # sent, so out of the outbox
-    assert store.get_job(job_id)["state"] == "queued"
+    assert store.get_job(job_id).state == "queued"
 
     assert not store.renew_lease(job_id, "old")
     with pytest.raises(LeaseLost):
@@ -196,8 +196,8 @@ def test_a_job_stored_but_never_sent_is_sent_by_the_sweep(store, celery_app, env
                     log_path=tmp_path / "outbox.log") as worker:
         job, _ = wait_for_state(store, job_id, {"succeeded", "failed", "cancelled"}, timeout=30)
         assert f"job {job_id}: never sent, sent by the sweep" in worker.log()
-    assert job["state"] == "succeeded", job
-    assert job["attempts"] == "1"
+    assert job.state == "succeeded", job
+    assert job.attempts == 1
     assert [r.step for r in store.read_steps(job_id, limit=1000)] == list(range(1, SPEC["steps"] + 1))
     assert store.outbox_entry(job_id) is None
 
@@ -215,13 +215,13 @@ def test_a_worker_whose_lease_is_stolen_stops_writing(store, celery_app, env, se
                         log_path=tmp_path / "fence.log") as worker:
             task = celery_app.send_task("chainrule.train", args=[job_id], queue=queue)
             store.mark_sent(job_id)
-            wait_for(lambda: int(store.get_job(job_id).get("step", 0)) > 100, timeout=30,
+            wait_for(lambda: int(store.get_job(job_id).step) > 100, timeout=30,
                      message="the job to be running")
-            store.r.set(store.job_key(job_id, "lease"), "thief", px=60_000)
+            store._r.set(store.job_key(job_id, "lease"), "thief", px=60_000)
             wait_for(lambda: f"job {job_id}: lease lost" in worker.log(), timeout=10,
                      message="the trainer to notice")
             written = len(store.read_steps(job_id, limit=300_000))
-            progress = store.get_job(job_id)["step"]
+            progress = store.get_job(job_id).step
             # Not a fixed pause: the task itself has returned, so whatever the trainer was
             # going to write after the loss, it has written by now.
             wait_for(lambda: f"Task chainrule.train[{task.id}] succeeded" in worker.log(), timeout=10,
@@ -229,11 +229,11 @@ def test_a_worker_whose_lease_is_stolen_stops_writing(store, celery_app, env, se
             assert re.search(rf"Task chainrule\.train\[{task.id}\] succeeded in \S+: 'lease lost'", worker.log())
             assert len(store.read_steps(job_id, limit=300_000)) == written  # nothing after the loss
             job = store.get_job(job_id)
-            assert job["step"] == progress
-            assert job["state"] == "running" and "error_type" not in job  # the job is not the trainer's to fail
-            assert store.r.get(store.job_key(job_id, "lease")) == b"thief"  # and it did not release another's lease
+            assert job.step == progress
+            assert job.state == "running" and job.error is None  # the job is not the trainer's to fail
+            assert store._r.get(store.job_key(job_id, "lease")) == b"thief"  # and it did not release another's lease
     finally:
-        store.r.delete(store.job_key(job_id, "lease"))
+        store._r.delete(store.job_key(job_id, "lease"))
         store.transition(job_id, ["running", "queued", "cancelling"], "cancelled")
 
 
@@ -256,10 +256,10 @@ def test_a_cancel_landing_just_before_success_leaves_no_result(settings):
         store.mark_sent(job_id)
         assert run_job(store, job_id, worker="inline@test") == "cancelled"
         job = store.get_job(job_id)
-        assert job["state"] == "cancelled" and job["step"] == str(SPEC["steps"])
+        assert job.state == "cancelled" and job.step == SPEC["steps"]
         assert store.get_blob(job_id, "result") is None
     finally:
-        store.r.close()
+        store._r.close()
 
 
 def test_a_job_whose_message_the_broker_lost_is_sent_again(store, celery_app, env, settings, tmp_path):
@@ -276,9 +276,9 @@ def test_a_job_whose_message_the_broker_lost_is_sent_again(store, celery_app, en
                     log_path=tmp_path / "lost.log") as worker:
         job, _ = wait_for_state(store, job_id, {"succeeded", "failed", "cancelled"}, timeout=30)
         assert f"job {job_id}: its message was lost by the broker, sent again" in worker.log()
-    assert job["state"] == "succeeded" and job["attempts"] == "1"
+    assert job.state == "succeeded" and job.attempts == 1
     assert [r.step for r in store.read_steps(job_id, limit=1000)] == list(range(1, SPEC["steps"] + 1))
-    assert store.r.zscore(store.queued_key, job_id) is None
+    assert store._r.zscore(store.queued_key, job_id) is None
 
 
 def test_a_start_counts_its_attempt_in_the_same_move(store, cleanup):
@@ -290,7 +290,7 @@ def test_a_start_counts_its_attempt_in_the_same_move(store, cleanup):
     store.mark_sent(job_id)
     assert store.acquire_lease(job_id, "t1")
     assert store.transition(job_id, ["queued"], "running", token="t1", attempt=True, lease="t1")[0]
-    assert store.get_job(job_id)["attempts"] == "1"
+    assert store.get_job(job_id).attempts == 1
     # a refused move counts nothing
     assert not store.transition(job_id, ["queued"], "running", token="t1", attempt=True)[0]
-    assert store.get_job(job_id)["attempts"] == "1"
+    assert store.get_job(job_id).attempts == 1

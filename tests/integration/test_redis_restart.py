@@ -57,7 +57,7 @@ def durable_stack(settings, env, tmp_path):
                 client.headers["Authorization"] = "Bearer key-a"
                 yield server, store, client, worker
         finally:
-            store.r.close()
+            store._r.close()
             celery.close()
 
 
@@ -72,7 +72,7 @@ def test_redis_going_away_mid_job_loses_no_accepted_job(durable_stack, how):
         jobs.append((resp.json()["id"], {"optimizer": {"name": "sgd", "lr": 0.5}, "steps": steps, "batch_size": 16,
                                          "seed": seed}))
     first = jobs[0][0]
-    wait_for(lambda: int(store.get_job(first).get("step", 0)) > 600, timeout=30, message="the first job under way")
+    wait_for(lambda: int(store.get_job(first).step) > 600, timeout=30, message="the first job under way")
 
     server.shutdown(how)
     down_at = time.monotonic()
@@ -92,12 +92,12 @@ def test_redis_going_away_mid_job_loses_no_accepted_job(durable_stack, how):
         EXAMPLES / "data" / "seed_data.json")
     for job_id, spec in jobs:
         job, _ = wait_for_state(store, job_id, {"succeeded", "failed", "cancelled"}, timeout=90)
-        assert job["state"] == "succeeded", (job, worker.log()[-3000:])
+        assert job.state == "succeeded", (job, worker.log()[-3000:])
         assert_as_if_uninterrupted(store, job_id, graph, data, spec)
-    assert store.r.zcard(store.outbox_key) == 0 and store.r.scard(store.active_key) == 0
+    assert store._r.zcard(store.outbox_key) == 0 and store._r.scard(store.active_key) == 0
     # Every lease lapsed during the outage; the trainer took its own back and carried on
     # (the sweep waits a lease TTL after an outage), so no job went back to its checkpoint.
-    assert all(store.get_job(job_id)["attempts"] == "1" for job_id, _ in jobs)
+    assert all(store.get_job(job_id).attempts == 1 for job_id, _ in jobs)
     assert "lease lost" not in worker.log()
 
     # The worker reconnected on its own: the API is ready again and a new job runs.
@@ -106,4 +106,4 @@ def test_redis_going_away_mid_job_loses_no_accepted_job(durable_stack, how):
     resp = client.post("/v1/jobs", json=job_body(50, 5))
     assert resp.status_code == 202, resp.text
     job, _ = wait_for_state(store, resp.json()["id"], {"succeeded", "failed", "cancelled"}, timeout=30)
-    assert job["state"] == "succeeded", job
+    assert job.state == "succeeded", job

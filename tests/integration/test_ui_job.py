@@ -166,7 +166,7 @@ def test_a_failed_jobs_error_links_its_node(dashboard, offline_page, store):
     page = open_dashboard(offline_page, dashboard, f"#/jobs/{fake.job_id}", wait_for="#job-error .banner")
     assert "NonFiniteLoss" in page.inner_text("#job-error")
     href = page.get_attribute("#job-error a.error-node", "href")
-    assert href == f"#/graphs/{store.get_job(fake.job_id)['graph_id']}?job={fake.job_id}&node=L"
+    assert href == f"#/graphs/{store.get_job(fake.job_id).graph_id}?job={fake.job_id}&node=L"
     assert page.is_disabled("#cancel-job") and page.is_disabled("#download-result")
     assert_clean(offline_page)
 
@@ -174,7 +174,7 @@ def test_a_failed_jobs_error_links_its_node(dashboard, offline_page, store):
 def test_memory_stays_bounded_however_many_steps_stream_in(dashboard, offline_page, store, settings):
     """30,000 entries stream in (the cap is 4,000 points): the points kept stay under the cap, a
     spike survives the decimation; the heap after GC at every 10,000 entries is recorded."""
-    big = JobStore(store.r, settings.model_copy(update={"stream_maxlen": 100_000}))
+    big = JobStore(store._r, settings.model_copy(update={"stream_maxlen": 100_000}))
     fake = FakeTrainer(big, steps=30_000)
     page = open_dashboard(offline_page, dashboard, f"#/jobs/{fake.job_id}", wait_for="#loss-chart")
     page.wait_for_function("() => document.querySelector('#chart-note').textContent.includes('points')")
@@ -202,7 +202,7 @@ def test_memory_stays_bounded_however_many_steps_stream_in(dashboard, offline_pa
 
 # -- measurements (figures for docs/ui.md, not assertions) ---------------------------------------
 def test_measure_drawing_a_million_step_history(dashboard, offline_page, store, settings):
-    big = JobStore(store.r, settings.model_copy(update={"stream_maxlen": 200_000}))
+    big = JobStore(store._r, settings.model_copy(update={"stream_maxlen": 200_000}))
     fake = FakeTrainer(big, steps=1_000_000, report_every=10)
     started = time.perf_counter()
     batch = []

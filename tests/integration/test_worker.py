@@ -44,7 +44,7 @@ def submit(store, celery_app, settings, celery_worker):
         graph_id = store.put_graph(tenant, graph)
         job_id, created = store.create_job(tenant, graph_id, spec, encode_tensors(data))
         assert created
-        assert store.get_job(job_id)["state"] == "queued"
+        assert store.get_job(job_id).state == "queued"
         if send:
             send_message(job_id)
         return job_id
@@ -74,14 +74,14 @@ def all_steps(store, job_id) -> list[StepRecord]:
 def test_job_runs_to_success_with_history_and_result(store, submit, celery_worker, seed_graph, seed_data):
     job_id = submit(seed_graph, seed_data, SEED_SPEC)
     job, seen = wait_for_state(store, job_id, {"succeeded", "failed", "cancelled"})
-    assert job["state"] == "succeeded", job
+    assert job.state == "succeeded", job
     # Whatever the poll caught, it is in lifecycle order: queued -> running -> succeeded.
     order = ["queued", "running", "succeeded"]
     assert seen == sorted(seen, key=order.index), seen
-    assert float(job["created"]) <= float(job["started"]) <= float(job["finished"])
-    assert job["worker"] == celery_worker.hostname
-    assert job["attempts"] == "1"
-    assert int(job["step"]) == int(job["total_steps"]) == 60
+    assert job.created <= job.started <= job.finished
+    assert job.worker == celery_worker.hostname
+    assert job.attempts == 1
+    assert job.step == job.total_steps == 60
 
     expected, reports = local_run(seed_graph, seed_data, SEED_SPEC)
     expected_loss = {r.step: r.loss for r in reports}
@@ -98,7 +98,7 @@ def test_job_runs_to_success_with_history_and_result(store, submit, celery_worke
         assert s.grads is None  # gradients: "norms" (the default) stores no tensors
         assert s.eval_loss is None
     times = [s.time for s in steps]
-    assert times == sorted(times) and float(job["started"]) <= times[0] <= times[-1] <= float(job["finished"])
+    assert times == sorted(times) and job.started <= times[0] <= times[-1] <= job.finished
 
     # Paging through the stream with an exclusive ``after``.
     assert [s.step for s in store.read_steps(job_id, after=30, limit=3)] == [35, 40, 45]
@@ -107,7 +107,7 @@ def test_job_runs_to_success_with_history_and_result(store, submit, celery_worke
     # The result blob: msgpack tensors, nothing pickled, equal to the local run.
     result = graphspec.parse(store.get_blob(job_id, "result"), "msgpack")
     assert result["steps"] == 60 and result["loss"] == pytest.approx(expected.losses[-1], rel=1e-12)
-    assert float(job["loss"]) == pytest.approx(result["loss"], rel=1e-12)
+    assert job.loss == pytest.approx(result["loss"], rel=1e-12)
     params = runtime.data.tensors_from_tree(result["params"])
     assert set(params) == {"w1", "w2", "b"}
     for name, value in params.items():
@@ -115,7 +115,7 @@ def test_job_runs_to_success_with_history_and_result(store, submit, celery_worke
 
     # A finished job's keys expire after the retention period.
     for part in (None, "steps", "data", "result"):
-        assert 0 < store.r.ttl(store.job_key(job_id, part)) <= store.settings.retention_s
+        assert 0 < store._r.ttl(store.job_key(job_id, part)) <= store.settings.retention_s
 
 
 @pytest.mark.parametrize("gradients", ["full", "none"])
@@ -123,7 +123,7 @@ def test_gradients_option(store, submit, seed_graph, seed_data, gradients):
     spec = {**SEED_SPEC, "steps": 10, "gradients": gradients}
     job_id = submit(seed_graph, seed_data, spec)
     job, _ = wait_for_state(store, job_id, {"succeeded", "failed", "cancelled"})
-    assert job["state"] == "succeeded", job
+    assert job.state == "succeeded", job
     steps = all_steps(store, job_id)
     assert [s.step for s in steps] == [5, 10]
     _, reports = local_run(seed_graph, seed_data, spec)
@@ -149,16 +149,16 @@ def test_cancel_running_job_stops_quickly_with_partial_history(store, submit, se
     assert store.request_cancel(job_id) in ("cancelling", "cancelled")
     job, seen = wait_for_state(store, job_id, {"cancelled", "succeeded", "failed"}, timeout=10)
     elapsed = time.monotonic() - asked
-    assert job["state"] == "cancelled", (job, seen)
+    assert job.state == "cancelled", (job, seen)
     assert elapsed < 10
-    assert "finished" in job
+    assert job.finished is not None
 
     steps = [s.step for s in all_steps(store, job_id)]
     assert steps and steps == sorted(set(steps))
     assert all(step % 100 == 0 for step in steps[:-1])  # sampled every report_every steps...
     # ... and the last step run may be recorded as well, whatever report_every is.
-    assert steps[-1] % 100 == 0 or steps[-1] == int(job["step"])
-    assert steps[-1] <= int(job["step"]) < LONG_SPEC["steps"]
+    assert steps[-1] % 100 == 0 or steps[-1] == job.step
+    assert steps[-1] <= job.step < LONG_SPEC["steps"]
     assert store.get_blob(job_id, "result") is None
 
 
@@ -178,13 +178,13 @@ def test_second_delivery_while_the_first_trainer_runs_does_nothing(store, submit
             wait_for(lambda: line in second.log(), timeout=15, message="the second worker to handle the message")
             assert "'duplicate'" in next(row for row in second.log().splitlines() if line in row)
         job = store.get_job(job_id)
-        assert job["state"] == "running" and job["worker"] == celery_worker.hostname and job["attempts"] == "1"
-        step = int(job["step"])
-        wait_for(lambda: int(store.get_job(job_id)["step"]) > step, timeout=10, message="the first trainer to go on")
+        assert job.state == "running" and job.worker == celery_worker.hostname and job.attempts == 1
+        step = job.step
+        wait_for(lambda: int(store.get_job(job_id).step) > step, timeout=10, message="the first trainer to go on")
     finally:
         store.request_cancel(job_id)
     job, _ = wait_for_state(store, job_id, {"cancelled", "succeeded", "failed"}, timeout=10)
-    assert job["state"] == "cancelled" and job["attempts"] == "1"
+    assert job.state == "cancelled" and job.attempts == 1
     steps = [s.step for s in all_steps(store, job_id)]
     assert steps == sorted(set(steps))
 
@@ -195,9 +195,9 @@ def test_cancel_queued_job_never_runs(store, submit, seed_graph, seed_data):
     submit.send(job_id)  # the message still arrives: the worker must leave the job alone
     sentinel = submit(seed_graph, seed_data, {**SEED_SPEC, "steps": 5})
     job, _ = wait_for_state(store, sentinel, {"succeeded", "failed", "cancelled"})
-    assert job["state"] == "succeeded"  # one queue, one solo worker: the first message was handled before
+    assert job.state == "succeeded"  # one queue, one solo worker: the first message was handled before
     job = store.get_job(job_id)
-    assert job["state"] == "cancelled" and job["attempts"] == "0" and "started" not in job
+    assert job.state == "cancelled" and job.attempts == 0 and job.started is None
     assert all_steps(store, job_id) == []
 
 
@@ -218,11 +218,11 @@ def test_time_limit_fails_the_job_on_a_prefork_worker(store, celery_app, setting
         except AssertionError:
             store.request_cancel(job_id)
             raise AssertionError(f"the time limit did not stop the job; worker log:\n{worker.log()[-3000:]}")
-    assert job["state"] == "failed", job
-    assert job["error_type"] == "TimeLimitExceeded", job
+    assert job.state == "failed", job
+    assert job.error.type == "TimeLimitExceeded", job
     # The limit runs from when the pool accepted the task, a little before "started" is written.
-    assert 0.5 <= float(job["finished"]) - float(job["started"]) < 10
-    assert 0 < int(job["step"]) < LONG_SPEC["steps"]
+    assert 0.5 <= job.finished - job.started < 10
+    assert 0 < job.step < LONG_SPEC["steps"]
     assert store.get_blob(job_id, "result") is None
 
 
@@ -232,11 +232,11 @@ def test_bad_data_fails_with_error_and_node(store, submit):
     data = {"x": rng.normal(size=(8, 4)).astype(np.float32), "labels": np.full(8, 7, dtype=np.int64)}
     job_id = submit(graph, data, {"optimizer": {"name": "sgd", "lr": 0.1}, "steps": 20, "report_every": 1})
     job, _ = wait_for_state(store, job_id, {"succeeded", "failed", "cancelled"})
-    assert job["state"] == "failed", job
-    assert job["error_type"] == "ExecutionError"
-    assert job["error_node"] == "L"
-    assert "out of range" in job["error_message"] and "7" in job["error_message"]
-    assert "finished" in job
+    assert job.state == "failed", job
+    assert job.error.type == "ExecutionError"
+    assert job.error.node == "L"
+    assert "out of range" in job.error.message and "7" in job.error.message
+    assert job.finished is not None
     assert store.get_blob(job_id, "result") is None
     assert all_steps(store, job_id) == []
 
@@ -258,18 +258,18 @@ def test_redelivered_job_resumes_from_its_checkpoint(store, submit, seed_graph, 
     assert store.acquire_lease(job_id, "dead")
     assert store.transition(job_id, ["queued"], "running", token="dead", started="1.0", worker="dead@host",
                             lease="dead")[0]
-    store.r.hincrby(store.job_key(job_id), "attempts", 1)
+    store._r.hincrby(store.job_key(job_id), "attempts", 1)
     store.put_blob(job_id, "checkpoint", checkpoints[0].to_bytes(), token="dead")
     assert checkpoints[0].step == 20
     first = [StepRecord(step, by_step[step].loss, by_step[step].grad_norms, time.time()) for step in range(5, 26, 5)]
     assert store.report_steps(job_id, "dead", first, {"step": 25})[0] == []
-    store.r.delete(store.job_key(job_id, "lease"))
+    store._r.delete(store.job_key(job_id, "lease"))
     written_before = {s.step: s.time for s in all_steps(store, job_id)}
 
     submit.send(job_id)
     job, _ = wait_for_state(store, job_id, {"succeeded", "failed", "cancelled"})
-    assert job["state"] == "succeeded", job
-    assert job["attempts"] == "2" and job["worker"] == celery_worker.hostname
+    assert job.state == "succeeded", job
+    assert job.attempts == 2 and job.worker == celery_worker.hostname
     steps = all_steps(store, job_id)
     assert [s.step for s in steps] == list(range(5, 61, 5))
     assert {s.step: s.time for s in steps if s.step <= 25} == written_before  # not rewritten
@@ -314,11 +314,11 @@ def _orphaned_at_checkpoint(store, job_id: str, checkpoint: runtime.Checkpoint, 
     assert store.acquire_lease(job_id, "dead")
     assert store.transition(job_id, ["queued"], "running", token="dead", started="1.0", worker="dead@host",
                             lease="dead")[0]
-    store.r.hincrby(store.job_key(job_id), "attempts", 1)
+    store._r.hincrby(store.job_key(job_id), "attempts", 1)
     first = [StepRecord(step, losses[step], {}, time.time()) for step in range(5, checkpoint.step + 1, 5)]
     assert store.report_steps(job_id, "dead", first, {"step": checkpoint.step})[0] == []
     store.put_blob(job_id, "checkpoint", checkpoint.to_bytes(), token="dead")
-    store.r.delete(store.job_key(job_id, "lease"))
+    store._r.delete(store.job_key(job_id, "lease"))
 
 
 def test_redelivered_job_continues_from_its_checkpoint_not_from_step_0(store, submit, seed_graph, seed_data):
@@ -337,8 +337,8 @@ def test_redelivered_job_continues_from_its_checkpoint_not_from_step_0(store, su
     _orphaned_at_checkpoint(store, job_id, checkpoint, {s: normal[s].loss for s in normal})
     submit.send(job_id)
     job, _ = wait_for_state(store, job_id, {"succeeded", "failed", "cancelled"})
-    assert job["state"] == "succeeded", job
-    assert job["attempts"] == "2"
+    assert job.state == "succeeded", job
+    assert job.attempts == 2
 
     steps = all_steps(store, job_id)
     assert [s.step for s in steps] == list(range(5, 61, 5))
@@ -380,11 +380,11 @@ def test_a_resumed_job_never_reports_a_step_before_its_checkpoint(settings, seed
 
         assert run_job(store, job_id, worker="inline@test") == "succeeded"
         job = store.get_job(job_id)
-        assert job["state"] == "succeeded" and job["step"] == "60" and job["attempts"] == "2", job
+        assert job.state == "succeeded" and job.step == 60 and job.attempts == 2, job
         params = decode_tensors(graphspec.codec.pack(graphspec.parse(store.get_blob(job_id, "result"),
                                                                      "msgpack")["params"]))
     finally:
-        store.r.close()
+        store._r.close()
     written = [step for steps, _ in reported for step in steps]
     progress = [step for _, step in reported]
     assert written == list(range(21, 61)), f"the resumed run reported steps {written[:5]}... (checkpoint at 20)"
@@ -408,19 +408,19 @@ def test_replayed_step_is_refused_not_duplicated(store, submit, seed_graph, seed
     store.release_lease(job_id, "t")
     steps = all_steps(store, job_id)
     assert [(s.step, s.loss) for s in steps] == [(1, 0.9), (2, 0.8), (3, 0.7)]
-    assert store.get_job(job_id)["step"] == "3"
+    assert store.get_job(job_id).step == 3
 
 
 def test_redelivered_message_of_finished_job_does_not_train_again(store, submit, seed_graph, seed_data):
     job_id = submit(seed_graph, seed_data, SEED_SPEC)
     job, _ = wait_for_state(store, job_id, {"succeeded", "failed", "cancelled"})
-    assert job["state"] == "succeeded"
+    assert job.state == "succeeded"
     before = [(s.step, s.loss, s.time) for s in all_steps(store, job_id)]
     submit.send(job_id)  # at-least-once delivery: the same message again
     sentinel = submit(seed_graph, seed_data, {**SEED_SPEC, "steps": 5})
     wait_for_state(store, sentinel, {"succeeded", "failed", "cancelled"})
     after = store.get_job(job_id)
-    assert after["attempts"] == "1" and after["finished"] == job["finished"]
+    assert after.attempts == 1 and after.finished == job.finished
     assert [(s.step, s.loss, s.time) for s in all_steps(store, job_id)] == before
 
 
@@ -466,12 +466,12 @@ def test_pickled_message_is_refused(store, submit, celery_app, celery_worker, se
     _publish_raw(celery_app, settings.queue, json_job, json.dumps([[json_job], {}, embed]).encode(),
                  "application/json", "utf-8")
     job, _ = wait_for_state(store, json_job, {"succeeded", "failed", "cancelled"})
-    assert job["state"] == "succeeded", job
+    assert job.state == "succeeded", job
 
     job = store.get_job(pickled_job)
-    assert job["state"] == "queued" and job["attempts"] == "0", job
+    assert job.state == "queued" and job.attempts == 0, job
     assert not marker.exists(), "the worker unpickled a message"
-    assert store.r.llen(f"{settings.namespace}:celery:{settings.queue}") == 0  # refused, not requeued
+    assert store._r.llen(f"{settings.namespace}:celery:{settings.queue}") == 0  # refused, not requeued
     log = celery_worker.log()
     assert "untrusted content" in log or "ContentDisallowed" in log, log[-3000:]
 
@@ -481,12 +481,12 @@ def test_listing_pages_never_skip_jobs_created_in_the_same_instant(store):
     times (a busy API, a coarse clock) neither skips nor repeats a job."""
     tenant = f"ties-{uuid.uuid4().hex[:8]}"
     ids = [store.create_job(tenant, "g", {"steps": 1}, b"")[0] for _ in range(7)]
-    store.r.zadd(store.tenant_key(tenant, "jobs"), {job_id: 1000.0 for job_id in ids[2:6]})  # four ties
+    store._r.zadd(store.tenant_key(tenant, "jobs"), {job_id: 1000.0 for job_id in ids[2:6]})  # four ties
     for limit in (1, 2, 3):
         seen, cursor = [], None
         while True:
             page, cursor = store.list_jobs(tenant, before=cursor, limit=limit)
-            seen += [job["id"] for job in page]
+            seen += [job.id for job in page]
             if cursor is None:
                 break
         assert sorted(seen) == sorted(ids) and len(seen) == len(ids), limit
