@@ -1,4 +1,5 @@
-"""The FastAPI app: ``uvicorn service.app:app`` (settings from CHAINRULE_* environment variables).
+"""The FastAPI app: ``uvicorn service.app:app`` (settings from CHAINRULE_* environment variables:
+``service.settings.ApiSettings``).
 
 ``create_app(settings)`` builds an independent app (its own Redis client and Celery app),
 which is what tests use; ``app`` is the one built from the environment.
@@ -14,7 +15,6 @@ from fastapi import FastAPI
 
 import graphspec
 from worker.celery_app import make_celery
-from worker.settings import Settings
 from worker.store import JobStore
 
 from .docs_ui import install_docs
@@ -22,6 +22,7 @@ from .limits import BodySizeLimitMiddleware
 from .openapi import install_openapi
 from .problems import register_exception_handlers
 from .routes import graphs, health, jobs
+from .settings import ApiSettings, get_api_settings
 from .ui import install_ui
 
 log = logging.getLogger("service")
@@ -43,8 +44,8 @@ TAGS = [
 ]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or get_api_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -13,20 +13,20 @@ from celery import Celery
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from worker.settings import Settings
 from worker.store import JobStore
 
 from .bodies import read_tree, validate_model
 from .limits import body_limits
 from .models import ExplainRequest, JobRequest
 from .problems import unauthorized
+from .settings import ApiSettings
 
 LOCAL_TENANT = "local"
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`")
 
 
-def get_settings(request: Request) -> Settings:
+def get_settings(request: Request) -> ApiSettings:
     return request.app.state.settings
 
 
@@ -38,14 +38,14 @@ def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 
 
 def get_tenant(settings: SettingsDep,
                credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
-    """The caller's tenant: one per API key (``Settings.api_keys``), or ``local`` with auth disabled."""
+    """The caller's tenant: one per API key (``ApiSettings.api_keys``), or ``local`` with auth disabled."""
     if settings.auth_disabled:
         return LOCAL_TENANT
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:

@@ -8,16 +8,16 @@ import graphspec
 import runtime
 from graphspec.ops import OPS
 from graphspec.types import ContractViolation, TensorType
-from worker.settings import Settings
 
 from .data import decode_map, input_problem
 from .limits import declared_totals, graph_limits
 from .models import ExplainRequest, ExplainResponse
 from .problems import too_large, unprocessable
+from .settings import ApiSettings
 from .views import json_safe
 
 
-def explain_graph(graph: graphspec.Graph, req: ExplainRequest, settings: Settings) -> ExplainResponse:
+def explain_graph(graph: graphspec.Graph, req: ExplainRequest, settings: ApiSettings) -> ExplainResponse:
     elements = declared_totals(req.inputs)[0]
     if elements > settings.max_explain_elements:
         raise too_large(f"the inputs have {elements} elements; explain takes at most {settings.max_explain_elements}",

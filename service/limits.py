@@ -1,5 +1,5 @@
 """Size limits: the request-body cap (enforced while the body streams in), the graphspec
-limits derived from Settings, and a job's step-history budget."""
+limits derived from ApiSettings, and a job's step-history budget."""
 
 from __future__ import annotations
 
@@ -10,22 +10,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import graphspec
 from graphspec.types import DTYPES, numpy_dtype
-from worker.settings import Settings
 from worker.store import StepRecord
 
 from .problems import ProblemError, problem_response, too_large, unprocessable
+from .settings import ApiSettings
 
 # Room for the body's own nesting around a graph document or a tensor map.
 _EXTRA_DEPTH = 4
 
 
-def graph_limits(settings: Settings) -> graphspec.Limits:
+def graph_limits(settings: ApiSettings) -> graphspec.Limits:
     return graphspec.Limits(max_bytes=settings.max_body_bytes, max_nodes=settings.max_nodes,
                             max_tensor_elements=settings.max_tensor_elements,
                             max_depth=graphspec.DEFAULT_LIMITS.max_depth)
 
 
-def body_limits(settings: Settings) -> graphspec.Limits:
+def body_limits(settings: ApiSettings) -> graphspec.Limits:
     """Limits for parsing a whole request body (a graph document may sit one level down)."""
     base = graph_limits(settings)
     return graphspec.Limits(max_bytes=base.max_bytes, max_nodes=base.max_nodes,
@@ -61,7 +61,7 @@ def _mib(n: int) -> str:
 
 
 def check_history_budget(graph: graphspec.Graph, total_steps: int, report_every: int, gradients: str,
-                         settings: Settings) -> None:
+                         settings: ApiSettings) -> None:
     """Refuse (422) a job whose step history would not fit: more entries than a job's stream
     keeps (``stream_maxlen``: trimming would lose steps) or more bytes than
     ``max_job_history_bytes``, bounded from the parameters' static shapes before anything runs.

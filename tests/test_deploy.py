@@ -252,7 +252,7 @@ def test_redis_has_aof_a_healthcheck_and_no_public_port(config):
 
 
 def test_services_are_configured_from_the_environment(config):
-    from worker.settings import Settings
+    from service.settings import ApiSettings
 
     api, worker = (config["services"][n]["environment"] for n in ("api", "worker"))
     assert api == worker, "api and workers must agree on Redis, namespace and queue"
@@ -261,9 +261,9 @@ def test_services_are_configured_from_the_environment(config):
     assert url.scheme == "redis" and url.hostname == "redis" and url.port == 6379
     for key in api:  # a misspelt variable would be ignored silently (extra="ignore")
         if key.startswith("CHAINRULE_"):
-            assert key.removeprefix("CHAINRULE_").lower() in Settings.model_fields, key
-    assert api["CHAINRULE_NAMESPACE"] == Settings.model_fields["namespace"].default
-    assert api["CHAINRULE_QUEUE"] == Settings.model_fields["queue"].default
+            assert key.removeprefix("CHAINRULE_").lower() in ApiSettings.model_fields, key
+    assert api["CHAINRULE_NAMESPACE"] == ApiSettings.model_fields["namespace"].default
+    assert api["CHAINRULE_QUEUE"] == ApiSettings.model_fields["queue"].default
 
 
 # -- Dockerfile ----------------------------------------------------------------------------
@@ -423,7 +423,7 @@ def test_package_builds_from_the_build_context_alone(tmp_path):
 def test_deploy_doc_names_only_real_variables():
     """Every variable the compose file reads is documented; every CHAINRULE_* the doc names is a
     setting (docs/architecture.md) or one of those compose variables."""
-    from worker.settings import Settings
+    from service.settings import ApiSettings
 
     doc = DEPLOY_DOC.read_text()
     compose_vars = set(re.findall(r"\$\{(\w+)(?::?[-?][^}]*)?\}", COMPOSE_FILE.read_text()))
@@ -431,7 +431,7 @@ def test_deploy_doc_names_only_real_variables():
     assert not [v for v in sorted(compose_vars) if f"`{v}`" not in doc], "undocumented compose variables"
     named = set(re.findall(r"\bCHAINRULE_[A-Z_]*[A-Z]\b", doc))
     unknown = [v for v in sorted(named - compose_vars)
-               if v.removeprefix("CHAINRULE_").lower() not in Settings.model_fields]
+               if v.removeprefix("CHAINRULE_").lower() not in ApiSettings.model_fields]
     assert not unknown, f"docs/deploy.md names variables nothing reads: {unknown}"
     assert "docker compose up -d --build --scale worker=4" in doc
 

@@ -38,7 +38,7 @@ from service.limits import body_limits
 from service.models import ExplainRequest, JobRequest, OptimizerSpec
 from service.problems import ProblemError, problem_body
 from service.submit import PreparedJob, prepare_job
-from worker.settings import Settings
+from service.settings import ApiSettings
 from worker.store import decode_tensors
 from helpers import msgpack_safe_ints
 
@@ -49,11 +49,11 @@ from helpers import msgpack_safe_ints
 pytestmark = pytest.mark.filterwarnings("ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning")
 
 # The integration suite's limits (tests/integration/conftest.py): small, so that limits are reachable.
-SETTINGS = Settings(api_keys="key-a:tenant-a", max_body_bytes=256 * 1024, max_nodes=64,
-                    max_tensor_elements=20_000, max_job_data_bytes=64 * 1024, max_steps=500_000,
-                    max_explain_elements=1_000)
+SETTINGS = ApiSettings(api_keys="key-a:tenant-a", max_body_bytes=256 * 1024, max_nodes=64,
+                       max_tensor_elements=20_000, max_job_data_bytes=64 * 1024, max_steps=500_000,
+                       max_explain_elements=1_000)
 # The production defaults, for the bombs: the larger the limits, the more a declared length may ask for.
-DEFAULT_SETTINGS = Settings(api_keys="key-a:tenant-a")
+DEFAULT_SETTINGS = ApiSettings(api_keys="key-a:tenant-a")
 
 JSON_POINTER = re.compile(r"(/([^~/]|~[01])*)*")
 SEED = graphspec.from_data(copy.deepcopy(SEED_GRAPH))
@@ -95,7 +95,7 @@ def outcome(fn: Callable[[], Any]) -> Any:
         return None
 
 
-def check_stored(request: JobRequest, prepared: PreparedJob, limits: Settings = SETTINGS) -> None:
+def check_stored(request: JobRequest, prepared: PreparedJob, limits: ApiSettings = SETTINGS) -> None:
     """An accepted body is stored as the limits require, not only accepted: its data and eval
     data together within max_job_data_bytes, its time limit (the request's, else the default)
     capped at max_time_limit_s, and the same time limit in the spec as the one it is sent with."""

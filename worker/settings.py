@@ -1,12 +1,12 @@
-"""All configuration in one settings object, read from environment variables (CHAINRULE_*).
+"""The settings the worker and the API share, read from environment variables (CHAINRULE_*).
 
-The worker and the service read the same object, so both sides agree on the Redis URL,
-the key namespace and the limits. ``REDIS_URL`` is also accepted without the prefix.
+Both sides read this object, so they agree on the Redis URL, the key namespace, the queue and
+the job limits. ``REDIS_URL`` is also accepted without the prefix. What only the API reads
+(API keys, request limits) is ``service.settings.ApiSettings``, a subclass of this one.
 """
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 
 from pydantic import AliasChoices, Field, model_validator
@@ -39,21 +39,6 @@ class Settings(BaseSettings):
     # the sweep; the job then resumes from its last checkpoint.
     redis_outage_s: float = 120.0
 
-    # API keys "key:tenant" pairs, comma-separated. Empty + auth_disabled=False refuses all.
-    api_keys: str = ""
-    auth_disabled: bool = False
-
-    # Limits: each refused with a clear 413/422.
-    max_body_bytes: int = 32 * 1024 * 1024
-    max_nodes: int = 2_000
-    max_tensor_elements: int = 4 * 1024 * 1024
-    max_job_data_bytes: int = 32 * 1024 * 1024
-    max_steps: int = 1_000_000
-    max_explain_elements: int = 10_000
-    # A job's step history (entries x bytes per entry, bounded at submit from the parameters'
-    # shapes): one request must not be able to fill Redis.
-    max_job_history_bytes: int = 64 * 1024 * 1024
-
     # Jobs
     default_time_limit_s: int = 3600
     # Must stay below the visibility timeout, or a long job is redelivered while it runs.
@@ -69,22 +54,6 @@ class Settings(BaseSettings):
                              f"CHAINRULE_MAX_TIME_LIMIT_S ({self.max_time_limit_s}) by more than a minute: "
                              "otherwise Celery redelivers jobs that are still running")
         return self
-
-    @model_validator(mode="after")
-    def _tenant_names_are_safe_in_keys(self) -> "Settings":
-        # Tenant names go into Redis keys ({ns}:tenant:{t}:...): a ':' could alias another's keys.
-        for tenant in self.tenants_by_key().values():
-            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", tenant):
-                raise ValueError(f"CHAINRULE_API_KEYS: tenant name {tenant!r} must be 1 to 64 letters, digits, "
-                                 "'.', '-' or '_'")
-        return self
-
-    def tenants_by_key(self) -> dict[str, str]:
-        pairs = {}
-        for item in filter(None, (p.strip() for p in self.api_keys.split(","))):
-            key, _, tenant = item.partition(":")
-            pairs[key] = tenant or "default"
-        return pairs
 
 
 @lru_cache

@@ -24,8 +24,7 @@ from typing import Any, Iterator
 import pytest
 import redis
 
-from worker.records import JobRecord
-from worker.settings import Settings
+from service.settings import ApiSettings
 
 from .redis_server import answering_redis
 
@@ -81,14 +80,14 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.02, message: str 
         time.sleep(interval)
 
 
-def wait_for_state(store, job_id: str, states, *, timeout: float = 20.0) -> tuple[JobRecord, list[str]]:
-    """Poll a job until its state is in ``states``; returns (its JobRecord, the states seen, in order)."""
+def wait_for_state(store, job_id: str, states, *, timeout: float = 20.0) -> tuple[dict[str, str], list[str]]:
+    """Poll a job's hash until its state is in ``states``; returns (job, the states seen, in order)."""
     seen: list[str] = []
     states = {states} if isinstance(states, str) else set(states)
 
     def check():
         job = store.get_job(job_id)
-        state = None if job is None else job.state
+        state = None if job is None else job["state"]
         if not seen or seen[-1] != state:
             seen.append(state)
         return job if state in states else None
@@ -132,8 +131,8 @@ def delete_namespace(url: str, namespace: str) -> int:
 
 
 @pytest.fixture(scope="session")
-def settings(redis_url: str, namespace: str) -> Iterator[Settings]:
-    """Settings for this session: its own namespace and queue, two tenants, small limits."""
+def settings(redis_url: str, namespace: str) -> Iterator[ApiSettings]:
+    """The settings of this session: its own namespace and queue, two tenants, small limits."""
     values: dict[str, Any] = dict(
         namespace=namespace,
         queue=f"{namespace}.train",
@@ -151,9 +150,9 @@ def settings(redis_url: str, namespace: str) -> Iterator[Settings]:
         retention_s=3600,  # even if the cleanup below never runs, the keys expire
         checkpoint_every_s=1.0,
     )
-    s = Settings(redis_url=redis_url, **values)
-    # extra="ignore": a field Settings does not take by this name would be dropped silently.
-    assert s.redis_url == redis_url and s.namespace == namespace, "Settings ignored the test configuration"
+    s = ApiSettings(redis_url=redis_url, **values)
+    # extra="ignore": a field ApiSettings does not take by this name would be dropped silently.
+    assert s.redis_url == redis_url and s.namespace == namespace, "ApiSettings ignored the test configuration"
     try:
         yield s
     finally:
@@ -161,7 +160,7 @@ def settings(redis_url: str, namespace: str) -> Iterator[Settings]:
 
 
 @pytest.fixture(scope="session")
-def env(settings: Settings) -> dict[str, str]:
+def env(settings: ApiSettings) -> dict[str, str]:
     """Environment for subprocesses (worker, CLI): the same configuration as ``settings``."""
     out = {k: v for k, v in os.environ.items() if not k.startswith("CHAINRULE_") and k != "REDIS_URL"}
     for name, value in settings.model_dump().items():
@@ -174,7 +173,7 @@ def env(settings: Settings) -> dict[str, str]:
 
 # -- Celery ------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def celery_app(settings: Settings):
+def celery_app(settings: ApiSettings):
     from worker.celery_app import make_celery
 
     app = make_celery(settings)
@@ -241,7 +240,7 @@ def run_worker(celery_app, env: dict[str, str], *, queue: str, hostname: str, lo
 
 
 @pytest.fixture(scope="session")
-def celery_worker(settings: Settings, env: dict[str, str], celery_app, tmp_path_factory) -> Iterator[WorkerProcess]:
+def celery_worker(settings: ApiSettings, env: dict[str, str], celery_app, tmp_path_factory) -> Iterator[WorkerProcess]:
     """A real ``celery worker --pool=solo`` subprocess on this session's queue, answering pings."""
     global _worker_log_path
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
@@ -256,14 +255,14 @@ def celery_worker(settings: Settings, env: dict[str, str], celery_app, tmp_path_
 
 # -- Redis job model ---------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def store(settings: Settings):
+def store(settings: ApiSettings):
     from worker.store import JobStore
 
     s = JobStore.connect(settings)
     try:
         yield s
     finally:
-        s.close()
+        s.r.close()
 
 
 # -- HTTP API ----------------------------------------------------------------------------
@@ -312,7 +311,7 @@ def starlette_test_client():
 
 
 @pytest.fixture(scope="session")
-def api(settings: Settings, celery_worker) -> Iterator[Api]:
+def api(settings: ApiSettings, celery_worker) -> Iterator[Api]:
     """The API with a live worker behind it: every test that submits a job gets it trained,
     whichever tests run before it (or alone, with -k)."""
     from service.app import create_app

@@ -1,8 +1,8 @@
 """The security review (docs/security.md) checked against the code and a running system.
 
 * The limits table and the routes table of docs/security.md are compared with the code
-  (``Settings`` and ``graphspec.Limits`` defaults, the app's OpenAPI operations), so the
-  document cannot drift; every ``Settings.max_*`` field must be documented.
+  (``ApiSettings`` and ``graphspec.Limits`` defaults, the app's OpenAPI operations), so the
+  document cannot drift; every ``ApiSettings.max_*`` field must be documented.
 * API keys never reach the logs: a real ``chainrule api`` process (at uvicorn's most verbose
   level) gets authenticated, wrongly authenticated and failing requests and trains a job on
   the session's worker; no key appears in its output nor in the worker's log.
@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 import graphspec
-from worker.settings import Settings
+from service.settings import ApiSettings
 
 from .conftest import API_KEYS, EXAMPLES, ROOT, stop_process, wait_for
 from .redis_server import free_port
@@ -85,7 +85,7 @@ def documented_limits() -> dict[str, tuple[int, str, list[str]]]:
 
 def test_limits_table_matches_settings_and_graphspec_limits():
     documented = documented_limits()
-    fields = Settings.model_fields
+    fields = ApiSettings.model_fields
     loader = graphspec.Limits()
     for name, (default, env_var, row) in documented.items():
         if name.startswith("Limits."):
@@ -93,13 +93,13 @@ def test_limits_table_matches_settings_and_graphspec_limits():
             assert hasattr(loader, attr), f"graphspec.Limits has no field {attr!r} (documented: {row})"
             assert getattr(loader, attr) == default, f"{name}: documented {default}, code {getattr(loader, attr)}"
         else:
-            assert name in fields, f"{name!r} in docs/security.md is not a Settings field"
+            assert name in fields, f"{name!r} in docs/security.md is not an ApiSettings field"
             actual = fields[name].default
-            assert actual == default, f"{name}: documented default {default}, Settings has {actual}"
+            assert actual == default, f"{name}: documented default {default}, ApiSettings has {actual}"
             assert env_var == f"CHAINRULE_{name.upper()}", f"{name}: documented variable {env_var!r}"
     # Every limit of the code is in the table.
     missing = sorted(f for f in fields if f.startswith("max_") and f not in documented)
-    assert not missing, f"Settings limits missing from the docs/security.md limits table: {missing}"
+    assert not missing, f"ApiSettings limits missing from the docs/security.md limits table: {missing}"
     missing = sorted(f"Limits.{f}" for f in graphspec.Limits.__dataclass_fields__
                      if f"Limits.{f}" not in documented)
     assert not missing, f"graphspec.Limits fields missing from the limits table: {missing}"
@@ -111,7 +111,7 @@ def test_documented_environment_variables_are_the_ones_read(monkeypatch):
         if not name.startswith("Limits."):
             monkeypatch.setenv(env_var, str(default + 1))
     monkeypatch.setenv("CHAINRULE_VISIBILITY_TIMEOUT_S", str(10**9))  # keeps the time-limit check satisfied
-    settings = Settings()
+    settings = ApiSettings()
     for name, (default, _, _) in documented_limits().items():
         if not name.startswith("Limits."):
             assert getattr(settings, name) == default + 1, name
@@ -120,7 +120,7 @@ def test_documented_environment_variables_are_the_ones_read(monkeypatch):
 def test_request_body_depth_in_the_doc_is_the_code():
     from service.limits import body_limits, graph_limits
 
-    defaults = Settings.model_construct()
+    defaults = ApiSettings.model_construct()
     graph_depth, body_depth = graph_limits(defaults).max_depth, body_limits(defaults).max_depth
     row = documented_limits()["Limits.max_depth"][2]
     assert graph_depth == graphspec.Limits().max_depth
@@ -433,8 +433,8 @@ def test_a_job_id_with_a_key_suffix_is_a_plain_404(api, suffix):
 
 def test_tenant_names_that_could_alias_redis_keys_are_refused():
     with pytest.raises(ValueError, match="tenant name"):
-        Settings(api_keys="key-1:team:a")
+        ApiSettings(api_keys="key-1:team:a")
     with pytest.raises(ValueError, match="tenant name"):
-        Settings(api_keys="key-1:a b")
-    assert Settings(api_keys="key-1:team-a,key-2:team_b.eu").tenants_by_key() == {"key-1": "team-a",
-                                                                                  "key-2": "team_b.eu"}
+        ApiSettings(api_keys="key-1:a b")
+    assert ApiSettings(api_keys="key-1:team-a,key-2:team_b.eu").tenants_by_key() == {"key-1": "team-a",
+                                                                                     "key-2": "team_b.eu"}
