@@ -25,6 +25,7 @@ import pytest
 import redis
 
 from service.settings import ApiSettings
+from worker.records import JobRecord
 
 from .redis_server import answering_redis
 
@@ -80,14 +81,14 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.02, message: str 
         time.sleep(interval)
 
 
-def wait_for_state(store, job_id: str, states, *, timeout: float = 20.0) -> tuple[dict[str, str], list[str]]:
-    """Poll a job's hash until its state is in ``states``; returns (job, the states seen, in order)."""
+def wait_for_state(store, job_id: str, states, *, timeout: float = 20.0) -> tuple[JobRecord, list[str]]:
+    """Poll a job until its state is in ``states``; returns (its JobRecord, the states seen, in order)."""
     seen: list[str] = []
     states = {states} if isinstance(states, str) else set(states)
 
     def check():
         job = store.get_job(job_id)
-        state = None if job is None else job["state"]
+        state = None if job is None else job.state
         if not seen or seen[-1] != state:
             seen.append(state)
         return job if state in states else None
@@ -262,7 +263,7 @@ def store(settings: ApiSettings):
     try:
         yield s
     finally:
-        s.r.close()
+        s.close()
 
 
 # -- HTTP API ----------------------------------------------------------------------------
