@@ -623,8 +623,7 @@ class JobStore:
         if ok:
             return "cancelled"
         self.transition(job_id, ["running"], "cancelling")
-        job = self.get_job(job_id)
-        return None if job is None else job["state"]
+        return self.job_state(job_id)
 
     # -- the lease: one trainer per job ---------------------------------------------------
     def acquire_lease(self, job_id: str, token: str) -> bool:
