@@ -484,7 +484,7 @@ def test_tenant_isolation(api):
 def test_idempotent_resubmission(api, store, settings):
     key = f"idem-{uuid.uuid4().hex}"
     zset = f"{settings.namespace}:tenant:tenant-a:jobs"
-    count_before = store.r.zcard(zset)
+    count_before = store._r.zcard(zset)
     first = api.post("/v1/jobs", json=job_body(steps=10), headers={"Idempotency-Key": key})
     assert first.status_code == 202, first.text
     second = api.post("/v1/jobs", json=job_body(steps=10), headers={"Idempotency-Key": key})
@@ -492,7 +492,7 @@ def test_idempotent_resubmission(api, store, settings):
     assert second.headers.get("idempotent-replayed") == "true"
     assert "idempotent-replayed" not in first.headers or first.headers["idempotent-replayed"] != "true"
     assert second.json()["id"] == first.json()["id"]
-    assert store.r.zcard(zset) == count_before + 1  # one job stored
+    assert store._r.zcard(zset) == count_before + 1  # one job stored
 
     done = wait_job(api, first.json()["id"])
     assert done["state"] == "succeeded" and done["attempts"] == 1
@@ -503,7 +503,7 @@ def test_idempotent_resubmission(api, store, settings):
     reused = api.post("/v1/jobs", json=job_body(steps=11), headers={"Idempotency-Key": key})
     assert reused.status_code == 422, reused.text
     assert reused.json()["type"].endswith("idempotency-key-reused") and reused.json()["job_id"] == first.json()["id"]
-    assert store.r.zcard(zset) == count_before + 1
+    assert store._r.zcard(zset) == count_before + 1
 
     # Keys are per tenant: the same key for tenant-b is another job.
     other = api.post("/v1/jobs", json=job_body(steps=5), headers={"Idempotency-Key": key}, tenant="tenant-b")
@@ -600,12 +600,12 @@ def test_eval_data_counts_toward_the_job_data_limit(api, store, settings):
 
     half = settings.max_job_data_bytes // (2 * 3 * 8)  # rows of three float64 columns in half the limit
     listing = store.tenant_key("tenant-a", "jobs")
-    before = store.r.zcard(listing)
+    before = store._r.zcard(listing)
     resp = api.post("/v1/jobs", json=job_body(data=columns(half), eval_data=columns(half + 1), eval_every=10))
     problem = assert_problem(resp, 413)
     assert problem.get("limit") == settings.max_job_data_bytes, problem
     assert str(settings.max_job_data_bytes) in problem["detail"]
-    assert store.r.zcard(listing) == before
+    assert store._r.zcard(listing) == before
 
     job = submit(api, data=columns(half), eval_data=columns(half), eval_every=10, steps=5)
     stored = [store.get_blob(job["id"], part) for part in ("data", "eval_data")]
@@ -619,7 +619,7 @@ def test_the_stored_time_limit_is_capped(api, store, settings, asked):
     more than max_time_limit_s (a longer one is capped, not refused)."""
     wanted = {"max": settings.max_time_limit_s, "max+1": settings.max_time_limit_s + 1}.get(asked, asked)
     job = submit(api, time_limit_s=wanted, steps=5)
-    stored = json.loads(store.get_job(job["id"])["spec"])["time_limit_s"]
+    stored = store.get_job(job["id"]).spec["time_limit_s"]
     assert stored == min(wanted or settings.default_time_limit_s, settings.max_time_limit_s)
     wait_job(api, job["id"])
 

@@ -10,7 +10,6 @@ commands, against a real API server, Celery worker and Redis (issue: "The first 
 
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
@@ -27,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 
 def stored_optimizer(store, job_id: str) -> dict:
-    return json.loads(store.get_job(job_id)["spec"])["optimizer"]
+    return store.get_job(job_id).spec["optimizer"]
 
 
 @pytest.fixture
