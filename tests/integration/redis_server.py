@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from service.serve import redis_answers
+from service.cli.redis_launcher import redis_answers
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 

@@ -361,14 +361,18 @@ def test_idempotency_keys_are_per_tenant(api, store, settings):
 # -- chainrule serve: no unauthenticated API beyond loopback ---------------------------------
 @pytest.mark.parametrize("host", ["0.0.0.0", "", "10.0.0.5", "::"])
 def test_serve_refuses_to_expose_an_unauthenticated_api(host, monkeypatch, capsys):
-    from service import serve
+    from service.cli import children, main, stack
+    from service.cli.access import auth_exposure_problem
 
-    assert serve.auth_exposure_problem(host, {}) is not None
-    assert serve.auth_exposure_problem(host, {"CHAINRULE_API_KEYS": "  "}) is not None
-    assert serve.auth_exposure_problem(host, {"CHAINRULE_API_KEYS": "k:t"}) is None
-    assert serve.auth_exposure_problem(host, {"CHAINRULE_AUTH_DISABLED": "true"}) is None  # explicit
+    def configured(**values) -> ApiSettings:  # these values, the defaults for the rest
+        return ApiSettings.model_construct(**values)
+
+    assert auth_exposure_problem(host, configured()) is not None
+    assert auth_exposure_problem(host, configured(api_keys="  ")) is not None
+    assert auth_exposure_problem(host, configured(api_keys="k:t")) is None
+    assert auth_exposure_problem(host, configured(auth_disabled=True)) is None  # explicit
     for loopback in ("127.0.0.1", "localhost", "::1"):
-        assert serve.auth_exposure_problem(loopback, {}) is None  # local development, as before
+        assert auth_exposure_problem(loopback, configured()) is None  # local development, as before
 
     # The whole command: refused before anything is started.
     for name in ("CHAINRULE_API_KEYS", "CHAINRULE_AUTH_DISABLED"):
@@ -377,9 +381,9 @@ def test_serve_refuses_to_expose_an_unauthenticated_api(host, monkeypatch, capsy
     def no_child(*args, **kwargs):
         raise AssertionError(f"serve started a process: {args}")
 
-    monkeypatch.setattr(serve.subprocess, "Popen", no_child)
-    monkeypatch.setattr(serve.tempfile, "mkdtemp", lambda *a, **k: pytest.fail("serve created its directory"))
-    assert serve.main(["--host", host, "--port", "0"]) == 1
+    monkeypatch.setattr(children.subprocess, "Popen", no_child)
+    monkeypatch.setattr(stack.tempfile, "mkdtemp", lambda *a, **k: pytest.fail("serve created its directory"))
+    assert main(["serve", "--host", host, "--port", "0"]) == 1
     err = capsys.readouterr().err
     assert "refusing to serve without authentication" in err and "CHAINRULE_API_KEYS" in err
 

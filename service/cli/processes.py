@@ -1,0 +1,27 @@
+"""The server processes: ``chainrule api`` (the HTTP API under uvicorn) and ``chainrule worker``
+(a Celery training worker). Both read their configuration from CHAINRULE_* / REDIS_URL; this is
+what a deployment runs, and what ``chainrule serve`` starts."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("service.app:app", host=args.host, port=args.port, workers=args.workers,
+                log_level=args.log_level, proxy_headers=True)
+    return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    from worker.celery_app import app
+    from worker.settings import get_settings
+
+    argv = ["worker", "--loglevel", args.log_level.upper(), "-Q", get_settings().queue,
+            "--pool", args.pool, "--concurrency", str(args.concurrency)]
+    if args.hostname:
+        argv += ["--hostname", args.hostname]
+    app.worker_main(argv)
+    return 0
