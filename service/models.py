@@ -2,7 +2,10 @@
 
 Tensors and graph documents are validated by graphspec (located issues, size limits,
 raw-bytes tensors from msgpack), so here they are typed as plain maps whose OpenAPI
-schema points at the ``Tensor`` and ``GraphDocument`` components.
+schema points at the ``Tensor`` and ``GraphDocument`` components. The training settings'
+fields are not written here: ``JobRequest`` and ``JobSettings`` are made from
+``runtime.TrainingSpec``. Every model of the API is in this one file (so a little past 300
+lines): the OpenAPI components are read in one place.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """The Redis data model of jobs, shared by the service (writes requests, reads progress)
-and the workers (write progress). Documented in docs/architecture.md.
+and the workers (write progress). Documented in docs/architecture.md. One module, past 300
+lines, because every key and every atomic (Lua) write of the model is here and nowhere
+else: the fencing, outbox and lease rules can be checked against each other in one read.
 
 Keys (``{ns}`` is Settings.namespace):
 
