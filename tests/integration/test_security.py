@@ -352,9 +352,9 @@ def test_idempotency_keys_are_per_tenant(api, store, settings):
 
     # In Redis: one key per tenant, each naming its tenant's job.
     for tenant, job_id in (("tenant-a", a_job), ("tenant-b", b_job)):
-        value = store.r.get(f"{settings.namespace}:tenant:{tenant}:idem:{key}")
+        value = store._r.get(f"{settings.namespace}:tenant:{tenant}:idem:{key}")
         assert value is not None and job_id in value.decode()
-        assert store.get_job(job_id)["tenant"] == tenant
+        assert store.get_job(job_id).tenant == tenant
     _wait_all(api, {a_job: "tenant-a", b_job: "tenant-b"})
 
 
