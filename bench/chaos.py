@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 import graphspec  # noqa: E402
 import runtime  # noqa: E402
 from worker.celery_app import make_celery  # noqa: E402
+from worker.dispatch import send_job  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 from worker.store import JobStore, decode_tensors, encode_tensors  # noqa: E402
 
@@ -100,16 +101,16 @@ def main() -> int:
                     "batch_size": 16,
                     "report_every": 1, "checkpoint_every": 250, "seed": rng.randint(0, 3)}
             job_id, _ = store.create_job("chaos", graph_id, spec, blob)
-            celery.send_task("chainrule.train", args=[job_id], queue=settings.queue)
+            send_job(celery, settings, job_id, settings.default_time_limit_s)
             store.mark_sent(job_id)  # as the API does
             jobs[job_id] = spec
         t0 = time.monotonic()
         next_kill = None  # the kill clock starts once a job is training
         while time.monotonic() - t0 < timeout:
-            states = [store.r.hget(store.job_key(j), "state") for j in jobs]
-            if all(s in (b"succeeded", b"failed", b"cancelled") for s in states):
+            states = [store.job_state(j) for j in jobs]
+            if all(s in ("succeeded", "failed", "cancelled") for s in states):
                 break
-            if next_kill is None and b"running" in states:
+            if next_kill is None and "running" in states:
                 next_kill = time.monotonic() + rng.expovariate(1 / kill_every)
             if next_kill is not None and time.monotonic() >= next_kill and (
                     max_kills is None or sum(kills.values()) < max_kills):
@@ -135,8 +136,7 @@ def main() -> int:
         completed = lost = bad_steps = bad_params = 0
         expected_cache: dict[tuple[int, int], dict] = {}
         for job_id, spec in jobs.items():
-            job = store.get_job(job_id) or {}
-            if job.get("state") != "succeeded":
+            if store.job_state(job_id) != "succeeded":
                 lost += 1
                 continue
             completed += 1
@@ -152,7 +152,7 @@ def main() -> int:
             params = decode_tensors(graphspec.codec.pack(result["params"]))
             if any(params[k].tobytes() != np.asarray(v).tobytes() for k, v in expected_cache[key].items()):
                 bad_params += 1
-        attempts = [int((store.get_job(j) or {}).get("attempts", 0)) for j in jobs]
+        attempts = [job.attempts if (job := store.get_job(j)) is not None else 0 for j in jobs]
         print(f"chaos: {len(jobs)} jobs, {args.workers} workers, {kills['SIGKILL']} SIGKILLs + {kills['SIGTERM']} "
               f"SIGTERMs in {elapsed:.0f} s")
         print(f"  completed {completed}, lost {lost}, with missing or duplicated steps {bad_steps}, "
@@ -188,9 +188,8 @@ def main() -> int:
             except ProcessLookupError:
                 pass
             proc.wait()
-        for key in store.r.scan_iter(f"{namespace}:*", count=1000):
-            store.r.delete(key)
-        store.r.close()
+        store.delete_namespace()
+        store.close()
         if keep_logs:
             print(f"  worker logs kept in {logdir}", file=sys.stderr)
         else:

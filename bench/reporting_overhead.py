@@ -101,7 +101,7 @@ def main() -> int:
     report: dict = {"script": "reporting_overhead.py", "date": datetime.datetime.now().isoformat(timespec="seconds"),
                     "machine": {"python": platform.python_version(), "numpy": np.__version__,
                                 "cpus": os.cpu_count(), "platform": platform.platform(),
-                                "redis": store.r.info("server").get("redis_version")},
+                                "redis": store.redis_version()},
                     "steps": steps, "rounds": rounds, "workloads": {}}
     try:
         for name, graph, data, batch in workloads():
@@ -111,10 +111,10 @@ def main() -> int:
                     reporter = job_id = token = None
                     if spec is not None:
                         job_id, token = leased_job(store, {"steps": steps, **spec})
-                        reporter = _Reporter(store, job_id, spec, token)
+                        reporter = _Reporter(store, job_id, runtime.TrainingSpec.from_dict({"steps": steps, **spec}), token)
                     times[variant].append(time_run(graph, data, batch, steps, reporter))
                     if reporter is not None:
-                        written = store.r.xlen(store.job_key(job_id, "steps"))
+                        written = store.step_count(job_id)
                         want = expected_rows(steps, reporter.every)
                         if written != want:
                             raise SystemExit(f"{name}, {variant}: {written} steps reached Redis, expected {want}")
@@ -129,9 +129,8 @@ def main() -> int:
                 rows[variant] = {"median_us": med, "ratio": med / base, "runs_us": values}
                 print(f"  {variant:<22} {med:9.1f} us/step   ratio {med / base:5.2f}")
     finally:
-        for key in store.r.scan_iter(f"{settings.namespace}:*", count=1000):
-            store.r.delete(key)
-        store.r.close()
+        store.delete_namespace()
+        store.close()
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -12,6 +12,10 @@
 Every error response becomes a :class:`ClientError` carrying the RFC 9457 problem; a
 server that cannot be reached is an :class:`APIUnreachable`. Request bodies go out as
 msgpack (tensors as raw little-endian bytes, exact and compact); responses are JSON.
+
+The whole client is this one module (so past 300 lines): a user copies or reads one file,
+and it imports nothing of the server, and the runtime only when asked for it (tensor files,
+a ``runtime.TrainingSpec``): graphspec, numpy and httpx.
 """
 
 from __future__ import annotations

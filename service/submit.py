@@ -19,7 +19,7 @@ import graphspec
 import runtime
 from worker.dispatch import send_job
 from worker.records import JobRecord
-from worker.settings import Settings
+from .settings import ApiSettings
 from worker.store import IdempotencyConflict, JobStore, encode_tensors, now
 
 from .data import check_fits, decode_map
@@ -48,7 +48,7 @@ def _issue(code: str, location: str, message: str) -> list[dict[str, str]]:
     return [{"code": code, "location": location, "message": message}]
 
 
-def _resolve_graph(req: JobRequest, tenant: str, store: JobStore, settings: Settings) -> tuple[graphspec.Graph, bool]:
+def _resolve_graph(req: JobRequest, tenant: str, store: JobStore, settings: ApiSettings) -> tuple[graphspec.Graph, bool]:
     if req.graph is not None and req.graph_id is not None:
         raise unprocessable("give either graph or graph_id, not both",
                             _issue("conflicting_fields", "/graph_id", "graph_id given together with an inline graph"))
@@ -67,7 +67,7 @@ def _resolve_graph(req: JobRequest, tenant: str, store: JobStore, settings: Sett
     return graph, False
 
 
-def prepare_job(req: JobRequest, tenant: str, store: JobStore, settings: Settings) -> PreparedJob:
+def prepare_job(req: JobRequest, tenant: str, store: JobStore, settings: ApiSettings) -> PreparedJob:
     """Everything checked, nothing stored; a ProblemError (413/422) names what is wrong and where."""
     graph, inline = _resolve_graph(req, tenant, store, settings)
 
@@ -140,7 +140,7 @@ def dry_run(prepared: PreparedJob) -> DryRun:
                   data=spec["data_summary"], eval_data=spec["eval_data_summary"])
 
 
-def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Celery, settings: Settings,
+def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Celery, settings: ApiSettings,
                idempotency_key: str | None) -> tuple[JobRecord, bool]:
     """Store and enqueue; returns (job hash, created). A repeated Idempotency-Key returns the first job."""
     graph_id = store.put_graph(tenant, prepared.graph) if prepared.inline_graph else prepared.graph_id

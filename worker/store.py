@@ -464,6 +464,21 @@ class JobStore:
     def ping(self) -> bool:
         return bool(self._r.ping())
 
+    def redis_version(self) -> str | None:
+        return self._r.info("server").get("redis_version")
+
+    def step_count(self, job_id: str) -> int:
+        """Step entries in the job's history (XLEN of its stream)."""
+        return self._r.xlen(self.job_key(job_id, "steps"))
+
+    def delete_namespace(self) -> int:
+        """Delete every key of this store's namespace — for a throwaway namespace a benchmark
+        or a test made; keys of other namespaces are never touched. Returns how many."""
+        deleted = 0
+        for key in self._r.scan_iter(f"{self.ns}:*", count=1000):
+            deleted += self._r.delete(key)
+        return deleted
+
     def close(self) -> None:
         self._r.close()
 

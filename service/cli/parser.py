@@ -134,6 +134,8 @@ def _training_spec(parser: argparse.ArgumentParser, args: argparse.Namespace):
         return runtime.TrainingSpec.from_options(args.optimizer, **options, **_optimizer_hyper(args))
     except runtime.SpecError as exc:
         issue = exc.issues[0]
+        if issue["code"] == "missing_field":  # the spec's rule, said with the flags that satisfy it
+            parser.error("give --steps N, --epochs N or both (training stops at whichever comes first)")
         name = issue["location"].rsplit("/", 1)[-1]
         parser.error(f"--{name.replace('_', '-')}: {issue['message']}")
 
