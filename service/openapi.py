@@ -17,6 +17,8 @@ from graphspec.jsonschema import json_schema
 from .models import DryRun, ExplainRequest, JobRequest, Problem, Tensor
 
 REF = "#/components/schemas/{model}"
+# A response that answers msgpack too when asked (Accept: application/msgpack), for `responses=`.
+MSGPACK_TOO = {"content": {"application/msgpack": {}}}
 _GRAPH_PREFIX = "Graph"
 
 

@@ -18,7 +18,7 @@ from ..examples import EXPLAIN_EXAMPLE, SEED_GRAPH
 from ..explaining import explain_graph
 from ..limits import graph_limits
 from ..models import ExplainResponse, GraphAnalysis, GraphCreated
-from ..openapi import request_body
+from ..openapi import MSGPACK_TOO, request_body
 from ..problems import graph_problem, not_found, problem_responses
 from ..views import graph_analysis
 
@@ -44,8 +44,6 @@ def stored_graph(graph_id: GraphId, tenant: TenantDep, store: StoreDep) -> graph
         raise not_found("graph", graph_id)
     return graph
 
-
-MSGPACK_TOO = {"content": {"application/msgpack": {}}}
 
 GraphBody = Annotated[graphspec.Graph, Depends(graph_body)]
 StoredGraph = Annotated[graphspec.Graph, Depends(stored_graph)]

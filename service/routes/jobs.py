@@ -19,7 +19,7 @@ from ..deps import CeleryDep, JobRequestBody, SettingsDep, StoreDep, TenantDep, 
 from ..examples import JOB_EXAMPLE
 from ..history import CSV_MEDIA_TYPE, CSV_PAGE, MAX_POINTS, MIN_POINTS, csv_lines, downsampled_page, wants_csv
 from ..models import DataRows, JobList, JobResource, JobResult, JobState, StepsPage
-from ..openapi import REF, request_body
+from ..openapi import MSGPACK_TOO, REF, request_body
 from ..problems import ProblemError, conflict, not_found, problem_responses
 from ..streaming import MAX_STEP, job_events, resume_point
 from ..submit import check_idempotency_key, dry_run, prepare_job, submit_job
@@ -40,10 +40,6 @@ def tenant_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> JobRecord:
 
 
 TenantJob = Annotated[JobRecord, Depends(tenant_job)]
-
-
-# Every job route answers msgpack too when asked (Accept: application/msgpack).
-MSGPACK_TOO = {"content": {"application/msgpack": {}}}
 
 
 @router.post(
