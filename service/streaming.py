@@ -13,12 +13,9 @@ from typing import AsyncIterator
 
 import anyio
 import redis
-import redis.asyncio as aioredis
 from sse_starlette import ServerSentEvent
 
-from worker.records import JobRecord
-from worker.settings import Settings
-from worker.store import TERMINAL, JobStore, StepRecord
+from worker.store import TERMINAL, JobFollower, JobStore
 
 from .problems import ProblemError, problem_body, unavailable
 from .views import job_resource, step_json
@@ -41,34 +38,26 @@ def resume_point(after: int, last_event_id: str | None) -> int:
     return min(after, MAX_STEP)
 
 
-def async_client(settings: Settings) -> aioredis.Redis:
-    # The socket timeout must outlast XREAD's BLOCK.
-    return aioredis.Redis.from_url(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 10, socket_connect_timeout=5)
-
-
-async def job_events(store: JobStore, settings: Settings, path: str, job_id: str,
-                     after: int) -> AsyncIterator[ServerSentEvent]:
-    client = async_client(settings)
-    key = store.job_key(job_id, "steps")
+async def job_events(store: JobStore, path: str, job_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
+    follower = JobFollower(store, job_id, block_ms=BLOCK_MS, batch=BATCH)
     last = after
     try:
         while True:
-            entries = await _read(client, key, last, block=False)
+            entries = await follower.steps_after(last, block=False)
             if not entries:
                 # Nothing new: a finished job ends the stream at once, a live one is waited on.
-                raw = await client.hgetall(store.job_key(job_id))
-                job = JobRecord.from_hash({k.decode(): v.decode() for k, v in raw.items()}) if raw else None
+                job = await follower.job()
                 if job is None:  # expired or removed while streaming
                     return
                 if job.state in TERMINAL:
                     # steps are written before the final state: whatever came in between is here now
-                    while entries := await _read(client, key, last, block=False):
+                    while entries := await follower.steps_after(last, block=False):
                         for record in entries:
                             last = record.step
                             yield ServerSentEvent(step_json(record), event="step", id=str(record.step))
                     yield ServerSentEvent(job_resource(job).model_dump_json(), event="end")
                     return
-                entries = await _read(client, key, last, block=True)
+                entries = await follower.steps_after(last, block=True)
             for record in entries:
                 last = record.step
                 yield ServerSentEvent(step_json(record), event="step", id=str(record.step))
@@ -84,12 +73,4 @@ async def job_events(store: JobStore, settings: Settings, path: str, job_id: str
                               event="error")
     finally:
         with anyio.CancelScope(shield=True):  # close the connection even when the client went away
-            await client.aclose()
-
-
-async def _read(client: aioredis.Redis, key: str, after: int, *, block: bool) -> list[StepRecord]:
-    response = await client.xread({key: f"{after}-0"}, count=BATCH, block=BLOCK_MS if block else None)
-    if not response:
-        return []
-    _, entries = response[0]
-    return [StepRecord.from_fields(fields) for _, fields in entries]
+            await follower.close()

@@ -36,6 +36,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import redis
+import redis.asyncio as aioredis
 
 import graphspec
 from graphspec.codec import pack
@@ -751,3 +752,30 @@ class JobStore:
         if not self._put_fenced(keys=[self.job_key(job_id, "lease"), self.job_key(job_id), self.job_key(job_id, part)],
                                 args=[token, self._lease_ms(), blob]):
             raise LeaseLost(job_id)
+
+
+class JobFollower:
+    """The reads that follow one job live (the API's event stream): its new step entries, waiting
+    up to ``block_ms`` for one, and its record. Async, on a connection of its own whose socket
+    timeout outlasts the wait; part of the data model, so no caller reads these keys itself."""
+
+    def __init__(self, store: JobStore, job_id: str, *, block_ms: int, batch: int):
+        self._client = aioredis.Redis.from_url(store.settings.redis_url, socket_timeout=block_ms / 1000 + 10,
+                                               socket_connect_timeout=5)
+        self._steps_key, self._job_key = store.job_key(job_id, "steps"), store.job_key(job_id)
+        self._block_ms, self._batch = block_ms, batch
+
+    async def steps_after(self, after: int, *, block: bool) -> list[StepRecord]:
+        response = await self._client.xread({self._steps_key: f"{after}-0"}, count=self._batch,
+                                            block=self._block_ms if block else None)
+        if not response:
+            return []
+        _, entries = response[0]
+        return [StepRecord.from_fields(fields) for _, fields in entries]
+
+    async def job(self) -> JobRecord | None:
+        raw = await self._client.hgetall(self._job_key)
+        return JobRecord.from_hash({k.decode(): v.decode() for k, v in raw.items()}) if raw else None
+
+    async def close(self) -> None:
+        await self._client.aclose()

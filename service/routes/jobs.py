@@ -212,14 +212,14 @@ def read_data(job: TenantJob, store: StoreDep, request: Request,
     responses={200: {"description": "An event stream", "content": {"text/event-stream": {}}},
                **problem_responses(401, 404, 422, 503)},
 )
-async def stream_events(job_id: JobId, tenant: TenantDep, store: StoreDep, settings: SettingsDep, request: Request,
+async def stream_events(job_id: JobId, tenant: TenantDep, store: StoreDep, request: Request,
                         after: Annotated[int, Query(ge=0, le=MAX_STEP, description="start after this step")] = 0,
                         last_event_id: Annotated[str | None, Header(description="resume after this step")] = None,
                         ) -> EventSourceResponse:
     job = await run_in_threadpool(store.job_for_tenant, tenant, job_id)
     if job is None:
         raise not_found("job", job_id)
-    events = job_events(store, settings, request.url.path, job_id, resume_point(after, last_event_id))
+    events = job_events(store, request.url.path, job_id, resume_point(after, last_event_id))
     return EventSourceResponse(events, ping=15, headers={"Cache-Control": "no-cache"})
 
 
