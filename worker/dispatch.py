@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from .settings import Settings
-
-# The Celery task that trains a job (worker/tasks.py registers it under this name).
-TRAIN_TASK = "chainrule.train"
+from .settings import TRAIN_TASK, Settings
 # Celery's hard time limit is the job's own limit plus this: the soft limit fails the job
 # cleanly first (TimeLimitExceeded, steps kept), the hard one only stops a stuck process.
 HARD_LIMIT_GRACE_S = 30

@@ -13,6 +13,10 @@ from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+# The Celery task that trains a job (worker/tasks.py registers it, worker/dispatch.py sends it).
+TRAIN_TASK = "chainrule.train"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHAINRULE_", extra="ignore", populate_by_name=True)
 
@@ -21,7 +25,7 @@ class Settings(BaseSettings):
     # Every key chainrule writes (its own and Celery's) starts with this, so several
     # deployments or test runs can share one Redis without touching each other's data.
     namespace: str = "chainrule"
-    queue: str = "chainrule.train"  # the Celery queue training tasks go to (named like the task, by custom)
+    queue: str = TRAIN_TASK  # the Celery queue training tasks go to (named like the task unless set)
 
     # Celery's Redis transport redelivers an unacknowledged task after this many seconds
     # (at-least-once). It must exceed the longest job; the job lease (not the broker) is

@@ -42,18 +42,20 @@ def tenant_job(job_id: JobId, tenant: TenantDep, store: StoreDep) -> JobRecord:
 TenantJob = Annotated[JobRecord, Depends(tenant_job)]
 
 
+SUBMIT_DESCRIPTION = (
+    "Validates the whole job before storing anything: the graph (inline in `graph`, or `graph_id` of a stored "
+    "one), the data (decoded and checked against the graph's inputs), the training settings (runtime.TrainingSpec: "
+    "the optimizer and its hyperparameters, steps, epochs, ...), the step budget (max_steps), the step history's "
+    "budget and the data size (max_job_data_bytes, 413). Then stores the job and queues it. With an "
+    "`Idempotency-Key` header a repeated request returns the first job (200, `Idempotent-Replayed: true`) instead "
+    "of submitting another.\n\n"
+    "With `?dry_run=true` every check runs and nothing is stored or queued (an inline graph is not stored either): "
+    "the answer is a 200 `DryRun` saying what would be stored (graph id, settings with the optimizer's defaults "
+    "filled in, data summaries, total steps), or the same problems a submission would get.")
+
+
 @router.post(
-    "", status_code=202, response_model=JobResource,
-    summary="Submit a training job",
-    description="Validates the whole job before storing anything: the graph (inline in `graph`, or `graph_id` of "
-                "a stored one), the data (decoded and checked against the graph's inputs), the optimizer, the "
-                "step budget (max_steps), the step history's budget and the data size (max_job_data_bytes, 413). "
-                "Then stores the job and queues it. With an `Idempotency-Key` header a repeated request returns "
-                "the first job (200, `Idempotent-Replayed: true`) instead of submitting another.\n\n"
-                "With `?dry_run=true` every check runs and nothing is stored or queued (an inline graph is not "
-                "stored either): the answer is a 200 `DryRun` saying what would be stored (graph id, settings "
-                "with the optimizer's defaults filled in, data summaries, total steps), or the same problems a "
-                "submission would get.",
+    "", status_code=202, response_model=JobResource, summary="Submit a training job", description=SUBMIT_DESCRIPTION,
     responses={202: {"description": "Queued; Location is the job's URL", **MSGPACK_TOO},
                200: {"description": "A replay of an earlier request with the same Idempotency-Key (a JobResource), "
                                     "or the answer to a dry run (a DryRun)",
