@@ -30,6 +30,7 @@ from .errors import GraphSpecError, Issue, did_you_mean, pointer
 from .model import Graph, InputSpec, Initializer, Metadata, Node, ParamSpec
 from .ops import OPS
 from .types import ContractViolation, Dim, TensorType
+from .versioning import format_version, parse_version
 
 
 class Value:
@@ -186,7 +187,7 @@ class GraphBuilder:
         from .codec import validate
 
         graph = Graph(self.name, dict(self.inputs), dict(self.parameters), list(self.nodes), dict(self.outputs),
-                      self.loss_name or "", self.metadata)
+                      self.loss_name or "", self.metadata, version=self._version())
         try:
             return validate(graph)
         except GraphSpecError as exc:
@@ -197,6 +198,12 @@ class GraphBuilder:
                                   if i.location == "/loss" else i for i in exc.issues]) from None
 
     # -- internals -------------------------------------------------------------------
+    def _version(self) -> str:
+        """The oldest format version that has every op the graph uses: a graph of 1.0 ops stays a
+        1.0 document (same bytes, same id, readable by a 1.0 reader)."""
+        needed = [parse_version(OPS[n.op].since) for n in self.nodes if n.op in OPS]
+        return format_version(max([(1, 0), *needed]))
+
     def _claim(self, name: str) -> str:
         if name in self._values or name in self.inputs or name in self.parameters:
             raise ValueError(f"name {name!r} is already used in graph {self.name!r}")

@@ -110,6 +110,30 @@ def _elementwise(types, attrs, op="op"):
     return TensorType(dtype, shape)
 
 
+def _where(types, attrs):
+    condition = types[0]
+    if condition.dtype != "bool":
+        raise ContractViolation(f"where needs a bool condition, got {condition.dtype}", ("inputs", 0),
+                                hint="compare values to get a bool tensor, or declare the input as bool",
+                                code="dtype_mismatch")
+    dtype = _require_float(types, "where", indices=(1, 2))
+    shape = broadcast_shapes(*(t.shape for t in types))
+    if shape is None:
+        raise ContractViolation(f"where: shapes {' and '.join(format_shape(t.shape) for t in types)} do not broadcast",
+                                ("inputs", 2), hint="numpy broadcasting: trailing dims must match or be 1")
+    return TensorType(dtype, shape)
+
+
+def _clip(types, attrs):
+    low, high = attrs.get("min"), attrs.get("max")
+    if low is None and high is None:
+        raise ContractViolation("clip needs min, max or both", ("attrs", "min"), code="invalid_attribute",
+                                hint="give the bounds the values are clipped to")
+    if low is not None and high is not None and low > high:
+        raise ContractViolation(f"clip: min {low} is above max {high}", ("attrs", "max"), code="invalid_attribute")
+    return _unary(types, attrs, "clip")
+
+
 def _named(rule, op):
     return lambda types, attrs: rule(types, attrs, op)
 
@@ -334,3 +358,21 @@ register(_op("softmax_cross_entropy", ("logits", "labels"), _softmax_cross_entro
              "cross-entropy of softmax(logits) over the last axis; int64 class labels or one-hot/probabilities",
              category="loss", differentiable=(0,), attrs=(reduction_attr(),)))
 
+# -- format 1.1 ---------------------------------------------------------------------------
+for _name, _doc, _category in (
+        ("log1p", "ln(1 + x), accurate for small x", "elementwise"),
+        ("softplus", "ln(1 + e^x), computed without overflow (gradient sigmoid(x))", "activation")):
+    register(_op(_name, ("x",), _named(_unary, _name), _doc, category=_category, since="1.1"))
+register(_op("leaky_relu", ("x",), _named(_unary, "leaky_relu"), "x for x > 0, alpha * x otherwise (gradient alpha at 0)",
+             category="activation", since="1.1",
+             attrs=(Attr("alpha", Num(), 0.01, doc="the slope below 0"),)))
+for _name, _doc in (("maximum", "the larger of a and b, with numpy broadcasting (gradient to a where they tie)"),
+                    ("minimum", "the smaller of a and b, with numpy broadcasting (gradient to a where they tie)")):
+    register(_op(_name, ("a", "b"), _named(_elementwise, _name), _doc, category="elementwise", since="1.1"))
+register(_op("where", ("condition", "a", "b"), _where,
+             "a where condition is true, else b, with numpy broadcasting", category="elementwise", since="1.1",
+             differentiable=(1, 2)))
+register(_op("clip", ("x",), _clip, "x limited to [min, max] (gradient 0 outside, 1 on the bounds)",
+             category="elementwise", since="1.1",
+             attrs=(Attr("min", OneOf((Null(), Num())), None, doc="lower bound (null: none)"),
+                    Attr("max", OneOf((Null(), Num())), None, doc="upper bound (null: none)"))))

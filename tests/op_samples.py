@@ -184,6 +184,8 @@ UNARY_DOMAINS: dict[str, Callable[[Draft, tuple], np.ndarray]] = {
     "relu": lambda d, s: d.signed(s, 0.05, 2.0),
     "sigmoid": lambda d, s: d.uniform(s, -4.0, 4.0),
     "tanh": lambda d, s: d.uniform(s, -2.5, 2.5),
+    "log1p": lambda d, s: d.uniform(s, -0.6, 3.0),
+    "softplus": lambda d, s: d.uniform(s, -4.0, 4.0),
 }
 
 
@@ -208,6 +210,59 @@ def power(draw) -> Sample:
     (x,) = d.operands({"x": x_value})
     d.notes.append(f"exponent={exponent!r}")
     return d.finish(d.g.op("pow", x, exponent=float(exponent), name=OP_NODE), shape)
+
+
+@st.composite
+def leaky_relu(draw) -> Sample:
+    d = Draft(draw, "leaky_relu")
+    shape = draw(shapes())
+    alpha = draw(st.sampled_from([0.01, 0.0, 0.2, 1.5]))
+    (x,) = d.operands({"x": d.signed(shape, 0.05, 2.0)})  # the kink at 0 is far from +-eps
+    d.notes.append(f"alpha={alpha}")
+    return d.finish(d.g.op("leaky_relu", x, alpha=alpha, name=OP_NODE), shape)
+
+
+@st.composite
+def extremum(draw, op: str) -> Sample:
+    """maximum/minimum of values at least 0.15 apart (on a grid offset by 0.25), so no tie is
+    within a finite-difference step; maximum(w, w) ties everywhere, and the gradient goes to a."""
+    d = Draft(draw, op)
+    if d.shared():
+        shape = draw(shapes())
+        w = d.operand("w", d.uniform(shape, -2.0, 2.0), "param")
+        d.notes.append(f"{op}(w, w)")
+        return d.finish(d.g.op(op, w, w, name=OP_NODE), shape)
+    bs = draw(mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, min_side=1, max_side=4))
+    sa, sb = bs.input_shapes
+    a_value = d.rng.integers(-4, 4, size=sa) * 0.5 + 0.25 + d.uniform(sa, -0.05, 0.05)
+    b_value = d.rng.integers(-4, 4, size=sb) * 0.5 + d.uniform(sb, -0.05, 0.05)
+    a, b = d.operands({"a": a_value, "b": b_value})
+    return d.finish(d.g.op(op, a, b, name=OP_NODE), tuple(bs.result_shape))
+
+
+@st.composite
+def where(draw) -> Sample:
+    d = Draft(draw, "where")
+    bs = draw(mutually_broadcastable_shapes(num_shapes=3, min_dims=0, max_dims=3, min_side=1, max_side=4))
+    sc, sa, sb = bs.input_shapes
+    condition = d.operand("c", d.rng.random(sc) < 0.5, str(d.rng.choice(["input", "const"])))
+    a, b = d.operands({"a": d.uniform(sa, -2.0, 2.0), "b": d.uniform(sb, -2.0, 2.0)})
+    return d.finish(d.g.op("where", condition, a, b, name=OP_NODE), tuple(bs.result_shape))
+
+
+@st.composite
+def clip(draw) -> Sample:
+    d = Draft(draw, "clip")
+    shape = draw(shapes())
+    low, high = draw(st.sampled_from([(-0.5, 0.7), (None, 0.3), (-0.2, None), (0.1, 0.1)]))
+    x_value = d.uniform(shape, -2.0, 2.0)
+    for bound in (low, high):  # keep every value 0.1 from a bound: the gradient jumps there
+        if bound is not None:
+            near = np.abs(x_value - bound) < 0.1
+            x_value = np.where(near, x_value + np.sign(x_value - bound + 1e-9) * 0.2, x_value)
+    (x,) = d.operands({"x": x_value})
+    d.notes.append(f"min={low} max={high}")
+    return d.finish(d.g.op("clip", x, min=low, max=high, name=OP_NODE), shape)
 
 
 # -- linear algebra, reductions, shapes ------------------------------------------------------------------
@@ -392,6 +447,10 @@ SAMPLES: dict[str, st.SearchStrategy[Sample]] = {
     "constant": constant(),
     **{op: pairwise_loss(op) for op in ("mse", "bce", "bce_with_logits")},
     "softmax_cross_entropy": softmax_cross_entropy(),
+    "leaky_relu": leaky_relu(),
+    **{op: extremum(op) for op in ("maximum", "minimum")},
+    "where": where(),
+    "clip": clip(),
 }
 
 

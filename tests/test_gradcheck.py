@@ -417,11 +417,11 @@ def assert_float32_throughout(sample: Sample) -> None:
 
 
 def _assert_float32_or_int64(graph, checked) -> None:
-    """Each (what, name, array) is float32, or int64 where the graph declares int64."""
+    """Each (what, name, array) is float32, or int64/bool where the graph declares it (labels, conditions)."""
     for what, name, array in checked:
         dtype = np.asarray(array).dtype
-        if graph.analysis.types[name].dtype == "int64":
-            assert dtype == np.int64, f"{what} of {name!r} is {dtype}"
+        if graph.analysis.types[name].dtype in ("int64", "bool"):
+            assert dtype == np.dtype(graph.analysis.types[name].dtype), f"{what} of {name!r} is {dtype}"
         else:
             assert dtype == np.float32, f"{what} of {name!r} is {dtype}, not float32"
 
@@ -461,7 +461,7 @@ def test_float32_stays_float32(op, engine):
     @given(strategy)
     def check(sample: Sample):
         sample32 = to_float32(sample)
-        assert {t.dtype for t in sample32.graph.analysis.types.values()} <= {"float32", "int64"}
+        assert {t.dtype for t in sample32.graph.analysis.types.values()} <= {"float32", "int64", "bool"}  # labels, conditions
         check_dtypes(sample32)
 
     check()

@@ -200,7 +200,7 @@ def test_attribute_types_and_required_attributes():
 
 def test_every_op_has_a_contract_that_documents_itself():
     for name, op in graphspec.OPS.items():
-        assert op.name == name and op.doc and op.since == "1.0"
+        assert op.name == name and op.doc and op.since in ("1.0", "1.1")
         assert all(i < op.arity for i in op.grad_inputs)
 
 
@@ -213,6 +213,21 @@ def test_op_newer_than_document_version_is_refused(monkeypatch):
     (issue,) = issues_of(doc([node("n", "neg2", ["x"]), node("loss", "sum", ["n"])]))
     assert issue.code == "op_too_new" and issue.location == "/nodes/0/op"
     assert "1.1" in issue.message and "1.0" in issue.message
+
+
+@pytest.mark.parametrize("op", sorted(name for name, c in graphspec.OPS.items() if c.since == "1.1"))
+def test_a_1_0_document_cannot_use_a_1_1_op_and_a_1_1_one_can(op):
+    contract = graphspec.OPS[op]
+    inputs = ["x"] * contract.arity
+    attrs = {"min": 0.0} if op == "clip" else {}
+    tree = doc([node("n", op, inputs, **attrs), node("loss", "sum", ["n"])])
+    codes = [i.code for i in issues_of(tree)]
+    assert "op_too_new" in codes, codes
+    tree["version"] = "1.1"
+    try:
+        graphspec.from_data(tree)
+    except graphspec.GraphSpecError as exc:  # where's float condition is wrong, but not too new
+        assert "op_too_new" not in [i.code for i in exc.issues]
 
 
 # -- shape and dtype inference -----------------------------------------------------------

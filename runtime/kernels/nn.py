@@ -36,3 +36,15 @@ kernel("softmax", lambda x, *, axis: softmax(x, axis),
        lambda g, out, x, *, axis: (out * (g - (g * out).sum(axis=axis, keepdims=True)),), saves=("out",))
 kernel("log_softmax", lambda x, *, axis: log_softmax(x, axis),
        lambda g, out, x, *, axis: (g - np.exp(out) * g.sum(axis=axis, keepdims=True),), saves=("out",))
+
+
+# -- format 1.1 ---------------------------------------------------------------------------------
+def _leaky_relu_vjp(g, out, x, *, alpha):
+    slope = (x > 0) + x.dtype.type(alpha) * (x <= 0)  # exactly 1 or alpha, in x's dtype
+    return (g * slope,)
+
+
+kernel("softplus", lambda x: np.logaddexp(0, x),
+       lambda g, out, x: (g * sigmoid(x),), saves=(0,))
+# max(x, 0) + alpha * min(x, 0): x above 0, alpha * x below, each exactly
+kernel("leaky_relu", lambda x, *, alpha: np.maximum(x, 0) + alpha * np.minimum(x, 0), _leaky_relu_vjp, saves=(0,))
