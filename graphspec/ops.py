@@ -134,6 +134,67 @@ def _clip(types, attrs):
     return _unary(types, attrs, "clip")
 
 
+def _argmax(types, attrs):
+    src = types[0]
+    _require_float(types, "argmax")
+    if src.rank == 0:
+        raise ContractViolation("argmax needs an input of rank >= 1", ("inputs", 0))
+    (axis,) = _axes_of(attrs, src.rank)
+    keep = attrs.get("keepdims")
+    return TensorType("int64", tuple((1 if keep else d) for i, d in enumerate(src.shape) if keep or i != axis))
+
+
+def _one_hot(types, attrs):
+    indices = types[0]
+    if indices.dtype != "int64":
+        raise ContractViolation(f"one_hot needs int64 class indices, got {indices.dtype}", ("inputs", 0),
+                                hint="declare the indices as int64", code="dtype_mismatch")
+    return TensorType(attrs.get("dtype", "float32"), indices.shape + (attrs["depth"],))
+
+
+def _product(dims) -> Any:
+    """The size of a flattened run of dims: a number, the one symbol among 1s, or None."""
+    dims = list(dims)
+    if all(isinstance(d, int) for d in dims):
+        return math.prod(dims)
+    symbolic = [d for d in dims if not isinstance(d, int)]
+    return symbolic[0] if len(symbolic) == 1 and math.prod(d for d in dims if isinstance(d, int)) == 1 else None
+
+
+def _flatten(types, attrs):
+    src = types[0]
+    axis = attrs.get("axis", 1)
+    if not 0 <= axis <= src.rank:
+        raise ContractViolation(f"flatten axis {axis} is out of range for a rank-{src.rank} input (0..{src.rank})",
+                                ("attrs", "axis"), code="invalid_attribute")
+    return TensorType(src.dtype, (_product(src.shape[:axis]), _product(src.shape[axis:])))
+
+
+def _squeeze(types, attrs):
+    src = types[0]
+    axes = _axes_of(attrs, src.rank, "axes")
+    for a in axes:
+        if src.shape[a] != 1:
+            raise ContractViolation(f"squeeze: axis {a} has size {src.shape[a]}, not 1", ("attrs", "axes"),
+                                    code="invalid_attribute")
+    return TensorType(src.dtype, tuple(d for i, d in enumerate(src.shape) if i not in axes))
+
+
+def _unsqueeze(types, attrs):
+    src = types[0]
+    axes = _axes_of(attrs, src.rank + len(attrs["axes"]), "axes")
+    dims = iter(src.shape)
+    return TensorType(src.dtype, tuple(1 if i in axes else next(dims) for i in range(src.rank + len(axes))))
+
+
+def _broadcast_to(types, attrs):
+    src, target = types[0], tuple(attrs["shape"])
+    if broadcast_shapes(src.shape, target) != target:
+        raise ContractViolation(f"broadcast_to: {format_shape(src.shape)} does not broadcast to {list(target)}",
+                                ("attrs", "shape"), hint="numpy broadcasting: trailing dims must match or be 1")
+    return TensorType(src.dtype, target)
+
+
 def _named(rule, op):
     return lambda types, attrs: rule(types, attrs, op)
 
@@ -376,3 +437,29 @@ register(_op("clip", ("x",), _clip, "x limited to [min, max] (gradient 0 outside
              category="elementwise", since="1.1",
              attrs=(Attr("min", OneOf((Null(), Num())), None, doc="lower bound (null: none)"),
                     Attr("max", OneOf((Null(), Num())), None, doc="upper bound (null: none)"))))
+for _name, _doc in (("max", "maximum over axes (gradient shared equally by the elements that attain it)"),
+                    ("min", "minimum over axes (gradient shared equally by the elements that attain it)")):
+    register(_op(_name, ("x",), _named(_reduce, _name), _doc, category="reduction", since="1.1", attrs=(
+        Attr("axis", AXES, None, doc="axes to reduce; null reduces all"),
+        Attr("keepdims", KEEPDIMS, False, doc="keep reduced axes as size 1"),
+    )))
+register(_op("argmax", ("x",), _argmax, "the index of the largest value along axis (int64, the first on ties; "
+             "no gradient)", category="reduction", since="1.1", differentiable=(), attrs=(
+                 Attr("axis", AXIS, -1, doc="the axis searched"),
+                 Attr("keepdims", KEEPDIMS, False, doc="keep the axis as size 1"))))
+register(_op("one_hot", ("indices",), _one_hot, "a float vector per int64 index: 1 at the index, 0 elsewhere "
+             "(an index outside 0..depth-1 is an error)", category="shape", since="1.1", differentiable=(), attrs=(
+                 Attr("depth", Int(minimum=1), required=True, doc="the number of classes"),
+                 Attr("dtype", Enum(tuple(sorted(FLOAT_DTYPES))), "float32", doc="the output's float dtype"))))
+register(_op("flatten", ("x",), _flatten, "to 2-D: the axes before axis, then the rest (as ONNX Flatten)",
+             category="shape", since="1.1", attrs=(Attr("axis", Int(minimum=0), 1, doc="the first axis of the "
+                                                                                    "second dimension"),)))
+register(_op("squeeze", ("x",), _squeeze, "drop size-1 axes", category="shape", since="1.1",
+             attrs=(Attr("axes", List(Int(), min_items=1, max_items=8, unique=True), required=True,
+                         doc="the axes to drop (each of size 1)"),)))
+register(_op("unsqueeze", ("x",), _unsqueeze, "insert size-1 axes", category="shape", since="1.1",
+             attrs=(Attr("axes", List(Int(), min_items=1, max_items=8, unique=True), required=True,
+                         doc="where the new axes are, in the output"),)))
+register(_op("broadcast_to", ("x",), _broadcast_to, "repeat x along axes to a shape, with numpy broadcasting "
+             "(gradient summed back)", category="shape", since="1.1",
+             attrs=(Attr("shape", List(Int(minimum=1), max_items=8), required=True, doc="the target shape"),)))

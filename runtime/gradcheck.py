@@ -65,6 +65,9 @@ def cast_graph(graph: Graph, dtype: str = "float64") -> Graph:
         for spec in tree.get(section, {}).values():
             if spec.get("dtype") in FLOAT_DTYPES:
                 spec["dtype"] = dtype
+    for node in tree.get("nodes", []):  # an op that makes floats of its own (one_hot) says which
+        if node.get("attrs", {}).get("dtype") in FLOAT_DTYPES:
+            node["attrs"]["dtype"] = dtype
     return graphspec.from_data(tree)
 
 
@@ -72,9 +75,11 @@ def _float_dtypes(graph: Graph) -> set[str]:
     """Every float dtype the graph's declarations and constants use."""
     found = {s.dtype for s in graph.inputs.values()} | {p.dtype for p in graph.parameters.values()}
     for node in graph.nodes:
-        for value in node.attrs.values():
+        for name, value in node.attrs.items():
             if isinstance(value, np.ndarray):
                 found.add(value.dtype.name)
+            elif name == "dtype" and value in FLOAT_DTYPES:
+                found.add(value)
     return found & set(FLOAT_DTYPES)
 
 

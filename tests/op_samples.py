@@ -433,6 +433,100 @@ def softmax_cross_entropy(draw) -> Sample:
                     _loss_out_shape(shape[:-1], reduction))
 
 
+# -- format 1.1: reductions to an extremum, indices, shapes -------------------------------------------
+
+@st.composite
+def extremum_reduction(draw, op: str) -> Sample:
+    """max/min over random axes of distinct values (0.1 apart: no tie within a finite-difference
+    step); a second sample with ties checks that the gradient is shared among them."""
+    d = Draft(draw, op)
+    shape = draw(shapes())
+    axis = axes(d, len(shape))
+    keepdims = bool(d.rng.random() < 0.5)
+    count = int(np.prod(shape, dtype=np.int64))
+    values = (d.rng.permutation(count) * 0.1 - count * 0.05).reshape(shape) + d.uniform(shape, -0.02, 0.02)
+    (x,) = d.operands({"x": values})
+    np_axis = tuple(axis) if isinstance(axis, list) else axis
+    out_shape = np.sum(np.zeros(shape), axis=np_axis, keepdims=keepdims).shape
+    return d.finish(d.g.op(op, x, axis=axis, keepdims=keepdims, name=OP_NODE), out_shape)
+
+
+@st.composite
+def argmax(draw) -> Sample:
+    """argmax has no gradient: its int64 output labels a softmax cross-entropy whose logits do."""
+    d = Draft(draw, "argmax")
+    shape = draw(shapes(min_rank=1))
+    keepdims = False
+    x = d.operand("x", d.uniform(shape, -2.0, 2.0), str(d.rng.choice(["input", "const"])))
+    out = d.g.op("argmax", x, axis=-1, keepdims=keepdims, name=OP_NODE)
+    logits_shape = shape[:-1] + (int(d.rng.integers(1, 4)) + shape[-1],)  # classes > any index argmax gives
+    z = d.operand("z", d.uniform(logits_shape, -2.0, 2.0), "param")
+    d.g.output("out", out)
+    d.g.loss(d.g.softmax_cross_entropy(z, out, reduction="sum", name="L"))
+    return Sample("argmax", d.g.build(), d.inputs, d.params, "params", d.notes)
+
+
+@st.composite
+def one_hot(draw) -> Sample:
+    """one_hot has no gradient: a parameter weights its output."""
+    d = Draft(draw, "one_hot")
+    shape = draw(shapes(max_rank=2))
+    depth = int(d.rng.integers(1, 5))
+    idx = d.operand("i", d.rng.integers(0, depth, size=shape).astype(np.int64),
+                    str(d.rng.choice(["input", "const"])))
+    out = d.g.op("one_hot", idx, depth=depth, dtype="float64", name=OP_NODE)
+    w = d.operand("w", d.uniform(shape + (depth,), -2.0, 2.0), "param")
+    d.g.output("out", out)
+    d.g.loss(d.g.sum(d.g.mul(out, w, name="weighted"), name="L"))
+    return Sample("one_hot", d.g.build(), d.inputs, d.params, "params", d.notes)
+
+
+@st.composite
+def flatten(draw) -> Sample:
+    d = Draft(draw, "flatten")
+    shape = draw(shapes())
+    axis = int(d.rng.integers(0, len(shape) + 1))
+    (x,) = d.operands({"x": d.uniform(shape, -2.0, 2.0)})
+    out_shape = (int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis:], dtype=np.int64)))
+    return d.finish(d.g.op("flatten", x, axis=axis, name=OP_NODE), out_shape)
+
+
+@st.composite
+def squeeze(draw) -> Sample:
+    d = Draft(draw, "squeeze")
+    shape = list(draw(shapes()))
+    count = min(int(d.rng.integers(1, 3)), len(shape) + 1)
+    ones = sorted(int(a) for a in d.rng.choice(len(shape) + count, size=count, replace=False))
+    for a in ones:  # insert size-1 axes to squeeze out again
+        shape.insert(a, 1)
+    picked = [a - len(shape) if d.rng.random() < 0.5 else a for a in ones]
+    (x,) = d.operands({"x": d.uniform(tuple(shape), -2.0, 2.0)})
+    out_shape = tuple(n for i, n in enumerate(shape) if i not in ones)
+    return d.finish(d.g.op("squeeze", x, axes=picked, name=OP_NODE), out_shape)
+
+
+@st.composite
+def unsqueeze(draw) -> Sample:
+    d = Draft(draw, "unsqueeze")
+    shape = draw(shapes())
+    rank = len(shape) + int(d.rng.integers(1, 3))
+    new = sorted(int(a) for a in d.rng.choice(rank, size=rank - len(shape), replace=False))
+    (x,) = d.operands({"x": d.uniform(shape, -2.0, 2.0)})
+    dims = iter(shape)
+    out_shape = tuple(1 if i in new else next(dims) for i in range(rank))
+    return d.finish(d.g.op("unsqueeze", x, axes=[a - rank if d.rng.random() < 0.5 else a for a in new],
+                           name=OP_NODE), out_shape)
+
+
+@st.composite
+def broadcast_to(draw) -> Sample:
+    d = Draft(draw, "broadcast_to")
+    bs = draw(mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, min_side=1, max_side=4))
+    source, target = bs.input_shapes[0], tuple(bs.result_shape)
+    (x,) = d.operands({"x": d.uniform(source, -2.0, 2.0)})
+    return d.finish(d.g.op("broadcast_to", x, shape=list(target), name=OP_NODE), target)
+
+
 # -- the table ---------------------------------------------------------------------------------------
 
 SAMPLES: dict[str, st.SearchStrategy[Sample]] = {
@@ -451,6 +545,13 @@ SAMPLES: dict[str, st.SearchStrategy[Sample]] = {
     **{op: extremum(op) for op in ("maximum", "minimum")},
     "where": where(),
     "clip": clip(),
+    **{op: extremum_reduction(op) for op in ("max", "min")},
+    "argmax": argmax(),
+    "one_hot": one_hot(),
+    "flatten": flatten(),
+    "squeeze": squeeze(),
+    "unsqueeze": unsqueeze(),
+    "broadcast_to": broadcast_to(),
 }
 
 

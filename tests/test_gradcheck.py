@@ -236,7 +236,7 @@ def test_a_forgotten_operand_gradient_is_caught():
     assert result.entries["u"].ok
 
 
-@pytest.mark.parametrize("op", OPS_WITH_INPUTS)
+@pytest.mark.parametrize("op", [op for op in OPS_WITH_INPUTS if graphspec.OPS[op].grad_inputs])
 def test_gradcheck_catches_a_wrong_vjp_for_every_op(op):
     """Shift each gradient the op's VJP returns by 0.1: gradcheck must notice wherever that
     changes the engine's gradients (and it must, in some draws)."""
@@ -265,6 +265,17 @@ def test_gradcheck_catches_a_wrong_vjp_for_every_op(op):
 
     check()
     assert effective, f"the wrong {op} VJP never changed a gradient: the samples do not reach it"
+
+
+@pytest.mark.parametrize("op", [op for op in ALL_OPS if not graphspec.OPS[op].grad_inputs and graphspec.OPS[op].arity])
+def test_ops_without_a_gradient_pass_none_back(op):
+    """argmax, one_hot: their inputs are indices or data; the VJP says so, on both engines."""
+    @examples(10)
+    @given(sample_strategy(op))
+    def check(sample: Sample):
+        for engine in ENGINES:
+            assert _gradcheck_sample(sample, engine).ok
+    check()
 
 
 def test_an_unbroadcast_gradient_is_caught():

@@ -57,7 +57,8 @@ def _bce_logits_vjp(g, out, z, y, *, reduction):
 
 
 @data_check
-def _check_labels(labels: np.ndarray, classes: int) -> None:
+def check_class_indices(labels: np.ndarray, classes: int) -> None:
+    """Class indices (labels, one_hot's input) must lie in 0..classes-1."""
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
         bad = labels[(labels < 0) | (labels >= classes)].flat[0]
         raise ValueError(f"class label {int(bad)} is out of range for {classes} classes (0..{classes - 1})")
@@ -71,7 +72,7 @@ def _softmax_ce(z, labels, *, reduction):
     sums = exps.sum(axis=-1, keepdims=True)
     if labels.dtype.kind in "iu":
         classes = z.shape[-1]
-        _check_labels(labels, classes)
+        check_class_indices(labels, classes)
         # each row's logit at its label, picked from the flat array: row * classes + label
         row_starts = np.arange(0, labels.size * classes, classes).reshape(labels.shape)
         picked = np.take(shifted.reshape(-1), labels + row_starts)

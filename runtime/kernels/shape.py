@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from . import kernel, reduced_axes
+from .losses import check_class_indices
 
 
 def _matmul_vjp(g, out, a, b):
@@ -56,3 +57,42 @@ kernel("transpose", lambda x, *, perm: np.transpose(x, perm),
        lambda g, out, x, *, perm: (np.transpose(g, None if perm is None else np.argsort(perm).tolist()),))
 kernel("constant", lambda *, value: value,
        lambda g, out, *, value: ())
+
+
+# -- format 1.1 ---------------------------------------------------------------------------------
+def _extremum(reduce):
+    def forward(x, *, axis, keepdims):
+        return reduce(x, axis=_axis(axis), keepdims=keepdims)
+
+    def vjp(g, out, x, *, axis, keepdims):
+        # the gradient goes to the elements equal to the extremum, shared equally when several are
+        axes = reduced_axes(axis, x.ndim)
+        if not keepdims:
+            out, g = np.expand_dims(out, axes), np.expand_dims(g, axes)
+        attains = x == out
+        return (g * attains / attains.sum(axis=axes, keepdims=True, dtype=x.dtype),)
+    return forward, vjp
+
+
+def _one_hot(indices, *, depth, dtype):
+    check_class_indices(indices, depth)
+    return (indices[..., np.newaxis] == np.arange(depth)).astype(dtype)
+
+
+def _no_gradient(g, out, *inputs, **attrs):
+    return (None,) * len(inputs)
+
+
+kernel("max", *_extremum(np.max), saves=("out", 0))
+kernel("min", *_extremum(np.min), saves=("out", 0))
+kernel("argmax", lambda x, *, axis, keepdims: np.argmax(x, axis=axis, keepdims=keepdims), _no_gradient)
+kernel("one_hot", _one_hot, _no_gradient)
+kernel("flatten", lambda x, *, axis: np.reshape(x, (math.prod(x.shape[:axis]), -1)),
+       lambda g, out, x, *, axis: (np.reshape(g, x.shape),))
+kernel("squeeze", lambda x, *, axes: np.squeeze(x, tuple(axes)),
+       lambda g, out, x, *, axes: (np.reshape(g, x.shape),))
+kernel("unsqueeze", lambda x, *, axes: np.expand_dims(x, tuple(axes)),
+       lambda g, out, x, *, axes: (np.reshape(g, x.shape),))
+# the gradient of a broadcast is the engine's unbroadcast of g back to x's shape
+kernel("broadcast_to", lambda x, *, shape: np.broadcast_to(x, tuple(shape)).copy(),
+       lambda g, out, x, *, shape: (g,))
