@@ -7,6 +7,8 @@ the docs tables and the runtime's kernel registry all read this table. Adding an
 the list in docs/runtime.md ("Adding an op"): an entry here with a format version bump
 (and the JSON Schema regenerated), one kernel in ``runtime/kernels/``, one gradient-check
 sample in ``tests/op_samples.py``, and the generated docs; the suite fails until all are done.
+One module, past 300 lines, because the catalogue is one table: each op's type rule sits next
+to its entry's neighbours, and format 1.1's additions come last.
 """
 
 from __future__ import annotations
@@ -193,6 +195,56 @@ def _broadcast_to(types, attrs):
         raise ContractViolation(f"broadcast_to: {format_shape(src.shape)} does not broadcast to {list(target)}",
                                 ("attrs", "shape"), hint="numpy broadcasting: trailing dims must match or be 1")
     return TensorType(src.dtype, target)
+
+
+def _gather(types, attrs):
+    params, indices = types
+    dtype = _require_float(types, "gather", indices=(0,))
+    if indices.dtype != "int64":
+        raise ContractViolation(f"gather needs int64 indices, got {indices.dtype}", ("inputs", 1),
+                                hint="declare the indices as int64", code="dtype_mismatch")
+    if params.rank == 0:
+        raise ContractViolation("gather needs a table of rank >= 1", ("inputs", 0))
+    (axis,) = _axes_of(attrs, params.rank)
+    return TensorType(dtype, params.shape[:axis] + indices.shape + params.shape[axis + 1:])
+
+
+def _slice(types, attrs):
+    src = types[0]
+    starts, ends = list(attrs["starts"]), list(attrs["ends"])
+    axes = list(attrs["axes"]) if attrs.get("axes") is not None else list(range(len(starts)))
+    if not len(starts) == len(ends) == len(axes):
+        raise ContractViolation(f"slice: starts, ends and axes differ in length ({len(starts)}, {len(ends)}, "
+                                f"{len(axes)})", ("attrs", "ends"), code="invalid_attribute")
+    shape = list(src.shape)
+    seen = set()
+    for k, (start, end, axis) in enumerate(zip(starts, ends, axes)):
+        a = normalize_axis(axis, src.rank)
+        if a is None or a in seen:
+            raise ContractViolation(f"slice: axis {axis} is out of range or repeated for a rank-{src.rank} input",
+                                    ("attrs", "axes", k), code="invalid_attribute")
+        seen.add(a)
+        if isinstance(shape[a], int):
+            size = len(range(*slice(start, end).indices(shape[a])))
+            if size == 0:
+                raise ContractViolation(f"slice [{start}:{end}] of axis {a} (size {shape[a]}) is empty",
+                                        ("attrs", "starts", k), code="invalid_attribute")
+            shape[a] = size
+        else:
+            shape[a] = None  # a slice of a symbolic size: unknown until the data is seen
+    return TensorType(src.dtype, tuple(shape))
+
+
+def _layer_norm(types, attrs):
+    dtype = _require_float(types, "layer_norm")
+    x, scale, bias = types
+    if x.rank == 0:
+        raise ContractViolation("layer_norm needs an input of rank >= 1", ("inputs", 0))
+    for i, t in ((1, scale), (2, bias)):
+        if t.rank != 1 or unify_shapes(t.shape, x.shape[-1:]) is None:
+            raise ContractViolation(f"layer_norm's {('scale', 'bias')[i - 1]} must have the shape of x's last axis "
+                                    f"({format_shape(x.shape[-1:])}), got {format_shape(t.shape)}", ("inputs", i))
+    return TensorType(dtype, x.shape)
 
 
 def _named(rule, op):
@@ -463,3 +515,16 @@ register(_op("unsqueeze", ("x",), _unsqueeze, "insert size-1 axes", category="sh
 register(_op("broadcast_to", ("x",), _broadcast_to, "repeat x along axes to a shape, with numpy broadcasting "
              "(gradient summed back)", category="shape", since="1.1",
              attrs=(Attr("shape", List(Int(minimum=1), max_items=8), required=True, doc="the target shape"),)))
+register(_op("gather", ("params", "indices"), _gather, "the entries of params at int64 indices along axis (an "
+             "embedding lookup with axis 0); the gradient adds up over repeated indices", category="shape",
+             since="1.1", differentiable=(0,),
+             attrs=(Attr("axis", AXIS, 0, doc="the axis indexed (indices must be in 0..size-1)"),)))
+register(_op("slice", ("x",), _slice, "x[start:end] along the given axes (step 1; Python's negative indices "
+             "and clamping)", category="shape", since="1.1", attrs=(
+                 Attr("starts", List(Int(), min_items=1, max_items=8), required=True, doc="first index per axis"),
+                 Attr("ends", List(Int(), min_items=1, max_items=8), required=True, doc="end (exclusive) per axis"),
+                 Attr("axes", OneOf((Null(), List(Int(), min_items=1, max_items=8))), None,
+                      doc="the axes sliced (null: the first len(starts))"))))
+register(_op("layer_norm", ("x", "scale", "bias"), _layer_norm, "(x - mean) / sqrt(var + eps) * scale + bias over "
+             "the last axis", category="activation", since="1.1",
+             attrs=(Attr("eps", Num(exclusive_minimum=0.0), 1e-5, doc="added to the variance"),)))

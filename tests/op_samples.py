@@ -527,6 +527,58 @@ def broadcast_to(draw) -> Sample:
     return d.finish(d.g.op("broadcast_to", x, shape=list(target), name=OP_NODE), target)
 
 
+@st.composite
+def gather(draw) -> Sample:
+    """An embedding-style lookup, repeated indices included (their gradients add up)."""
+    d = Draft(draw, "gather")
+    shape = draw(shapes(min_rank=1))
+    axis = int(d.rng.integers(-len(shape), len(shape)))
+    index_shape = draw(shapes(max_rank=2))
+    indices = d.rng.integers(0, shape[axis], size=index_shape).astype(np.int64)
+    params = d.operand("table", d.uniform(shape, -2.0, 2.0), str(d.rng.choice(["param", "param", "input"])))
+    idx = d.operand("idx", indices, str(d.rng.choice(["input", "const"])))
+    a = axis % len(shape)
+    out_shape = tuple(shape[:a]) + tuple(index_shape) + tuple(shape[a + 1:])
+    d.notes.append(f"axis={axis}")
+    return d.finish(d.g.op("gather", params, idx, axis=axis, name=OP_NODE), out_shape)
+
+
+@st.composite
+def slice_(draw) -> Sample:
+    d = Draft(draw, "slice")
+    shape = draw(shapes(min_rank=1))
+    count = int(d.rng.integers(1, len(shape) + 1))
+    picked = [int(a) for a in d.rng.permutation(len(shape))[:count]]
+    starts, ends, out_shape = [], [], list(shape)
+    for a in picked:
+        size = shape[a]
+        first = int(d.rng.integers(0, size))
+        stop = int(d.rng.integers(first + 1, size + 1))
+        starts.append(first - size if d.rng.random() < 0.3 else first)  # negative starts count from the end
+        ends.append(stop + 5 if stop == size and d.rng.random() < 0.3 else stop)  # an end past the size clamps
+        out_shape[a] = stop - first
+    (x,) = d.operands({"x": d.uniform(shape, -2.0, 2.0)})
+    give_axes = bool(d.rng.random() < 0.7) or picked != list(range(count))
+    attrs = dict(starts=starts, ends=ends, axes=picked if give_axes else None)
+    d.notes.append(str(attrs))
+    return d.finish(d.g.op("slice", x, **attrs, name=OP_NODE), tuple(out_shape))
+
+
+@st.composite
+def layer_norm(draw) -> Sample:
+    d = Draft(draw, "layer_norm")
+    shape = draw(shapes(min_rank=1))
+    features = shape[-1]
+    x_value = d.uniform(shape, -2.0, 2.0)
+    if features > 1:  # a row whose values nearly agree has a variance near 0: keep them spread
+        x_value = x_value + np.arange(features) * 0.5
+    x, scale, bias = d.operands({"x": x_value, "scale": d.uniform((features,), 0.5, 1.5),
+                                 "bias": d.uniform((features,), -1.0, 1.0)}, symbolic_ok=False)
+    eps = float(draw(st.sampled_from([1e-5, 1e-3, 0.5])))
+    d.notes.append(f"eps={eps}")
+    return d.finish(d.g.op("layer_norm", x, scale, bias, eps=eps, name=OP_NODE), shape)
+
+
 # -- the table ---------------------------------------------------------------------------------------
 
 SAMPLES: dict[str, st.SearchStrategy[Sample]] = {
@@ -552,6 +604,9 @@ SAMPLES: dict[str, st.SearchStrategy[Sample]] = {
     "squeeze": squeeze(),
     "unsqueeze": unsqueeze(),
     "broadcast_to": broadcast_to(),
+    "gather": gather(),
+    "slice": slice_(),
+    "layer_norm": layer_norm(),
 }
 
 

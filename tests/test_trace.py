@@ -214,3 +214,22 @@ def test_dividing_by_one_is_no_call():
     assert [ins[1] for ins in tmpl.program] == [np.add.reduce]
     assert [ins[1] for ins in template(lambda x: x.mean(), np.ones((2, 1))).program] == [np.add.reduce,
                                                                                          np.true_divide]
+
+
+def test_a_routine_is_one_recorded_call_that_runs_every_step():
+    """gather's gradient is a scatter-add (np.add.at writes into an array): a routine, recorded
+    as one call; repeated indices add up."""
+    table = Meta((4, 2), np.dtype(np.float64))
+    indices = np.array([[1, 3], [1, 1]])
+    g = np.arange(8.0).reshape(2, 2, 2)
+    tmpl = template(lambda g, indices: KERNELS["gather"].vjp(g, None, table, indices, axis=0), g, indices)
+    assert len(tmpl.program) == 1
+    e = Emitter()
+    (grad, none), _ = tmpl.instantiate(e, [g, indices], [None, None])
+    run(e)
+    expected = np.zeros((4, 2))
+    np.add.at(expected, indices, g)
+    assert none is None and np.array_equal(grad, expected) and expected[1].tolist() == [0 + 4 + 6, 1 + 5 + 7]
+    g[...] = 1.0  # the next step's gradient
+    run(e)
+    assert grad[1].tolist() == [3.0, 3.0]

@@ -247,6 +247,14 @@ class Tracer:
         refs, _, bases = self._unwrap(args)
         self.instructions.append(Instruction(EFFECT, fn, refs, {}, None, tuple(bases)))
 
+    def routine(self, fn: Callable, args: tuple) -> Traced:
+        """Record ``fn(*args)`` as one call returning a new array (a :func:`~runtime.kernels.routine`)."""
+        _, values, _ = self._unwrap(args)
+        with np.errstate(all="ignore"):
+            value = fn(*values)
+        self._check_promotion(getattr(fn, "__name__", "routine"), args, value)
+        return self.compute(ASSIGN, fn, args, {}, value)
+
     def compute(self, kind: str, fn: Callable, args, kwargs: dict, value) -> Traced:
         refs, _, bases = self._unwrap(args)
         kw_refs, _, kw_bases = self._unwrap(kwargs)

@@ -77,18 +77,31 @@ def kernel(op: str, forward: Callable, vjp: Callable, *, saves: tuple = (), resi
     return entry
 
 
+def _recorded(fn: Callable, how: str) -> Callable:
+    """``fn`` itself, except that called with a traced array it asks the tracer to record it."""
+    @functools.wraps(fn)
+    def call(*args):
+        for arg in args:
+            tracer = getattr(arg, "tracer", None)  # a traced array (runtime.compiled.trace)
+            if tracer is not None:
+                return getattr(tracer, how)(fn, args)
+        return fn(*args)
+    return call
+
+
+def routine(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """Mark ``fn`` (arrays and plain values in, a new array out, nothing written into its
+    arguments) as one step a trace records as a single call — for what numpy only does by
+    writing into an array, such as a scatter-add (``np.add.at``). Keep routines small: the
+    compiled engine cannot plan inside one (it allocates its result on every step)."""
+    return _recorded(fn, "routine")
+
+
 def data_check(fn: Callable[..., None]) -> Callable[..., None]:
     """Mark ``fn`` (arrays in, an exception out when their values are wrong) as a check a
-    kernel runs on values: the interpreter calls it; a trace (runtime.compiled.trace) records
-    it as one call of the compiled step, since its Python ``if`` cannot be traced."""
-    @functools.wraps(fn)
-    def check(*args):
-        for arg in args:
-            tracer = getattr(arg, "tracer", None)  # a traced array
-            if tracer is not None:
-                return tracer.effect(fn, args)
-        return fn(*args)
-    return check
+    kernel runs on values: the interpreter calls it; a trace records it as one call of the
+    compiled step, since its Python ``if`` cannot be traced."""
+    return _recorded(fn, "effect")
 
 
 _UNBROADCAST: dict[tuple, tuple] = {}  # (gradient shape, operand shape) -> (summed axes, kept shape)

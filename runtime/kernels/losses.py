@@ -57,11 +57,12 @@ def _bce_logits_vjp(g, out, z, y, *, reduction):
 
 
 @data_check
-def check_class_indices(labels: np.ndarray, classes: int) -> None:
-    """Class indices (labels, one_hot's input) must lie in 0..classes-1."""
+def check_class_indices(labels: np.ndarray, classes: int, what: str = "class label") -> None:
+    """Indices (class labels, one_hot's and gather's indices) must lie in 0..classes-1."""
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
         bad = labels[(labels < 0) | (labels >= classes)].flat[0]
-        raise ValueError(f"class label {int(bad)} is out of range for {classes} classes (0..{classes - 1})")
+        noun = "classes" if what == "class label" else "entries"
+        raise ValueError(f"{what} {int(bad)} is out of range for {classes} {noun} (0..{classes - 1})")
 
 
 def _softmax_ce(z, labels, *, reduction):

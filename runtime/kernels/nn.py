@@ -48,3 +48,22 @@ kernel("softplus", lambda x: np.logaddexp(0, x),
        lambda g, out, x: (g * sigmoid(x),), saves=(0,))
 # max(x, 0) + alpha * min(x, 0): x above 0, alpha * x below, each exactly
 kernel("leaky_relu", lambda x, *, alpha: np.maximum(x, 0) + alpha * np.minimum(x, 0), _leaky_relu_vjp, saves=(0,))
+
+
+def _layer_norm(x, scale, bias, *, eps):
+    centred = x - x.mean(axis=-1, keepdims=True)
+    inverse = 1 / np.sqrt((centred * centred).mean(axis=-1, keepdims=True) + eps)
+    normalized = centred * inverse
+    return normalized * scale + bias, (normalized, inverse)
+
+
+def _layer_norm_vjp(g, out, x, scale, bias, *, residuals, eps):
+    normalized, inverse = residuals
+    d_normalized = g * scale
+    # through the mean and the variance: the gradient's mean and its projection on x-hat come off
+    dx = inverse * (d_normalized - d_normalized.mean(axis=-1, keepdims=True)
+                    - normalized * (d_normalized * normalized).mean(axis=-1, keepdims=True))
+    return dx, g * normalized, g  # scale's and bias's are summed over the leading axes by the engine
+
+
+kernel("layer_norm", _layer_norm, _layer_norm_vjp, saves=(1,), residuals=True)

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from . import kernel, reduced_axes
+from . import kernel, reduced_axes, routine
 from .losses import check_class_indices
 
 
@@ -96,3 +96,43 @@ kernel("unsqueeze", lambda x, *, axes: np.expand_dims(x, tuple(axes)),
 # the gradient of a broadcast is the engine's unbroadcast of g back to x's shape
 kernel("broadcast_to", lambda x, *, shape: np.broadcast_to(x, tuple(shape)).copy(),
        lambda g, out, x, *, shape: (g,))
+
+
+@routine
+def _scatter_add(grad, indices, shape, axis):
+    """The gradient of a gather: zeros of the table's ``shape``, with each entry of ``grad`` added
+    at its index along ``axis`` (repeated indices add up: np.add.at, unbuffered)."""
+    table = np.zeros(shape, grad.dtype)
+    k = indices.ndim
+    np.add.at(np.moveaxis(table, axis, 0), indices, np.moveaxis(grad, list(range(axis, axis + k)), list(range(k))))
+    return table
+
+
+def _gather(params, indices, *, axis):
+    check_class_indices(indices, params.shape[axis], "index")
+    return np.take(params, indices, axis=axis)
+
+
+def _gather_vjp(g, out, params, indices, *, axis):
+    axis = axis % params.ndim
+    return _scatter_add(g, indices, params.shape, axis), None
+
+
+def _slices(shape, *, starts, ends, axes):
+    index = [slice(None)] * len(shape)
+    for start, end, axis in zip(starts, ends, range(len(starts)) if axes is None else axes):
+        index[axis] = slice(start, end)
+    return tuple(index)
+
+
+def _slice_vjp(g, out, x, *, starts, ends, axes):
+    # zeros around g where x was cut away: np.pad by what each axis lost on each side
+    widths = []
+    for dim, cut in zip(x.shape, _slices(x.shape, starts=starts, ends=ends, axes=axes)):
+        first, stop, _ = cut.indices(dim)
+        widths.append((first, dim - stop))
+    return (np.pad(g, widths),)
+
+
+kernel("gather", _gather, _gather_vjp, saves=(1,))
+kernel("slice", lambda x, **attrs: x[_slices(x.shape, **attrs)], _slice_vjp)
