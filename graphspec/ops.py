@@ -247,6 +247,59 @@ def _layer_norm(types, attrs):
     return TensorType(dtype, x.shape)
 
 
+def _pair(attrs: dict, key: str) -> tuple[int, int]:
+    value = attrs.get(key)
+    if value is None:
+        return (1, 1)  # a dilation pooling ops do not have
+    return (value, value) if isinstance(value, int) else tuple(value)  # type: ignore[return-value]
+
+
+def _window_output(size, kernel: int, stride: int, pad: int, dilation: int, axis: int, op: str):
+    if not isinstance(size, int):
+        return None  # a symbolic height or width: known when the data is seen
+    out = (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+    if out < 1:
+        raise ContractViolation(f"{op}: a window of {kernel} (dilation {dilation}) does not fit axis {axis} of size "
+                                f"{size} with padding {pad}", ("attrs", "kernel_size"), code="invalid_attribute")
+    return out
+
+
+def _spatial(op: str, x: TensorType, kernel: tuple[int, int], attrs: dict) -> tuple:
+    if x.rank != 4:
+        raise ContractViolation(f"{op} needs an NCHW input of rank 4, got rank {x.rank}", ("inputs", 0))
+    stride, pad, dilation = _pair(attrs, "stride"), _pair(attrs, "padding"), _pair(attrs, "dilation")
+    return tuple(_window_output(x.shape[2 + k], kernel[k], stride[k], pad[k], dilation[k], 2 + k, op) for k in (0, 1))
+
+
+def _conv2d(types, attrs):
+    dtype = _require_float(types, "conv2d")
+    x, w = types
+    if w.rank != 4:
+        raise ContractViolation(f"conv2d weights are (out, in / groups, kh, kw): rank 4, got rank {w.rank}",
+                                ("inputs", 1))
+    groups = attrs.get("groups", 1)
+    channels, out_channels = x.shape[1] if x.rank == 4 else None, w.shape[0]
+    if isinstance(out_channels, int) and out_channels % groups:
+        raise ContractViolation(f"conv2d: {out_channels} output channels do not split into {groups} groups",
+                                ("attrs", "groups"), code="invalid_attribute")
+    if isinstance(channels, int) and isinstance(w.shape[1], int) and channels != w.shape[1] * groups:
+        raise ContractViolation(f"conv2d: the input has {channels} channels, the weights expect "
+                                f"{w.shape[1]} x {groups} groups = {w.shape[1] * groups}", ("inputs", 1),
+                                hint="weights are (out_channels, in_channels / groups, kh, kw)")
+    if not all(isinstance(d, int) for d in w.shape):
+        raise ContractViolation("conv2d weights need a known shape", ("inputs", 1))
+    height, width = _spatial("conv2d", x, (w.shape[2], w.shape[3]), attrs)
+    return TensorType(dtype, (x.shape[0], out_channels, height, width))
+
+
+def _pool(types, attrs, op="op"):
+    dtype = _require_float(types, op)
+    x = types[0]
+    kernel = _pair(attrs, "kernel_size")
+    height, width = _spatial(op, x, kernel, {**attrs, "stride": attrs.get("stride") or attrs["kernel_size"]})
+    return TensorType(dtype, (x.shape[0], x.shape[1], height, width))
+
+
 def _named(rule, op):
     return lambda types, attrs: rule(types, attrs, op)
 
@@ -528,3 +581,21 @@ register(_op("slice", ("x",), _slice, "x[start:end] along the given axes (step 1
 register(_op("layer_norm", ("x", "scale", "bias"), _layer_norm, "(x - mean) / sqrt(var + eps) * scale + bias over "
              "the last axis", category="activation", since="1.1",
              attrs=(Attr("eps", Num(exclusive_minimum=0.0), 1e-5, doc="added to the variance"),)))
+PAIR = OneOf((Int(minimum=1), List(Int(minimum=1), min_items=2, max_items=2)),
+             description="one size for both axes, or [height, width]")
+PADDING = OneOf((Int(minimum=0), List(Int(minimum=0), min_items=2, max_items=2)),
+                description="zeros added on each side: one size, or [height, width]")
+register(_op("conv2d", ("x", "weight"), _conv2d, "2-D convolution of NCHW x with (out, in / groups, kh, kw) "
+             "weights (cross-correlation, as in PyTorch and ONNX; add a bias with add)", category="linear algebra",
+             since="1.1", attrs=(Attr("stride", PAIR, 1, doc="step between windows"),
+                                 Attr("padding", PADDING, 0, doc="zeros around the input"),
+                                 Attr("dilation", PAIR, 1, doc="spacing inside a window"),
+                                 Attr("groups", Int(minimum=1), 1, doc="channel groups convolved apart"))))
+for _name, _doc in (("max_pool2d", "the largest value of each window of NCHW x (gradient shared by ties; padding "
+                                   "never wins)"),
+                    ("avg_pool2d", "the mean of each window of NCHW x (padding counts as zeros)")):
+    register(_op(_name, ("x",), _named(_pool, _name), _doc, category="linear algebra", since="1.1", attrs=(
+        Attr("kernel_size", PAIR, required=True, doc="the window"),
+        Attr("stride", OneOf((Null(), Int(minimum=1), List(Int(minimum=1), min_items=2, max_items=2))), None,
+             doc="step between windows (null: the window size)"),
+        Attr("padding", PADDING, 0, doc="added on each side"))))

@@ -579,6 +579,42 @@ def layer_norm(draw) -> Sample:
     return d.finish(d.g.op("layer_norm", x, scale, bias, eps=eps, name=OP_NODE), shape)
 
 
+@st.composite
+def conv2d(draw) -> Sample:
+    d = Draft(draw, "conv2d")
+    groups = int(d.rng.choice([1, 1, 2, 3]))
+    channels, out_channels = groups * int(d.rng.integers(1, 3)), groups * int(d.rng.integers(1, 3))
+    size = (int(d.rng.integers(1, 4)), int(d.rng.integers(1, 4)))
+    stride, dilation = [int(v) for v in d.rng.integers(1, 3, size=2)], int(d.rng.integers(1, 3))
+    padding = int(d.rng.integers(0, 2))
+    height, width = [int(d.rng.integers(max(1, (k - 1) * dilation + 1 - 2 * padding), 7)) for k in size]
+    x, w = d.operands({"x": d.uniform((int(d.rng.integers(1, 3)), channels, height, width), -1.0, 1.0),
+                       "w": d.uniform((out_channels, channels // groups) + size, -1.0, 1.0)}, symbolic_ok=False)
+    attrs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    d.notes.append(str(attrs))
+    out = d.g.op("conv2d", x, w, **attrs, name=OP_NODE)
+    return d.finish(out, tuple(out.shape))
+
+
+@st.composite
+def pool(draw, op: str) -> Sample:
+    """Windows of distinct values (no tie within a finite-difference step), padding at most half
+    the window (so no window is all padding)."""
+    d = Draft(draw, op)
+    size = [int(v) for v in d.rng.integers(1, 4, size=2)]
+    stride = None if d.rng.random() < 0.4 else [int(v) for v in d.rng.integers(1, 3, size=2)]
+    padding = int(d.rng.integers(0, min(size) // 2 + 1))
+    shape = (int(d.rng.integers(1, 3)), int(d.rng.integers(1, 3)),
+             int(d.rng.integers(size[0], 7)), int(d.rng.integers(size[1], 7)))
+    count = int(np.prod(shape))
+    values = (d.rng.permutation(count) * 0.1 - count * 0.05).reshape(shape) + d.uniform(shape, -0.02, 0.02)
+    (x,) = d.operands({"x": values}, symbolic_ok=False)
+    attrs = dict(kernel_size=size, stride=stride, padding=padding)
+    d.notes.append(str(attrs))
+    out = d.g.op(op, x, **attrs, name=OP_NODE)
+    return d.finish(out, tuple(out.shape))
+
+
 # -- the table ---------------------------------------------------------------------------------------
 
 SAMPLES: dict[str, st.SearchStrategy[Sample]] = {
@@ -607,6 +643,8 @@ SAMPLES: dict[str, st.SearchStrategy[Sample]] = {
     "gather": gather(),
     "slice": slice_(),
     "layer_norm": layer_norm(),
+    "conv2d": conv2d(),
+    **{op: pool(op) for op in ("max_pool2d", "avg_pool2d")},
 }
 
 

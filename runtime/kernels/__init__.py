@@ -142,4 +142,4 @@ def reduced_axes(axis, ndim: int) -> tuple[int, ...]:
 
 
 # Importing the families fills the table.
-from . import elementwise as _elementwise, losses as _losses, nn as _nn, shape as _shape  # noqa: E402,F401
+from . import conv as _conv, elementwise as _elementwise, losses as _losses, nn as _nn, shape as _shape  # noqa: E402,F401
