@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .errors import GraphSpecError, Issue, did_you_mean, pointer
+from .layers import Layers
 from .model import Graph, InputSpec, Initializer, Metadata, Node, ParamSpec
 from .ops import OPS
 from .types import ContractViolation, Dim, TensorType
@@ -104,7 +105,10 @@ def _no_such_op(obj: object, name: str, ops: Iterable[str]) -> AttributeError:
     return AttributeError(f"{owner!r} has no attribute or op {name!r}; {fix}", obj=obj)
 
 
-class GraphBuilder:
+class GraphBuilder(Layers):
+    """Builds a graph document op by op; layer helpers (``linear``, ``conv2d``...) come from
+    :class:`~graphspec.layers.Layers`."""
+
     def __init__(self, name: str, *, dtype: str = "float32", metadata: Metadata | None = None):
         self.name = name
         self.dtype = dtype
