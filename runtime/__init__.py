@@ -20,12 +20,13 @@ from .init import init_params
 from .kernels import KERNELS, Kernel, unbroadcast
 from .optim import OPTIMIZERS, SGD, Adam, Optimizer, make_optimizer, optimizer_defaults
 from .plan import Plan, Run, compile
+from .onnx_export import ExportError, to_onnx
 from .spec import SpecError, TrainingSpec
 from .trainer import DEFAULT_CHECKPOINT_STEPS, StepReport, Trainer, TrainResult
 
 __all__ = [
     "Adam", "ChainruleRuntimeError", "Checkpoint", "CheckpointError", "CompiledStep", "DataFileError", "ExecutionError",
-    "Explanation", "GradcheckResult", "InputError", "KERNELS", "Kernel", "MissingKernelError", "NonFiniteError", "OPTIMIZERS",
+    "Explanation", "ExportError", "GradcheckResult", "InputError", "KERNELS", "Kernel", "MissingKernelError", "NonFiniteError", "OPTIMIZERS",
     "DEFAULT_CHECKPOINT_STEPS", "Optimizer", "Plan", "Run", "SGD", "SpecError", "StepReport", "TrainingSpec", "TrainResult", "Trainer", "assert_gradcheck", "compile", "explain", "gradcheck", "init_params",
-    "load_tensors", "make_optimizer", "optimizer_defaults", "save_tensors", "unbroadcast",
+    "load_tensors", "make_optimizer", "optimizer_defaults", "save_tensors", "to_onnx", "unbroadcast",
 ]

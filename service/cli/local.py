@@ -185,3 +185,23 @@ def train(args: argparse.Namespace) -> int:
         save_tensors(args.out, result.params)
         print(f"wrote trained parameters to {args.out}")
     return 0
+
+
+def export_onnx(args: argparse.Namespace) -> int:
+    """The inference part of a graph, with trained parameters, as an ONNX model (runtime.to_onnx)."""
+    import runtime
+    from runtime.data import load_tensors
+
+    graph = _load_graph(args.graph)
+    if graph is None:
+        return 1
+    try:
+        params = load_tensors(args.params) if args.params else runtime.init_params(graph, seed=0)
+        model = runtime.to_onnx(graph, params, outputs=args.output_name or None)
+    except (runtime.ChainruleRuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    Path(args.out).write_bytes(model.SerializeToString())
+    outputs = ", ".join(o.name for o in model.graph.output)
+    print(f"wrote {args.out} (ONNX opset {model.opset_import[0].version}; outputs {outputs})")
+    return 0

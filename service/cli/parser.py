@@ -168,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the explanation as JSON")
     p.set_defaults(func=local.explain)
 
+    p = sub.add_parser("export-onnx", help="write a graph's inference part with trained parameters as ONNX "
+                                          '(needs the onnx extra: pip install "chainrule[onnx]")')
+    p.add_argument("graph", type=Path)
+    p.add_argument("--params", type=Path, help="trained parameters (.npz, .json or .msgpack; default: the "
+                                               "graph's initializers, seed 0)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument("--output", dest="output_name", action="append",
+                   help="export this output (repeatable; default: every output but the loss)")
+    p.set_defaults(func=local.export_onnx)
+
     p = sub.add_parser("train", parents=[_training_options(service=False)], help="train a graph locally with a progress bar")
     p.add_argument("graph", type=Path)
     p.add_argument("--data", type=Path, required=True, help="training tensors by input name (.npz/.json/.msgpack)")
@@ -247,6 +257,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # what argparse alone cannot say, named by flag, with the subcommand's usage
     if args.command in ("train", "submit"):
         args.spec = _training_spec(args.subparser, args)
-    if getattr(args, "out", None) is not None:  # refused now, not after the training it would have saved
+    if getattr(args, "out", None) is not None and args.command != "export-onnx":  # tensors: refused now, not
+        # after the training they would have saved
         _check_output(args.subparser, "--out", args.out)
     return args

@@ -1,0 +1,241 @@
+"""A trained chainrule graph as an ONNX model: ``runtime.to_onnx(graph, params)``.
+
+The ONNX model is the graph's *inference* part: every output except the loss, the nodes they
+need, the inputs those read (targets and labels drop out with the loss), and the parameters as
+initializers holding the trained values. Symbolic dimensions (``"N"``) stay symbolic. The
+opset is :data:`OPSET` (18); each chainrule op maps to the ONNX operators of :data:`EXPORT`,
+checked by ``onnx.checker`` and, in the tests, against onnxruntime's outputs (1e-6 in
+float64, 1e-5 in float32). Ops with no inference meaning here (the losses) are not exported;
+a graph whose only output is its loss has nothing to export and says so.
+
+Needs the ``onnx`` extra (``pip install "chainrule[onnx]"``); the rest of the runtime does not.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from graphspec import Graph
+
+from .errors import ChainruleRuntimeError
+
+OPSET = 18
+_DTYPES = {"float32": 1, "float64": 11, "int64": 7, "int32": 6, "bool": 9, "uint8": 2, "int8": 3, "int16": 5,
+           "float16": 10}
+
+
+class ExportError(ChainruleRuntimeError, ValueError):
+    """The graph cannot be written as ONNX; the message says which node and why."""
+
+
+class _Emitter:
+    """Collects ONNX nodes and initializers for one export."""
+
+    def __init__(self, onnx_module):
+        self.onnx, self.helper = onnx_module, onnx_module.helper
+        self.nodes: list = []
+        self.initializers: list = []
+        self._count = 0
+
+    def node(self, op_type: str, inputs: list[str], outputs: list[str], **attrs) -> None:
+        self.nodes.append(self.helper.make_node(op_type, inputs, outputs, **attrs))
+
+    def const(self, value, dtype=np.int64) -> str:
+        """An initializer holding ``value``; returns its name."""
+        self._count += 1
+        name = f"_const_{self._count}"
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def temp(self, stem: str) -> str:
+        self._count += 1
+        return f"{stem}:_{self._count}"
+
+
+def _axes_input(e: _Emitter, axis, rank: int) -> list[str]:
+    if axis is None:
+        return []
+    axes = [axis] if isinstance(axis, int) else list(axis)
+    return [e.const([a % rank if rank else a for a in axes])]
+
+
+def _reduce(op_type: str) -> Callable:
+    def emit(e, node, ins, out, attrs, types):
+        axis = attrs.get("axis")
+        if axis == []:  # reduce nothing: the value itself
+            e.node("Identity", ins, [out])
+            return
+        e.node(op_type, ins + _axes_input(e, axis, len(types[node.inputs[0]].shape)), [out],
+               keepdims=int(bool(attrs.get("keepdims"))))
+    return emit
+
+
+def _pairs(value) -> list[int]:
+    return [value, value] if isinstance(value, int) else [int(v) for v in value]
+
+
+def _same(op_type: str, **fixed) -> Callable:
+    return lambda e, node, ins, out, attrs, types: e.node(op_type, ins, [out], **fixed)
+
+
+def _log1p(e, node, ins, out, attrs, types):
+    shifted = e.temp(out)
+    e.node("Add", [ins[0], e.const(1.0, types[node.inputs[0]].dtype)], [shifted])
+    e.node("Log", [shifted], [out])
+
+
+def _pow(e, node, ins, out, attrs, types):
+    e.node("Pow", [ins[0], e.const(attrs["exponent"], types[node.inputs[0]].dtype)], [out])
+
+
+def _clip(e, node, ins, out, attrs, types):
+    dtype = types[node.inputs[0]].dtype
+    bounds = [e.const(attrs[k], dtype) if attrs.get(k) is not None else "" for k in ("min", "max")]
+    e.node("Clip", ins + bounds, [out])
+
+
+def _one_hot(e, node, ins, out, attrs, types):
+    values = [e.const(attrs["depth"]), e.const([0, 1], attrs.get("dtype", "float32"))]
+    if types[node.inputs[0]].shape:
+        e.node("OneHot", [ins[0], *values], [out], axis=-1)
+        return
+    lifted, hot = e.temp(out), e.temp(out)  # ONNX's OneHot wants indices of rank >= 1
+    e.node("Unsqueeze", [ins[0], e.const([0])], [lifted])
+    e.node("OneHot", [lifted, *values], [hot], axis=-1)
+    e.node("Squeeze", [hot, e.const([0])], [out])
+
+
+def _conv(e, node, ins, out, attrs, types):
+    weight = types[node.inputs[1]].shape
+    pads = _pairs(attrs.get("padding", 0))
+    e.node("Conv", ins, [out], kernel_shape=list(weight[2:]), strides=_pairs(attrs.get("stride", 1)),
+           dilations=_pairs(attrs.get("dilation", 1)), pads=pads + pads, group=int(attrs.get("groups", 1)))
+
+
+def _pool(op_type: str, **fixed) -> Callable:
+    def emit(e, node, ins, out, attrs, types):
+        pads = _pairs(attrs.get("padding", 0))
+        stride = attrs.get("stride") if attrs.get("stride") is not None else attrs["kernel_size"]
+        e.node(op_type, ins, [out], kernel_shape=_pairs(attrs["kernel_size"]), strides=_pairs(stride),
+               pads=pads + pads, **fixed)
+    return emit
+
+
+def _slice(e, node, ins, out, attrs, types):
+    rank = len(types[node.inputs[0]].shape)
+    axes = attrs.get("axes") if attrs.get("axes") is not None else list(range(len(attrs["starts"])))
+    big = np.iinfo(np.int64).max
+    ends = [big if end >= big else end for end in attrs["ends"]]
+    e.node("Slice", [ins[0], e.const(attrs["starts"]), e.const(ends), e.const([a % rank for a in axes])], [out])
+
+
+def _reshape(e, node, ins, out, attrs, types):
+    e.node("Reshape", [ins[0], e.const(attrs["shape"])], [out])
+
+
+def _transpose(e, node, ins, out, attrs, types):
+    perm = attrs.get("perm")
+    if not types[node.inputs[0]].shape:  # a scalar: nothing to permute
+        e.node("Identity", ins, [out])
+        return
+    e.node("Transpose", ins, [out], **({} if perm is None else {"perm": list(perm)}))
+
+
+def _constant(e, node, ins, out, attrs, types):
+    e.initializers.append(e.onnx.numpy_helper.from_array(np.asarray(attrs["value"]), out))
+
+
+# chainrule op -> how to write it as ONNX nodes
+EXPORT: dict[str, Callable] = {
+    "add": _same("Add"), "sub": _same("Sub"), "mul": _same("Mul"), "div": _same("Div"), "neg": _same("Neg"),
+    "exp": _same("Exp"), "log": _same("Log"), "sqrt": _same("Sqrt"), "abs": _same("Abs"), "pow": _pow,
+    "sigmoid": _same("Sigmoid"), "tanh": _same("Tanh"), "relu": _same("Relu"), "matmul": _same("MatMul"),
+    "sum": _reduce("ReduceSum"), "mean": _reduce("ReduceMean"), "max": _reduce("ReduceMax"),
+    "min": _reduce("ReduceMin"), "reshape": _reshape, "transpose": _transpose, "constant": _constant,
+    "softmax": lambda e, node, ins, out, attrs, types: e.node("Softmax", ins, [out], axis=attrs.get("axis", -1)),
+    "log_softmax": lambda e, node, ins, out, attrs, types: e.node("LogSoftmax", ins, [out],
+                                                                   axis=attrs.get("axis", -1)),
+    "log1p": _log1p, "softplus": _same("Softplus"),
+    "leaky_relu": lambda e, node, ins, out, attrs, types: e.node("LeakyRelu", ins, [out],
+                                                                  alpha=float(attrs.get("alpha", 0.01))),
+    "maximum": _same("Max"), "minimum": _same("Min"), "where": _same("Where"), "clip": _clip,
+    "argmax": lambda e, node, ins, out, attrs, types: e.node("ArgMax", ins, [out], axis=attrs.get("axis", -1),
+                                                              keepdims=int(bool(attrs.get("keepdims")))),
+    "one_hot": _one_hot,
+    "flatten": lambda e, node, ins, out, attrs, types: e.node("Flatten", ins, [out], axis=attrs.get("axis", 1)),
+    "squeeze": lambda e, node, ins, out, attrs, types: e.node("Squeeze", [ins[0], e.const(attrs["axes"])], [out]),
+    "unsqueeze": lambda e, node, ins, out, attrs, types: e.node("Unsqueeze", [ins[0], e.const(attrs["axes"])],
+                                                                 [out]),
+    "broadcast_to": lambda e, node, ins, out, attrs, types: e.node("Expand", [ins[0], e.const(attrs["shape"])],
+                                                                    [out]),
+    "gather": lambda e, node, ins, out, attrs, types: e.node("Gather", ins, [out], axis=attrs.get("axis", 0)),
+    "slice": _slice,
+    "layer_norm": lambda e, node, ins, out, attrs, types: e.node("LayerNormalization", ins, [out], axis=-1,
+                                                                  epsilon=float(attrs.get("eps", 1e-5))),
+    "conv2d": _conv, "max_pool2d": _pool("MaxPool"), "avg_pool2d": _pool("AveragePool", count_include_pad=1),
+}
+NOT_EXPORTED = ("mse", "bce", "bce_with_logits", "softmax_cross_entropy")  # losses: training only
+
+
+def to_onnx(graph: Graph, params: Mapping[str, Any], *, outputs: list[str] | None = None):
+    """The inference part of ``graph`` with ``params`` as an ``onnx.ModelProto`` (opset :data:`OPSET`),
+    checked by ``onnx.checker``. ``outputs``: which of the graph's outputs (default: all but the loss)."""
+    try:
+        import onnx
+    except ImportError:
+        raise ExportError('ONNX export needs the onnx package: pip install "chainrule[onnx]"') from None
+    from .plan import compile as compile_plan
+
+    graph = compile_plan(graph).graph  # validated, with types
+    types = graph.analysis.types
+    loss_output = graph.loss
+    chosen = outputs if outputs is not None else [name for name in graph.outputs if name != loss_output]
+    if not chosen:
+        raise ExportError(f"graph {graph.name!r} has no output but its loss: add the prediction as an output "
+                          "(GraphBuilder.output(name, value)) to export it")
+    unknown = [name for name in chosen if name not in graph.outputs]
+    if unknown:
+        raise ExportError(f"no output {unknown[0]!r}; the graph's outputs are {', '.join(graph.outputs)}")
+    producer = {node.id: node for node in graph.nodes}
+    needed: set[str] = set()
+    stack = [graph.outputs[name] for name in chosen]
+    while stack:
+        value = stack.pop()
+        if value in needed:
+            continue
+        needed.add(value)
+        if value in producer:
+            stack.extend(producer[value].inputs)
+    e = _Emitter(onnx)
+    for node in graph.nodes:
+        if node.id not in needed:
+            continue
+        if node.op not in EXPORT:
+            raise ExportError(f"node {node.id!r} ({node.op}) has no ONNX form: "
+                              + ("a loss is training only; export the prediction it reads"
+                                 if node.op in NOT_EXPORTED else "not supported by this exporter"))
+        EXPORT[node.op](e, node, list(node.inputs), node.id, dict(node.attrs), types)
+    for name in graph.parameters:
+        if name in needed:
+            if name not in params:
+                raise ExportError(f"parameter {name!r} has no value: pass the trained parameters")
+            e.initializers.append(onnx.numpy_helper.from_array(
+                np.asarray(params[name], dtype=graph.parameters[name].dtype), name))
+    for name, value in graph.outputs.items():
+        if name in chosen and value != name:
+            e.node("Identity", [value], [name])
+
+    def value_info(name: str, dtype: str, shape) -> Any:
+        dims = [d if isinstance(d, int) else (d if isinstance(d, str) else None) for d in shape]
+        return onnx.helper.make_tensor_value_info(name, _DTYPES[dtype], dims)
+
+    inputs = [value_info(name, spec.dtype, spec.shape) for name, spec in graph.inputs.items() if name in needed]
+    outs = [value_info(name, types[graph.outputs[name]].dtype, types[graph.outputs[name]].shape) for name in chosen]
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph(e.nodes, graph.name, inputs, outs, e.initializers),
+        opset_imports=[onnx.helper.make_opsetid("", OPSET)], producer_name="chainrule")
+    model.ir_version = min(model.ir_version, 9)  # onnxruntime releases lag onnx's newest IR
+    onnx.checker.check_model(model, full_check=True)
+    return model
