@@ -111,6 +111,12 @@ def result_resource(blob: bytes) -> JobResult:
                      params={k: Tensor(**v) for k, v in tensors_json(arrays).items()})
 
 
+def result_params(blob: bytes) -> dict[str, Any]:
+    """The trained parameters of a stored result blob, as arrays."""
+    limits = graphspec.Limits(max_bytes=len(blob) + 1, max_tensor_elements=2**40)
+    return tensors_from_tree(graphspec.parse(blob, "msgpack", limits).get("params", {}), "result", limits=limits)
+
+
 def json_safe(value: Any) -> Any:
     """Nested lists of numbers with NaN/inf as the strings JSON tools use for them."""
     if isinstance(value, float):

@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
+import runtime
 from worker.records import JobRecord
 from worker.store import JOB_ID, STATES, TERMINAL
 
@@ -23,7 +24,7 @@ from ..openapi import MSGPACK_TOO, REF, request_body
 from ..problems import ProblemError, conflict, not_found, problem_responses
 from ..streaming import MAX_STEP, job_events, resume_point
 from ..submit import check_idempotency_key, dry_run, prepare_job, submit_job
-from ..views import job_resource, result_resource, step_entry, step_tree_msgpack
+from ..views import job_resource, result_params, result_resource, step_entry, step_tree_msgpack
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_tenant)])
 
@@ -259,3 +260,32 @@ def read_result(job: TenantJob, store: StoreDep, request: Request) -> Response:
     if wants_msgpack(request):
         return MsgpackResponse(blob, headers={"Vary": "Accept"})
     return negotiated(request, result_resource(blob))
+
+
+ONNX_MEDIA_TYPE = "application/onnx"
+
+
+@router.get(
+    "/{job_id}/model.onnx", response_class=Response,
+    summary="Download the trained model as ONNX",
+    description="The inference part of the job's graph (every output but the loss, the inputs they read) with "
+                "the trained parameters as initializers, as an ONNX model (opset 18; docs/onnx.md). A 409 until the "
+                "job has succeeded; a 501 when the server was installed without the onnx extra; a 422 naming the "
+                "node when the graph has no ONNX form (e.g. its only output is the loss).",
+    responses={200: {"description": "The model", "content": {ONNX_MEDIA_TYPE: {}}},
+               **problem_responses(401, 404, 409, 422, 501, 503)},
+)
+def read_model_onnx(job: TenantJob, store: StoreDep) -> Response:
+    if job.state != "succeeded":
+        raise conflict(f"job {job.id} has no trained model: it is {job.state}", state=job.state)
+    blob, graph = store.get_blob(job.id, "result"), store.get_graph(job.tenant, job.graph_id)
+    if blob is None or graph is None:
+        raise not_found("result of job", job.id)
+    try:
+        model = runtime.to_onnx(graph, result_params(blob))
+    except runtime.ExportError as exc:
+        if "onnx package" in str(exc):
+            raise ProblemError(501, str(exc), kind="onnx-unavailable") from None
+        raise ProblemError(422, str(exc), kind="not-exportable") from None
+    headers = {"Content-Disposition": f'attachment; filename="{job.id}.onnx"'}
+    return Response(model.SerializeToString(), media_type=ONNX_MEDIA_TYPE, headers=headers)
