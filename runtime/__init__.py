@@ -21,12 +21,13 @@ from .kernels import KERNELS, Kernel, unbroadcast
 from .optim import OPTIMIZERS, SGD, Adam, Optimizer, make_optimizer, optimizer_defaults
 from .plan import Plan, Run, compile
 from .onnx_export import ExportError, to_onnx
+from .onnx_import import from_onnx
 from .spec import SpecError, TrainingSpec
 from .trainer import DEFAULT_CHECKPOINT_STEPS, StepReport, Trainer, TrainResult
 
 __all__ = [
     "Adam", "ChainruleRuntimeError", "Checkpoint", "CheckpointError", "CompiledStep", "DataFileError", "ExecutionError",
     "Explanation", "ExportError", "GradcheckResult", "InputError", "KERNELS", "Kernel", "MissingKernelError", "NonFiniteError", "OPTIMIZERS",
-    "DEFAULT_CHECKPOINT_STEPS", "Optimizer", "Plan", "Run", "SGD", "SpecError", "StepReport", "TrainingSpec", "TrainResult", "Trainer", "assert_gradcheck", "compile", "explain", "gradcheck", "init_params",
+    "DEFAULT_CHECKPOINT_STEPS", "Optimizer", "Plan", "Run", "SGD", "SpecError", "StepReport", "TrainingSpec", "TrainResult", "Trainer", "assert_gradcheck", "compile", "explain", "from_onnx", "gradcheck", "init_params",
     "load_tensors", "make_optimizer", "optimizer_defaults", "save_tensors", "to_onnx", "unbroadcast",
 ]

@@ -205,3 +205,19 @@ def export_onnx(args: argparse.Namespace) -> int:
     outputs = ", ".join(o.name for o in model.graph.output)
     print(f"wrote {args.out} (ONNX opset {model.opset_import[0].version}; outputs {outputs})")
     return 0
+
+
+def import_onnx(args: argparse.Namespace) -> int:
+    """An ONNX model (the supported subset) as a graph document, its initializers as parameter values."""
+    import runtime
+    from runtime.onnx_import import ImportError_
+
+    try:
+        graph, _ = runtime.from_onnx(args.model, loss=args.loss)
+    except ImportError_ as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    graphspec.dump(graph, args.out)
+    print(f"wrote {args.out}: {len(graph.nodes)} nodes, parameters {', '.join(graph.parameters)}; loss {args.loss} "
+          f"on output {next(iter(graph.outputs))!r} against the input 'target'")
+    return 0

@@ -178,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="export this output (repeatable; default: every output but the loss)")
     p.set_defaults(func=local.export_onnx)
 
+    p = sub.add_parser("import-onnx", help="read an ONNX model (the supported subset; docs/onnx.md) as a graph "
+                                          "document whose parameters hold the model's values")
+    p.add_argument("model", type=Path)
+    p.add_argument("--loss", required=True, choices=("mse", "softmax_cross_entropy", "bce_with_logits"),
+                   help="the loss on the model's first output, against a new input 'target'")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the graph document (.json or .msgpack)")
+    p.set_defaults(func=local.import_onnx)
+
     p = sub.add_parser("train", parents=[_training_options(service=False)], help="train a graph locally with a progress bar")
     p.add_argument("graph", type=Path)
     p.add_argument("--data", type=Path, required=True, help="training tensors by input name (.npz/.json/.msgpack)")
@@ -257,7 +265,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # what argparse alone cannot say, named by flag, with the subcommand's usage
     if args.command in ("train", "submit"):
         args.spec = _training_spec(args.subparser, args)
-    if getattr(args, "out", None) is not None and args.command != "export-onnx":  # tensors: refused now, not
+    if getattr(args, "out", None) is not None and args.command not in ("export-onnx", "import-onnx"):  # tensors: refused now, not
         # after the training they would have saved
         _check_output(args.subparser, "--out", args.out)
     return args
