@@ -529,6 +529,9 @@ for _name, _doc, _category in (
         ("log1p", "ln(1 + x), accurate for small x", "elementwise"),
         ("softplus", "ln(1 + e^x), computed without overflow (gradient sigmoid(x))", "activation")):
     register(_op(_name, ("x",), _named(_unary, _name), _doc, category=_category, since="1.1"))
+register(_op("gelu", ("x",), _named(_unary, "gelu"), "x * sigmoid-shaped gate, the tanh form: "
+             "0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (PyTorch's approximate='tanh')",
+             category="activation", since="1.1"))
 register(_op("leaky_relu", ("x",), _named(_unary, "leaky_relu"), "x for x > 0, alpha * x otherwise (gradient alpha at 0)",
              category="activation", since="1.1",
              attrs=(Attr("alpha", Num(), 0.01, doc="the slope below 0"),)))

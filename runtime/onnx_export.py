@@ -13,6 +13,7 @@ Needs the ``onnx`` extra (``pip install "chainrule[onnx]"``); the rest of the ru
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -86,6 +87,20 @@ def _log1p(e, node, ins, out, attrs, types):
     e.node("Log", [shifted], [out])
 
 
+def _gelu(e, node, ins, out, attrs, types):
+    """0.5 x (1 + tanh(c (x + 0.044715 x^3))) from elementary nodes (opset 18 has no Gelu)."""
+    dtype, x = types[node.inputs[0]].dtype, ins[0]
+    names = [e.temp(out) for _ in range(7)]
+    e.node("Pow", [x, e.const(3.0, dtype)], [names[0]])
+    e.node("Mul", [names[0], e.const(0.044715, dtype)], [names[1]])
+    e.node("Add", [x, names[1]], [names[2]])
+    e.node("Mul", [names[2], e.const(math.sqrt(2 / math.pi), dtype)], [names[3]])
+    e.node("Tanh", [names[3]], [names[4]])
+    e.node("Add", [names[4], e.const(1.0, dtype)], [names[5]])
+    e.node("Mul", [x, names[5]], [names[6]])
+    e.node("Mul", [names[6], e.const(0.5, dtype)], [out])
+
+
 def _pow(e, node, ins, out, attrs, types):
     e.node("Pow", [ins[0], e.const(attrs["exponent"], types[node.inputs[0]].dtype)], [out])
 
@@ -157,7 +172,7 @@ EXPORT: dict[str, Callable] = {
     "softmax": lambda e, node, ins, out, attrs, types: e.node("Softmax", ins, [out], axis=attrs.get("axis", -1)),
     "log_softmax": lambda e, node, ins, out, attrs, types: e.node("LogSoftmax", ins, [out],
                                                                    axis=attrs.get("axis", -1)),
-    "log1p": _log1p, "softplus": _same("Softplus"),
+    "log1p": _log1p, "softplus": _same("Softplus"), "gelu": _gelu,
     "leaky_relu": lambda e, node, ins, out, attrs, types: e.node("LeakyRelu", ins, [out],
                                                                   alpha=float(attrs.get("alpha", 0.01))),
     "maximum": _same("Max"), "minimum": _same("Min"), "where": _same("Where"), "clip": _clip,

@@ -186,6 +186,7 @@ UNARY_DOMAINS: dict[str, Callable[[Draft, tuple], np.ndarray]] = {
     "tanh": lambda d, s: d.uniform(s, -2.5, 2.5),
     "log1p": lambda d, s: d.uniform(s, -0.6, 3.0),
     "softplus": lambda d, s: d.uniform(s, -4.0, 4.0),
+    "gelu": lambda d, s: d.uniform(s, -4.0, 4.0),
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import kernel
@@ -67,3 +69,21 @@ def _layer_norm_vjp(g, out, x, scale, bias, *, residuals, eps):
 
 
 kernel("layer_norm", _layer_norm, _layer_norm_vjp, saves=(1,), residuals=True)
+
+
+_GELU_C = math.sqrt(2 / math.pi)
+
+
+def _gelu(x):
+    inner = _GELU_C * (x + 0.044715 * x * x * x)
+    return 0.5 * x * (1 + np.tanh(inner)), (np.tanh(inner),)
+
+
+def _gelu_vjp(g, out, x, *, residuals):
+    (t,) = residuals
+    # d/dx of 0.5 x (1 + t), t = tanh(c (x + 0.044715 x^3))
+    slope = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * x * x)
+    return (g * slope,)
+
+
+kernel("gelu", _gelu, _gelu_vjp, saves=(0,), residuals=True)
