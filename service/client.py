@@ -457,6 +457,11 @@ class Client:
         out["params"] = _decode_tensors(out.get("params") or {}, "/params")
         return out
 
+    def model_onnx(self, job_id: str) -> bytes:
+        """A succeeded job's trained model as ONNX bytes (``onnx.load_from_string``; onnxruntime's
+        ``InferenceSession`` takes them as they are). The server needs the onnx extra."""
+        return self.request("GET", f"/v1/jobs/{job_id}/model.onnx").content
+
     def jobs(self, state: str | None = None, limit: int = 50, cursor: str | None = None) -> list[dict[str, Any]]:
         """The tenant's jobs, newest first (one page; see :meth:`iter_jobs` for all)."""
         return self.jobs_page(state, limit, cursor)["jobs"]
