@@ -82,9 +82,10 @@ def _recorded(fn: Callable, how: str) -> Callable:
     @functools.wraps(fn)
     def call(*args):
         for arg in args:
-            tracer = getattr(arg, "tracer", None)  # a traced array (runtime.compiled.trace)
-            if tracer is not None:
-                return getattr(tracer, how)(fn, args)
+            for item in arg if isinstance(arg, (list, tuple)) else (arg,):  # arrays, or a list of them
+                tracer = getattr(item, "tracer", None)  # a traced array (runtime.compiled.trace)
+                if tracer is not None:
+                    return getattr(tracer, how)(fn, args)
         return fn(*args)
     return call
 

@@ -25,15 +25,17 @@ def _windows(x, size, stride, padding, dilation, fill=0.0):
 
 @routine
 def _fold(window_grads, shape, size, stride, padding, dilation):
-    """The gradient of ``_windows``: each window element's gradient added back at its pixel."""
+    """The gradient of ``_windows``: each window element's gradient added back at its pixel.
+    ``window_grads`` is (N, C, H', W', kh, kw), or the kh x kw (N, C, H', W') parts in order."""
     n, c, h, w = shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = size, stride, padding, dilation
-    ho, wo = window_grads.shape[2:4]
-    out = np.zeros((n, c, h + 2 * ph, w + 2 * pw), window_grads.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            out[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw] += \
-                window_grads[:, :, :, :, i, j]
+    parts = window_grads if isinstance(window_grads, list) else [window_grads[..., i, j] for i in range(kh)
+                                                                 for j in range(kw)]
+    ho, wo = parts[0].shape[2:4]
+    out = np.zeros((n, c, h + 2 * ph, w + 2 * pw), parts[0].dtype)
+    for k, part in enumerate(parts):
+        i, j = divmod(k, kw)
+        out[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw] += part
     return out[:, :, ph:ph + h, pw:pw + w].copy()
 
 
@@ -67,26 +69,44 @@ def _pool_args(kernel_size, stride, padding):
     return size, _pair(stride if stride is not None else kernel_size), _pair(padding), (1, 1)
 
 
+def _offsets(windows):
+    """Each window position's values, (N, C, H', W') views: kh x kw of them."""
+    return [windows[..., i, j] for i in range(windows.shape[4]) for j in range(windows.shape[5])]
+
+
 def _max_pool(x, *, kernel_size, stride, padding):
-    return _windows(x, *_pool_args(kernel_size, stride, padding), fill=-np.inf).max(axis=(4, 5))
+    # the maximum of kh x kw strided views, one elementwise call each: numpy's reduction over the
+    # windows' two small trailing axes is many times slower
+    views = _offsets(_windows(x, *_pool_args(kernel_size, stride, padding), fill=-np.inf))
+    out = views[0]
+    for view in views[1:]:
+        out = np.maximum(out, view)
+    return out if len(views) > 1 else out.copy()
 
 
 def _max_pool_vjp(g, out, x, *, kernel_size, stride, padding):
     args = _pool_args(kernel_size, stride, padding)
-    attains = _windows(x, *args, fill=-np.inf) == out[..., np.newaxis, np.newaxis]
-    share = attains / attains.sum(axis=(4, 5), keepdims=True, dtype=x.dtype)  # ties share the gradient
-    return (_fold(share * g[..., np.newaxis, np.newaxis], x.shape, *args),)
+    hits = [view == out for view in _offsets(_windows(x, *args, fill=-np.inf))]
+    count = hits[0] * np.ones((), x.dtype)
+    for hit in hits[1:]:
+        count = count + hit
+    share = g / count  # the elements that attain a window's maximum share its gradient
+    return (_fold([hit * share for hit in hits], x.shape, *args),)
 
 
 def _avg_pool(x, *, kernel_size, stride, padding):
-    return _windows(x, *_pool_args(kernel_size, stride, padding)).mean(axis=(4, 5))
+    views = _offsets(_windows(x, *_pool_args(kernel_size, stride, padding)))
+    total = views[0]
+    for view in views[1:]:  # the sum of kh x kw views, as _max_pool
+        total = total + view
+    return total / len(views)
 
 
 def _avg_pool_vjp(g, out, x, *, kernel_size, stride, padding):
     args = _pool_args(kernel_size, stride, padding)
     (kh, kw) = args[0]
-    spread = np.broadcast_to((g / (kh * kw))[..., np.newaxis, np.newaxis], g.shape + (kh, kw))
-    return (_fold(spread, x.shape, *args),)
+    share = g / (kh * kw)
+    return (_fold([share] * (kh * kw), x.shape, *args),)
 
 
 kernel("conv2d", _conv2d, _conv2d_vjp, saves=(0, 1))
