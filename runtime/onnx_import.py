@@ -46,10 +46,8 @@ class _Importer:
         return self.arrays[name]
 
     def value(self, name: str):
-        if name not in self.values:
-            array = self.arrays[name]
-            self.values[name] = self.g.param(_safe(name), list(array.shape), value=array, dtype=array.dtype.name)
-            self.params[_safe(name)] = array
+        if name not in self.values:  # an initializer read as it is: a parameter holding it
+            self.values[name] = self.param_as(name, self.arrays[name])
         return self.values[name]
 
     def param_as(self, name: str, array: np.ndarray):

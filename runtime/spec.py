@@ -22,7 +22,6 @@ the unversioned form jobs were stored in before the spec existed.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
@@ -258,8 +257,6 @@ def _too_big(value: Any) -> bool:
                 float(item)
             except OverflowError:
                 return True
-        elif isinstance(item, float) and not math.isfinite(item):
-            continue
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
     return False

@@ -236,6 +236,11 @@ def _job_of_envelope(raw: bytes | None) -> str | None:
     return job_id if isinstance(job_id, str) and JOB_ID.fullmatch(job_id) else None
 
 
+def _record(raw: dict[bytes, bytes]) -> JobRecord | None:
+    """A job hash as Redis returns it (bytes), as a record; None for no hash."""
+    return JobRecord.from_hash({k.decode(): v.decode() for k, v in raw.items()}) if raw else None
+
+
 class LeaseLost(Exception):
     """A trainer's write was refused: the job's lease is held by another trainer, or the
     sweep has already given the job back to the queue. The trainer must stop at once."""
@@ -428,7 +433,7 @@ class JobStore:
         if not JOB_ID.fullmatch(job_id):
             return None  # not ours: and "job_x:data" must not reach another key of job_x
         raw = self._r.hgetall(self.job_key(job_id))
-        return JobRecord.from_hash({k.decode(): v.decode() for k, v in raw.items()}) if raw else None
+        return _record(raw)
 
     def job_for_tenant(self, tenant: str, job_id: str) -> JobRecord | None:
         job = self.get_job(job_id)
@@ -775,7 +780,7 @@ class JobFollower:
 
     async def job(self) -> JobRecord | None:
         raw = await self._client.hgetall(self._job_key)
-        return JobRecord.from_hash({k.decode(): v.decode() for k, v in raw.items()}) if raw else None
+        return _record(raw)
 
     async def close(self) -> None:
         await self._client.aclose()

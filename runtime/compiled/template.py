@@ -78,10 +78,7 @@ class Template:
 
     label: str
     n_args: int
-    instructions: list[Instruction]  # kept, in order
-    static_instructions: set[int]    # indices (into instructions) that go to the seed tape
     groups: list[_Group]
-    group_of: dict[int, int]          # computed slot -> group index
     results: list                     # per result: None or a (code, payload) spec
     program: list                     # per instruction: (kind, fn, arg specs, kwarg specs, out slot, static)
     view_specs: list                  # (fn, arg specs, kwarg specs) of each view, in order
@@ -166,7 +163,7 @@ class Template:
                     tuple(spec(a) for a in ins.args), {k: spec(v) for k, v in ins.kwargs.items()},
                     ins.out, k in static_ins) for k, ins in enumerate(kept)]
         results = [None if r is None else ((_CONSTANT, r[1]) if isinstance(r, tuple) else spec(r)) for r in result_refs]
-        return cls(label, n_args, kept, static_ins, groups, group_of, results, program, view_specs,
+        return cls(label, n_args, groups, results, program, view_specs,
                    len(values), not program and all(r is None or r[0] == _SLOT for r in results))
 
     def instantiate(self, e: Emitter, args: Sequence, targets: Sequence, reuse=None,

@@ -4,6 +4,8 @@ gradient's fold, which adds each window position back, loops over the kernel's k
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -78,28 +80,20 @@ def _max_pool(x, *, kernel_size, stride, padding):
     # the maximum of kh x kw strided views, one elementwise call each: numpy's reduction over the
     # windows' two small trailing axes is many times slower
     views = _offsets(_windows(x, *_pool_args(kernel_size, stride, padding), fill=-np.inf))
-    out = views[0]
-    for view in views[1:]:
-        out = np.maximum(out, view)
-    return out if len(views) > 1 else out.copy()
+    return functools.reduce(np.maximum, views) if len(views) > 1 else views[0].copy()
 
 
 def _max_pool_vjp(g, out, x, *, kernel_size, stride, padding):
     args = _pool_args(kernel_size, stride, padding)
     hits = [view == out for view in _offsets(_windows(x, *args, fill=-np.inf))]
-    count = hits[0] * np.ones((), x.dtype)
-    for hit in hits[1:]:
-        count = count + hit
+    count = sum(hits[1:], hits[0].astype(x.dtype))
     share = g / count  # the elements that attain a window's maximum share its gradient
     return (_fold([hit * share for hit in hits], x.shape, *args),)
 
 
 def _avg_pool(x, *, kernel_size, stride, padding):
     views = _offsets(_windows(x, *_pool_args(kernel_size, stride, padding)))
-    total = views[0]
-    for view in views[1:]:  # the sum of kh x kw views, as _max_pool
-        total = total + view
-    return total / len(views)
+    return sum(views[1:], views[0]) / len(views)  # the sum of kh x kw views, as _max_pool
 
 
 def _avg_pool_vjp(g, out, x, *, kernel_size, stride, padding):
