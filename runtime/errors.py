@@ -11,12 +11,13 @@ class InputError(ChainruleRuntimeError, ValueError):
     """Inputs or parameters that do not fit the graph: missing, unexpected, wrong dtype or shape, non-finite."""
 
     def __init__(self, message: str, *, name: str | None = None, expected: str | None = None,
-                 actual: str | None = None, kind: str | None = None):
+                 actual: str | None = None, kind: str | None = None, code: str = "input_mismatch"):
         super().__init__(message)
         self.name = name
         self.expected = expected
         self.actual = actual
         self.kind = kind  # "input" or "parameter" when the error is about one of them
+        self.code = code  # what an API reports it as: input_mismatch, or batch_mismatch
 
 
 class ExecutionError(ChainruleRuntimeError):

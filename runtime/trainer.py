@@ -221,7 +221,7 @@ class Trainer:
             if exc.kind != "input":
                 raise
             raise InputError(f"{label}: {exc}" if label else str(exc), name=exc.name, expected=exc.expected,
-                             actual=exc.actual, kind=exc.kind) from None
+                             actual=exc.actual, kind=exc.kind, code=exc.code) from None
         examples: int | None = None
         first = None
         for name in self.batched:
@@ -232,7 +232,8 @@ class Trainer:
                 prefix = f"{label}: " if label else ""
                 raise InputError(f"{prefix}input {name!r} has {n} examples (axis 0) but {first!r} has {examples}; "
                                  "every per-example input needs the same batch dimension", name=name,
-                                 expected=f"{examples} along axis 0", actual=f"{n} along axis 0")
+                                 expected=f"{examples} along axis 0", actual=f"{n} along axis 0",
+                                 code="batch_mismatch")
         return bound, examples
 
     def _layout(self, examples: int | None) -> tuple[int, int, bool]:

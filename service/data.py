@@ -30,9 +30,9 @@ def decode_map(tree: Mapping[str, Any], prefix: str, limits: graphspec.Limits) -
     return out
 
 
-def input_problem(exc: runtime.InputError, prefix: str, *, code: str = "input_mismatch") -> ProblemError:
+def input_problem(exc: runtime.InputError, prefix: str) -> ProblemError:
     location = prefix + (pointer(exc.name) if exc.name else "")
-    return unprocessable(str(exc), [{"code": code, "location": location, "message": str(exc)}],
+    return unprocessable(str(exc), [{"code": exc.code, "location": location, "message": str(exc)}],
                          kind="data-mismatch", title="Data does not fit the graph")
 
 
@@ -42,5 +42,4 @@ def check_fits(trainer: runtime.Trainer, arrays: Mapping[str, np.ndarray], prefi
     try:
         return trainer.check_data(arrays, label="")
     except runtime.InputError as exc:
-        raise input_problem(exc, prefix, code="batch_mismatch" if "batch dimension" in str(exc)
-                            else "input_mismatch") from None
+        raise input_problem(exc, prefix) from None

@@ -98,3 +98,10 @@ def test_the_trainer_it_configures_checks_data_and_counts_steps():
     assert info.value.name == "x2"
     with pytest.raises(runtime.InputError, match="N=3 on axis 0"):
         trainer.check_data({**data, "x2": np.ones(3)})
+    # two batch symbols the graph cannot tie together: the trainer's own check, coded for the API
+    g = graphspec.GraphBuilder("two_batches", dtype="float64")
+    g.loss(g.add(g.sum(g.mul(g.input("a", ["N"]), g.param("w", []))), g.sum(g.input("b", ["M"]))))
+    two = runtime.Trainer.from_spec(g.build(), spec)
+    with pytest.raises(runtime.InputError, match="same batch dimension") as info:
+        two.check_data({"a": np.ones(3), "b": np.ones(4)})
+    assert info.value.code == "batch_mismatch"
