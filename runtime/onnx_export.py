@@ -5,8 +5,12 @@ need, the inputs those read (targets and labels drop out with the loss), and the
 initializers holding the trained values. Symbolic dimensions (``"N"``) stay symbolic. The
 opset is :data:`OPSET` (18); each chainrule op maps to the ONNX operators of :data:`EXPORT`,
 checked by ``onnx.checker`` and, in the tests, against onnxruntime's outputs (1e-6 in
-float64, 1e-5 in float32). Ops with no inference meaning here (the losses) are not exported;
-a graph whose only output is its loss has nothing to export and says so.
+float64, 1e-5 in float32). The losses have no inference meaning and are left out unless
+``keep_loss=True``: then the loss output is exported too, with the targets or labels it reads as
+graph inputs, each loss op written as ONNX operators (:data:`LOSSES`) with chainrule's exact
+semantics (bce's clip, bce_with_logits' stable form, both label forms of softmax_cross_entropy,
+every reduction). Without it, a graph whose only output is its loss has nothing to export and
+says so.
 
 Needs the ``onnx`` extra (``pip install "chainrule[onnx]"``); the rest of the runtime does not.
 """
@@ -191,12 +195,96 @@ EXPORT: dict[str, Callable] = {
                                                                   epsilon=float(attrs.get("eps", 1e-5))),
     "conv2d": _conv, "max_pool2d": _pool("MaxPool"), "avg_pool2d": _pool("AveragePool", count_include_pad=1),
 }
-NOT_EXPORTED = ("mse", "bce", "bce_with_logits", "softmax_cross_entropy")  # losses: training only
 
 
-def to_onnx(graph: Graph, params: Mapping[str, Any], *, outputs: list[str] | None = None):
+# -- losses (keep_loss=True) -------------------------------------------------------------------------
+
+def _loss_reduction(e, per_element: str, out: str, attrs, rank: int) -> None:
+    """chainrule's reduction of a per-element loss: mean or sum over every element (a scalar), or none."""
+    reduction = attrs.get("reduction", "mean")
+    if reduction == "none" or rank == 0:  # a scalar's mean and sum are itself
+        e.node("Identity", [per_element], [out])
+        return
+    # no axes input (and noop_with_empty_axes=0): every axis, to a scalar
+    e.node("ReduceMean" if reduction == "mean" else "ReduceSum", [per_element], [out], keepdims=0)
+
+
+def _mse(e, node, ins, out, attrs, types):
+    """(p - t)^2, reduced."""
+    diff, square = e.temp(out), e.temp(out)
+    e.node("Sub", ins, [diff])
+    e.node("Mul", [diff, diff], [square])
+    _loss_reduction(e, square, out, attrs, len(types[node.inputs[0]].shape))
+
+
+def _bce(e, node, ins, out, attrs, types):
+    """-(y log p + (1 - y) log(1 - p)) with p = clip(a, eps, 1 - eps), reduced."""
+    dtype, (a, y) = types[node.inputs[0]].dtype, ins
+    eps = float(attrs.get("eps", 1e-7))
+    one = e.const(1.0, dtype)
+    p, log_p, q, log_q, y_log_p, not_y, not_y_log_q, total, per = (e.temp(out) for _ in range(9))
+    e.node("Clip", [a, e.const(eps, dtype), e.const(1 - eps, dtype)], [p])
+    e.node("Log", [p], [log_p])
+    e.node("Sub", [one, p], [q])  # chainrule's log1p(-p): 1 - p is exact for p >= 1/2, off by <= ulp(1)/2 below
+    e.node("Log", [q], [log_q])
+    e.node("Mul", [y, log_p], [y_log_p])
+    e.node("Sub", [one, y], [not_y])
+    e.node("Mul", [not_y, log_q], [not_y_log_q])
+    e.node("Add", [y_log_p, not_y_log_q], [total])
+    e.node("Neg", [total], [per])
+    _loss_reduction(e, per, out, attrs, len(types[node.inputs[0]].shape))
+
+
+def _bce_with_logits(e, node, ins, out, attrs, types):
+    """max(z, 0) - z y + log(1 + exp(-|z|)): no exp overflows, as chainrule's, reduced."""
+    dtype, (z, y) = types[node.inputs[0]].dtype, ins
+    positive, zy, magnitude, negative, small, shifted, log_term, linear, per = (e.temp(out) for _ in range(9))
+    e.node("Relu", [z], [positive])
+    e.node("Mul", [z, y], [zy])
+    e.node("Abs", [z], [magnitude])
+    e.node("Neg", [magnitude], [negative])
+    e.node("Exp", [negative], [small])
+    e.node("Add", [small, e.const(1.0, dtype)], [shifted])
+    e.node("Log", [shifted], [log_term])
+    e.node("Sub", [positive, zy], [linear])
+    e.node("Add", [linear, log_term], [per])
+    _loss_reduction(e, per, out, attrs, len(types[node.inputs[0]].shape))
+
+
+def _softmax_cross_entropy(e, node, ins, out, attrs, types):
+    """-log_softmax(z)[label] (int64 class labels) or -sum(y log_softmax(z)) (probability labels), the
+    class axis last, reduced. LogSoftmax and GatherElements cover every rank (ONNX's
+    SoftmaxCrossEntropyLoss wants the classes on axis 1 and class labels only)."""
+    (z, labels), logits = ins, types[node.inputs[0]]
+    log_p, per = e.temp(out), e.temp(out)
+    e.node("LogSoftmax", [z], [log_p], axis=-1)
+    if types[node.inputs[1]].dtype == "int64":
+        index, picked, squeezed = e.temp(out), e.temp(out), e.temp(out)
+        last = e.const([-1])
+        e.node("Unsqueeze", [labels, last], [index])  # [..., 1]: each row's label
+        e.node("GatherElements", [log_p, index], [picked], axis=-1)
+        e.node("Squeeze", [picked, last], [squeezed])
+        e.node("Neg", [squeezed], [per])
+    else:
+        weighted, summed = e.temp(out), e.temp(out)
+        e.node("Mul", [labels, log_p], [weighted])
+        e.node("ReduceSum", [weighted, e.const([-1])], [summed], keepdims=0)
+        e.node("Neg", [summed], [per])
+    _loss_reduction(e, per, out, attrs, len(logits.shape) - 1)
+
+
+# chainrule loss op -> its ONNX nodes; written only with keep_loss=True (losses are training only)
+LOSSES: dict[str, Callable] = {
+    "mse": _mse, "bce": _bce, "bce_with_logits": _bce_with_logits, "softmax_cross_entropy": _softmax_cross_entropy,
+}
+NOT_EXPORTED = tuple(LOSSES)  # by default: a model for inference has no loss
+
+
+def to_onnx(graph: Graph, params: Mapping[str, Any], *, outputs: list[str] | None = None, keep_loss: bool = False):
     """The inference part of ``graph`` with ``params`` as an ``onnx.ModelProto`` (opset :data:`OPSET`),
-    checked by ``onnx.checker``. ``outputs``: which of the graph's outputs (default: all but the loss)."""
+    checked by ``onnx.checker``. ``outputs``: which of the graph's outputs (default: all but the loss).
+    ``keep_loss``: export the loss output too (added to ``outputs``), with the targets and labels it
+    reads as graph inputs and its loss ops as ONNX operators (:data:`LOSSES`)."""
     try:
         import onnx
     except ImportError:
@@ -206,10 +294,12 @@ def to_onnx(graph: Graph, params: Mapping[str, Any], *, outputs: list[str] | Non
     graph = compile_plan(graph).graph  # validated, with types
     types = graph.analysis.types
     loss_output = graph.loss
-    chosen = outputs if outputs is not None else [name for name in graph.outputs if name != loss_output]
+    chosen = list(outputs) if outputs is not None else [name for name in graph.outputs if name != loss_output]
+    if keep_loss and loss_output and loss_output not in chosen:
+        chosen.append(loss_output)
     if not chosen:
         raise ExportError(f"graph {graph.name!r} has no output but its loss: add the prediction as an output "
-                          "(GraphBuilder.output(name, value)) to export it")
+                          "(GraphBuilder.output(name, value)) to export it, or keep the loss (keep_loss=True)")
     unknown = [name for name in chosen if name not in graph.outputs]
     if unknown:
         raise ExportError(f"no output {unknown[0]!r}; the graph's outputs are {', '.join(graph.outputs)}")
@@ -223,15 +313,16 @@ def to_onnx(graph: Graph, params: Mapping[str, Any], *, outputs: list[str] | Non
         needed.add(value)
         if value in producer:
             stack.extend(producer[value].inputs)
+    writers = {**EXPORT, **LOSSES} if keep_loss else EXPORT
     e = _Emitter(onnx)
     for node in graph.nodes:
         if node.id not in needed:
             continue
-        if node.op not in EXPORT:
+        if node.op not in writers:
             raise ExportError(f"node {node.id!r} ({node.op}) has no ONNX form: "
-                              + ("a loss is training only; export the prediction it reads"
-                                 if node.op in NOT_EXPORTED else "not supported by this exporter"))
-        EXPORT[node.op](e, node, list(node.inputs), node.id, dict(node.attrs), types)
+                              + ("a loss is training only; export the prediction it reads, or keep the loss "
+                                 "(keep_loss=True)" if node.op in LOSSES else "not supported by this exporter"))
+        writers[node.op](e, node, list(node.inputs), node.id, dict(node.attrs), types)
     for name in graph.parameters:
         if name in needed:
             if name not in params:

@@ -197,7 +197,7 @@ def export_onnx(args: argparse.Namespace) -> int:
         return 1
     try:
         params = load_tensors(args.params) if args.params else runtime.init_params(graph, seed=0)
-        model = runtime.to_onnx(graph, params, outputs=args.output_name or None)
+        model = runtime.to_onnx(graph, params, outputs=args.output_name or None, keep_loss=args.keep_loss)
     except (runtime.ChainruleRuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -176,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", type=Path, required=True, help="the .onnx file to write")
     p.add_argument("--output", dest="output_name", action="append",
                    help="export this output (repeatable; default: every output but the loss)")
+    p.add_argument("--keep-loss", action="store_true",
+                   help="also export the loss output, with the targets and labels it reads as model inputs")
     p.set_defaults(func=local.export_onnx)
 
     p = sub.add_parser("import-onnx", help="read an ONNX model (the supported subset; docs/onnx.md) as a graph "
