@@ -457,10 +457,12 @@ class Client:
         out["params"] = _decode_tensors(out.get("params") or {}, "/params")
         return out
 
-    def model_onnx(self, job_id: str) -> bytes:
+    def model_onnx(self, job_id: str, keep_loss: bool = False) -> bytes:
         """A succeeded job's trained model as ONNX bytes (``onnx.load_from_string``; onnxruntime's
-        ``InferenceSession`` takes them as they are). The server needs the onnx extra."""
-        return self.request("GET", f"/v1/jobs/{job_id}/model.onnx").content
+        ``InferenceSession`` takes them as they are). The server needs the onnx extra. ``keep_loss``:
+        the loss output too, with the targets and labels it reads as inputs (docs/onnx.md)."""
+        params = {"keep_loss": "true"} if keep_loss else None
+        return self.request("GET", f"/v1/jobs/{job_id}/model.onnx", params=params).content
 
     def jobs(self, state: str | None = None, limit: int = 50, cursor: str | None = None) -> list[dict[str, Any]]:
         """The tenant's jobs, newest first (one page; see :meth:`iter_jobs` for all)."""

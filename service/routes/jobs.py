@@ -269,20 +269,24 @@ ONNX_MEDIA_TYPE = "application/onnx"
     "/{job_id}/model.onnx", response_class=Response,
     summary="Download the trained model as ONNX",
     description="The inference part of the job's graph (every output but the loss, the inputs they read) with "
-                "the trained parameters as initializers, as an ONNX model (opset 18; docs/onnx.md). A 409 until the "
-                "job has succeeded; a 501 when the server was installed without the onnx extra; a 422 naming the "
-                "node when the graph has no ONNX form (e.g. its only output is the loss).",
+                "the trained parameters as initializers, as an ONNX model (opset 18; docs/onnx.md). With "
+                "`?keep_loss=true` the loss output too, with the targets and labels it reads as inputs. A 409 until "
+                "the job has succeeded; a 501 when the server was installed without the onnx extra; a 422 naming "
+                "the node when the graph has no ONNX form (e.g. its only output is the loss and keep_loss is false).",
     responses={200: {"description": "The model", "content": {ONNX_MEDIA_TYPE: {}}},
                **problem_responses(401, 404, 409, 422, 501, 503)},
 )
-def read_model_onnx(job: TenantJob, store: StoreDep) -> Response:
+def read_model_onnx(job: TenantJob, store: StoreDep,
+                    keep_loss: Annotated[bool, Query(description="also export the loss output, with the targets "
+                                                                 "and labels it reads as model inputs")] = False,
+                    ) -> Response:
     if job.state != "succeeded":
         raise conflict(f"job {job.id} has no trained model: it is {job.state}", state=job.state)
     blob, graph = store.get_blob(job.id, "result"), store.get_graph(job.tenant, job.graph_id)
     if blob is None or graph is None:
         raise not_found("result of job", job.id)
     try:
-        model = runtime.to_onnx(graph, result_params(blob))
+        model = runtime.to_onnx(graph, result_params(blob), keep_loss=keep_loss)
     except runtime.ExportError as exc:
         if "onnx package" in str(exc):
             raise ProblemError(501, str(exc), kind="onnx-unavailable") from None
