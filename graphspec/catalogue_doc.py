@@ -43,6 +43,7 @@ def render() -> str:
                   "|---|---|---|---|---|"]
         for op in sorted(ops, key=lambda o: o.name):
             inputs = ", ".join(name if i in op.grad_inputs else name + "*" for i, name in enumerate(op.inputs))
+            inputs += ", ..." if op.variadic else ""
             lines.append(f"| `{op.name}` | {inputs or '—'} | {_attr_cell(op)} | {op.since} | {op.doc} |")
         lines.append("")
     return "\n".join(lines)

@@ -33,7 +33,7 @@ def _node_rules() -> list[dict]:
         rules.append({
             "if": {"properties": {"op": {"const": name}}, "required": ["op"]},
             "then": {"properties": {
-                "inputs": {"minItems": op.arity, "maxItems": op.arity},
+                "inputs": {"minItems": op.arity} if op.variadic else {"minItems": op.arity, "maxItems": op.arity},
                 "attrs": attrs.schema(),
             }, **({"required": ["attrs"]} if any(a.required for a in op.attrs) else {})},
         })
@@ -66,6 +66,7 @@ def catalogue_table() -> list[dict]:
     """The op contracts as data (what the docs and the fingerprint see)."""
     return [{
         "name": op.name, "since": op.since, "inputs": list(op.inputs), "differentiable": list(op.grad_inputs),
+        **({"variadic": True} if op.variadic else {}),
         "attrs": [{"name": a.name, "required": a.required, "default": a.default, "schema": a.spec.schema()}
                   for a in op.attrs],
         "doc": op.doc,

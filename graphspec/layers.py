@@ -75,6 +75,11 @@ class Layers:
         shift = self.param(f"{name}.bias", [features], init="zeros")
         return self.op("layer_norm", x, scale, shift, eps=eps, name=name)
 
+    def dropout(self, x, rate: float = 0.5, *, name: str | None = None):
+        """Zero each element with probability ``rate`` while training (the rest scaled by
+        1 / (1 - rate)); the identity when evaluating, explaining or exported."""
+        return self.op("dropout", x, rate=rate, name=name)
+
     def embedding(self, indices, vocabulary: int, features: int, *, name: str | None = None):
         """Rows of a [vocabulary, features] table at int64 ``indices``: shape indices + [features]."""
         name = self._layer("embedding", name)

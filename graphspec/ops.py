@@ -53,14 +53,29 @@ class OpContract:
     # Inputs that receive gradients; the rest (labels, targets) are data.
     differentiable: tuple[int, ...] | None = None
     category: str = "math"
+    # The last input may repeat (concat's "x, x, ..."): a node gives at least ``arity`` inputs.
+    variadic: bool = False
 
     @property
     def arity(self) -> int:
+        """The number of inputs (the least number, for a variadic op)."""
         return len(self.inputs)
+
+    def accepts(self, count: int) -> bool:
+        return count == self.arity or (self.variadic and count > self.arity)
 
     @property
     def grad_inputs(self) -> tuple[int, ...]:
         return tuple(range(self.arity)) if self.differentiable is None else self.differentiable
+
+    def gradient_inputs(self, count: int) -> tuple[int, ...]:
+        """The inputs of a node with ``count`` inputs that receive gradients."""
+        if self.variadic and self.differentiable is None:
+            return tuple(range(count))
+        return self.grad_inputs
+
+    def input_name(self, index: int) -> str:
+        return self.inputs[min(index, self.arity - 1)]
 
     def attr(self, name: str) -> Attr | None:
         return next((a for a in self.attrs if a.name == name), None)
@@ -602,3 +617,54 @@ for _name, _doc in (("max_pool2d", "the largest value of each window of NCHW x (
         Attr("stride", OneOf((Null(), Int(minimum=1), List(Int(minimum=1), min_items=2, max_items=2))), None,
              doc="step between windows (null: the window size)"),
         Attr("padding", PADDING, 0, doc="added on each side"))))
+
+
+# -- format 1.2 ---------------------------------------------------------------------------
+def _concat(types, attrs):
+    dtype = _require_float(types, "concat")
+    first = types[0]
+    if first.rank == 0:
+        raise ContractViolation("concat needs inputs of rank >= 1, got a scalar", ("inputs", 0),
+                                hint="unsqueeze scalars to shape [1] first")
+    (axis,) = _axes_of(attrs, first.rank)
+    along, rest = first.shape[axis], first.shape[:axis] + first.shape[axis + 1:]
+    for i, t in enumerate(types[1:], start=1):
+        if t.rank != first.rank:
+            raise ContractViolation(f"concat: input {i} has rank {t.rank}, input 0 has rank {first.rank}",
+                                    ("inputs", i), hint="every input needs the same rank")
+        unified = unify_shapes(rest, t.shape[:axis] + t.shape[axis + 1:])
+        if unified is None:
+            raise ContractViolation(f"concat: {format_shape(t.shape)} and {format_shape(first.shape)} differ on an "
+                                    f"axis other than {axis}", ("inputs", i),
+                                    hint="inputs may differ only along the concatenation axis")
+        rest = unified
+        along = along + t.shape[axis] if isinstance(along, int) and isinstance(t.shape[axis], int) else None
+    return TensorType(dtype, rest[:axis] + (along,) + rest[axis:])
+
+
+def _accuracy(types, attrs):
+    logits, labels = types
+    dtype = _require_float(types, "accuracy", [0])
+    if logits.rank == 0:
+        raise ContractViolation("accuracy needs scores of rank >= 1 (classes last)", ("inputs", 0))
+    if labels.dtype == "int64" and unify_shapes(labels.shape, logits.shape[:-1]) is not None:
+        return TensorType(dtype, ())
+    if labels.dtype in FLOAT_DTYPES and unify_shapes(labels.shape, logits.shape) is not None:
+        return TensorType(dtype, ())
+    raise ContractViolation(
+        f"accuracy's labels must be int64 class indices of shape {format_shape(logits.shape[:-1])} or one-hot/"
+        f"probabilities of the scores' shape {format_shape(logits.shape)}, got {labels}", ("inputs", 1),
+        hint="the labels of the softmax_cross_entropy loss fit", code="dtype_mismatch")
+
+
+register(_op("concat", ("x",), _concat, "the inputs joined along axis (they differ only there; gradient split back)",
+             category="shape", since="1.2", variadic=True,
+             attrs=(Attr("axis", AXIS, required=True, doc="the axis joined along"),)))
+register(_op("dropout", ("x",), _named(_unary, "dropout"),
+             "while training: each element zeroed with probability rate, the rest scaled by 1 / (1 - rate), a "
+             "mask drawn per step from the run's seed (reproducible); elsewhere (evaluation, explain, export) x "
+             "itself", category="activation", since="1.2",
+             attrs=(Attr("rate", Num(minimum=0.0, exclusive_maximum=1.0), 0.5, doc="the probability of zeroing"),)))
+register(_op("accuracy", ("scores", "labels"), _accuracy, "the fraction of rows whose largest score (the first "
+             "on ties) is at the label's class; int64 labels or one-hot/probabilities (their argmax); no gradient",
+             category="metric", since="1.2", differentiable=()))

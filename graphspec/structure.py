@@ -194,6 +194,8 @@ class Num(Spec):
 
     exclusive_minimum: float | None = None
     description: str | None = None
+    minimum: float | None = None
+    exclusive_maximum: float | None = None
 
     def check(self, value, loc, issues):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -207,12 +209,22 @@ class Num(Spec):
         if self.exclusive_minimum is not None and value <= self.exclusive_minimum:
             issues.append(Issue("invalid_value", loc, f"{value} must be greater than {self.exclusive_minimum}"))
             return False
+        if self.minimum is not None and value < self.minimum:
+            issues.append(Issue("invalid_value", loc, f"{value} must be at least {self.minimum}"))
+            return False
+        if self.exclusive_maximum is not None and value >= self.exclusive_maximum:
+            issues.append(Issue("invalid_value", loc, f"{value} must be less than {self.exclusive_maximum}"))
+            return False
         return True
 
     def schema(self):
         s: dict = {"type": "number"}
         if self.exclusive_minimum is not None:
             s["exclusiveMinimum"] = self.exclusive_minimum
+        if self.minimum is not None:
+            s["minimum"] = self.minimum
+        if self.exclusive_maximum is not None:
+            s["exclusiveMaximum"] = self.exclusive_maximum
         return self._with_doc(s)
 
 

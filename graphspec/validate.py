@@ -137,10 +137,12 @@ def _check_node(graph: Graph, i: int, doc_version, issues: list[Issue]) -> bool:
                             f"op {node.op!r} was introduced in format {contract.since}; "
                             f"the document declares {graph.version}", f"declare version {contract.since}"))
         ok = False
-    if len(node.inputs) != contract.arity:
+    if not contract.accepts(len(node.inputs)):
         names = ", ".join(contract.inputs) or "none"
+        count = f"{contract.arity} or more" if contract.variadic else f"{contract.arity}"
         issues.append(Issue("arity", loc + "/inputs",
-                            f"{node.op} takes {contract.arity} input(s) ({names}), got {len(node.inputs)}"))
+                            f"{node.op} takes {count} input(s) ({names}{', ...' if contract.variadic else ''}), "
+                            f"got {len(node.inputs)}"))
         ok = False
     for key, value in node.attrs.items():
         attr = contract.attr(key)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from .errors import GraphSpecError, Issue
 
 FORMAT_ID = "chainrule.graph"
-CURRENT_VERSION: tuple[int, int] = (1, 1)
+CURRENT_VERSION: tuple[int, int] = (1, 2)
 
 _VERSION_RE = re.compile(r"(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})")
 

@@ -18,6 +18,7 @@ from .explain import Explanation, explain
 from .gradcheck import GradcheckResult, assert_gradcheck, gradcheck
 from .init import init_params
 from .kernels import KERNELS, Kernel, unbroadcast
+from .noise import Noise
 from .optim import OPTIMIZERS, SGD, Adam, Optimizer, make_optimizer, optimizer_defaults
 from .plan import Plan, Run, compile
 from .onnx_export import ExportError, to_onnx
@@ -27,7 +28,7 @@ from .trainer import DEFAULT_CHECKPOINT_STEPS, StepReport, Trainer, TrainResult
 
 __all__ = [
     "Adam", "ChainruleRuntimeError", "Checkpoint", "CheckpointError", "CompiledStep", "DataFileError", "ExecutionError",
-    "Explanation", "ExportError", "GradcheckResult", "InputError", "KERNELS", "Kernel", "MissingKernelError", "NonFiniteError", "OPTIMIZERS",
+    "Explanation", "ExportError", "GradcheckResult", "InputError", "KERNELS", "Kernel", "MissingKernelError", "Noise", "NonFiniteError", "OPTIMIZERS",
     "DEFAULT_CHECKPOINT_STEPS", "Optimizer", "Plan", "Run", "SGD", "SpecError", "StepReport", "TrainingSpec", "TrainResult", "Trainer", "assert_gradcheck", "compile", "explain", "from_onnx", "gradcheck", "init_params",
     "load_tensors", "make_optimizer", "optimizer_defaults", "save_tensors", "to_onnx", "unbroadcast",
 ]

@@ -41,6 +41,7 @@ from graphspec import OPS, Graph
 from graphspec.model import to_tree
 from graphspec.types import FLOAT_DTYPES
 
+from .noise import Noise
 from .plan import compile as compile_plan
 
 __all__ = ["GradcheckEntry", "GradcheckResult", "assert_gradcheck", "cast_graph", "gradcheck"]
@@ -181,7 +182,7 @@ def _data_only_inputs(graph: Graph) -> set[str]:
     used_data: set[str] = set()
     for node in graph.nodes:
         contract = OPS.get(node.op)
-        grad = contract.grad_inputs if contract is not None else range(len(node.inputs))
+        grad = contract.gradient_inputs(len(node.inputs)) if contract is not None else range(len(node.inputs))
         for i, name in enumerate(node.inputs):
             (used_diff if i in grad else used_data).add(name)
     return (used_data - used_diff) & set(graph.inputs)
@@ -242,8 +243,10 @@ def _compare(name: str, kind: str, analytic: np.ndarray, numeric: np.ndarray, rt
 
 def gradcheck(graph: Graph, inputs: Mapping[str, Any], params: Mapping[str, Any], *, eps: float = 1e-6,
               rtol: float = 1e-5, atol: float = 1e-8, wrt: str | Iterable[str] = "params",
-              engine: str = "interpreter") -> GradcheckResult:
+              engine: str = "interpreter", noise: Noise | None = None) -> GradcheckResult:
     """Compare the engine's gradients of ``graph``'s loss with central finite differences.
+    With ``noise`` the graph runs as that training step (dropout drops, with the same masks
+    at every perturbed point: :mod:`runtime.noise`).
 
     Never raises on a mismatch (see :func:`assert_gradcheck`); raises ValueError for a bad
     ``wrt`` and the runtime's own errors for inputs that do not fit the graph.
@@ -259,7 +262,7 @@ def gradcheck(graph: Graph, inputs: Mapping[str, Any], params: Mapping[str, Any]
     plan = compile_plan(g64)
     with_inputs = any(kind == "input" for _, kind in targets)
 
-    run = plan.forward(inputs64, params64, grad_inputs=with_inputs)
+    run = plan.forward(inputs64, params64, grad_inputs=with_inputs, noise=noise)
     loss = run.loss
     entries: dict[str, GradcheckEntry] = {}
     if engine == "compiled":
@@ -267,7 +270,7 @@ def gradcheck(graph: Graph, inputs: Mapping[str, Any], params: Mapping[str, Any]
 
         step = CompiledStep(plan, grad_inputs=with_inputs)
         step.load_params(params64)
-        compiled_loss, analytic = step.gradients(inputs64)
+        compiled_loss, analytic = step.gradients(inputs64, noise)
         entries["(loss)"] = _compare("(loss)", "loss", np.array(compiled_loss), np.array(loss), rtol, atol)
     elif run.grad_path:
         analytic = run.backward()
@@ -275,7 +278,7 @@ def gradcheck(graph: Graph, inputs: Mapping[str, Any], params: Mapping[str, Any]
         analytic = {}
 
     def loss_at() -> float:
-        return plan.forward(inputs64, params64, with_grad=False).loss
+        return plan.forward(inputs64, params64, with_grad=False, noise=noise).loss
 
     for name, kind in targets:
         values = (params64 if kind == "parameter" else inputs64)

@@ -166,6 +166,26 @@ def _constant(e, node, ins, out, attrs, types):
     e.initializers.append(e.onnx.numpy_helper.from_array(np.asarray(attrs["value"]), out))
 
 
+def _dropout(e, node, ins, out, attrs, types):
+    """ONNX Dropout with the rate as its ratio: the identity at inference (training_mode defaults to
+    false), and read back as chainrule's dropout by the importer."""
+    e.node("Dropout", [ins[0], e.const(float(attrs.get("rate", 0.5)), types[node.inputs[0]].dtype)], [out])
+
+
+def _accuracy(e, node, ins, out, attrs, types):
+    """mean(argmax(scores) == labels), the labels' argmax first when they are one-hot/probabilities."""
+    scores, labels = ins
+    predicted, hits, as_float = e.temp(out), e.temp(out), e.temp(out)
+    e.node("ArgMax", [scores], [predicted], axis=-1, keepdims=0)
+    if types[node.inputs[1]].dtype != "int64":
+        classes = e.temp(out)
+        e.node("ArgMax", [labels], [classes], axis=-1, keepdims=0)
+        labels = classes
+    e.node("Equal", [predicted, labels], [hits])
+    e.node("Cast", [hits], [as_float], to=_DTYPES[types[node.inputs[0]].dtype])
+    e.node("ReduceMean", [as_float], [out], keepdims=0)
+
+
 # chainrule op -> how to write it as ONNX nodes
 EXPORT: dict[str, Callable] = {
     "add": _same("Add"), "sub": _same("Sub"), "mul": _same("Mul"), "div": _same("Div"), "neg": _same("Neg"),
@@ -194,6 +214,8 @@ EXPORT: dict[str, Callable] = {
     "layer_norm": lambda e, node, ins, out, attrs, types: e.node("LayerNormalization", ins, [out], axis=-1,
                                                                   epsilon=float(attrs.get("eps", 1e-5))),
     "conv2d": _conv, "max_pool2d": _pool("MaxPool"), "avg_pool2d": _pool("AveragePool", count_include_pad=1),
+    "concat": lambda e, node, ins, out, attrs, types: e.node("Concat", ins, [out], axis=attrs["axis"]),
+    "dropout": _dropout, "accuracy": _accuracy,
 }
 
 

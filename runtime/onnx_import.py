@@ -125,6 +125,16 @@ def _reduce(op: str) -> Callable:
     return emit
 
 
+def _dropout(im, node, a):
+    if len(node.output) > 1 and node.output[1]:
+        raise ImportError_(f"Dropout {node.name!r}: its mask output is not supported")
+    if len(node.input) > 2 and node.input[2]:
+        raise ImportError_(f"Dropout {node.name!r}: a training_mode input is not supported (chainrule drops "
+                           "while training and not elsewhere)")
+    rate = float(im.array(node.input[1])) if len(node.input) > 1 and node.input[1] else 0.5
+    return im.g.op("dropout", im.value(node.input[0]), rate=rate)
+
+
 # ONNX op type -> how to write it with the builder
 IMPORT: dict[str, Callable] = {
     **{k: _binary(v) for k, v in {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "MatMul": "matmul",
@@ -148,6 +158,8 @@ IMPORT: dict[str, Callable] = {
     "Where": lambda im, node, a: im.g.op("where", *(im.value(i) for i in node.input)),
     "LayerNormalization": lambda im, node, a: im.g.op("layer_norm", *(im.value(i) for i in node.input[:3]),
                                                       eps=float(a.get("epsilon", 1e-5))),
+    "Concat": lambda im, node, a: im.g.op("concat", *(im.value(i) for i in node.input), axis=int(a["axis"])),
+    "Dropout": _dropout,
 }
 
 

@@ -22,6 +22,7 @@ from graphspec.types import FLOAT_DTYPES
 from . import analysis
 from .errors import ExecutionError, InputError, MissingKernelError
 from .kernels import KERNELS, Kernel, Meta, unbroadcast
+from .noise import Noise, draw_for
 
 Arrays = dict[str, np.ndarray]
 
@@ -74,7 +75,8 @@ class Plan:
     def _step(self, index: int) -> Step:
         node = self.graph.nodes[index]
         attrs = {k: v for k, v in node.attrs.items()}
-        return Step(index, node.id, node.op, KERNELS[node.op], node.inputs, attrs, OPS[node.op].grad_inputs)
+        return Step(index, node.id, node.op, KERNELS[node.op], node.inputs, attrs,
+                    OPS[node.op].gradient_inputs(len(node.inputs)))
 
     # -- analysis ----------------------------------------------------------------------
     def grad_path(self, include_inputs: bool = False) -> frozenset[str]:
@@ -118,23 +120,33 @@ class Plan:
         return bound
 
     # -- running -------------------------------------------------------------------------
+    @property
+    def random(self) -> bool:
+        """Whether a training step draws random numbers (the graph has dropout)."""
+        return any(step.kernel.draws is not None for step in self.steps)
+
     def forward(self, inputs: Mapping[str, Any], params: Mapping[str, Any], *, keep_values: bool = False,
-                with_grad: bool = True, grad_inputs: bool = False) -> "Run":
+                with_grad: bool = True, grad_inputs: bool = False, noise: Noise | None = None) -> "Run":
         """Evaluate every output. ``keep_values`` keeps every node's value (for explanations);
         ``with_grad=False`` keeps nothing for a backward pass; ``grad_inputs`` prepares
-        gradients with respect to the inputs as well."""
+        gradients with respect to the inputs as well; ``noise`` makes it a training step's
+        forward pass (dropout drops: :mod:`runtime.noise`)."""
         values = self.check_inputs(inputs, params)
-        return self._run(values, keep_values=keep_values, with_grad=with_grad, grad_inputs=grad_inputs)
+        return self._run(values, keep_values=keep_values, with_grad=with_grad, grad_inputs=grad_inputs, noise=noise)
 
-    def _run(self, values: Arrays, *, keep_values: bool, with_grad: bool, grad_inputs: bool) -> "Run":
+    def _run(self, values: Arrays, *, keep_values: bool, with_grad: bool, grad_inputs: bool,
+             noise: Noise | None = None) -> "Run":
         path = self.grad_path(grad_inputs) if with_grad else frozenset()
         keep = self._saved_for_backward(path) | set(self.graph.outputs.values())
         remaining = _consumer_counts(self.steps)
         shapes = {name: Meta(v.shape, v.dtype) for name, v in values.items()}
         residuals: dict[str, tuple] = {}  # what kernels with residuals keep for their VJP
+        draws: Arrays = {}  # what random kernels drew, for their VJP
         with np.errstate(all="ignore"):  # non-finite results are detected explicitly, not warned about
             for step in self.steps:
                 args = [values[name] for name in step.inputs]
+                if step.kernel.draws is not None:
+                    args.append(draws.setdefault(step.id, draw_for(noise, step.kernel, step.id, args[0], step.attrs)))
                 try:
                     out = step.kernel.forward(*args, **step.attrs)
                 except (ValueError, IndexError) as exc:
@@ -152,7 +164,7 @@ class Plan:
                         if remaining[name] == 0 and name not in keep and name in values:
                             del values[name]  # no later node and no VJP reads it
         outputs = {name: values[ref] for name, ref in self.graph.outputs.items()}
-        return Run(self, values, shapes, outputs, path, grad_inputs, with_grad, residuals)
+        return Run(self, values, shapes, outputs, path, grad_inputs, with_grad, residuals, draws)
 
 
 def _consumer_counts(steps: Iterable[Step]) -> dict[str, int]:
@@ -214,6 +226,7 @@ class Run:
     grad_inputs: bool
     with_grad: bool = True
     residuals: dict[str, tuple] = field(default_factory=dict)
+    draws: Arrays = field(default_factory=dict)
 
     @property
     def loss(self) -> float:
@@ -261,6 +274,8 @@ class Run:
     def vjp(self, step: Step, g: np.ndarray, args: list) -> tuple:
         """``step``'s VJP at ``g``, with its output and residuals from this run."""
         out = self.values[step.id] if step.kernel.saves_out else self.shapes[step.id]
+        if step.kernel.draws is not None:
+            args = [*args, self.draws[step.id]]
         if step.kernel.residuals:
             return step.kernel.vjp(g, out, *args, residuals=self.residuals[step.id], **step.attrs)
         return step.kernel.vjp(g, out, *args, **step.attrs)

@@ -12,7 +12,9 @@ smaller; ``batch_size=None`` is full-batch training.
 **Order.** With ``shuffle`` (and more than one batch per epoch) each epoch draws a fresh
 permutation from ``np.random.default_rng(seed)``; nothing else uses that generator, so a
 run is a pure function of the graph, data, initial parameters, optimizer and seed, bit
-for bit.
+for bit. Dropout's masks come from the same seed and the step's number
+(:class:`runtime.noise.Noise`), one generator per step and node, so they too are the same
+in every run, resumed or not; evaluation (``eval_data``) runs without them.
 
 **Resumption.** A :class:`~runtime.checkpoint.Checkpoint` records the next batch's
 position (epoch, batch index) and the generator's state before that epoch's
@@ -41,6 +43,7 @@ import graphspec
 from .checkpoint import Checkpoint, CheckpointError, rng_state_from_plain, rng_state_to_plain
 from .compiled import CompiledStep
 from .errors import InputError, NonFiniteError
+from .noise import Noise
 from .optim import Optimizer
 from .plan import Plan, compile
 from .spec import TrainingSpec
@@ -251,11 +254,13 @@ class Trainer:
         return self.plan.forward({n: bound[n] for n in self.plan.input_names}, params, with_grad=False).loss
 
     # -- diagnosis -------------------------------------------------------------------------
-    def diagnose(self, inputs: Mapping[str, Any], params: Mapping[str, Any], step: int | None = None) -> NonFiniteError:
-        """Re-run a batch keeping every value and name the first node (in plan order) that is
-        NaN/inf; when the forward pass is finite, the first non-finite gradient (in backward order)."""
+    def diagnose(self, inputs: Mapping[str, Any], params: Mapping[str, Any], step: int | None = None,
+                 noise: Noise | None = None) -> NonFiniteError:
+        """Re-run a batch (with the step's dropout ``noise``) keeping every value and name the first
+        node (in plan order) that is NaN/inf; when the forward pass is finite, the first non-finite
+        gradient (in backward order)."""
         where = f"step {step}: " if step is not None else ""
-        run = self.plan.forward(inputs, params, keep_values=True)
+        run = self.plan.forward(inputs, params, keep_values=True, noise=noise)
         for s in self.plan.steps:
             value = run.values.get(s.id)
             if value is not None and value.dtype.kind == "f" and not np.isfinite(value).all():
@@ -392,10 +397,12 @@ class Trainer:
             else:
                 lo, hi = batch * size, min((batch + 1) * size, examples)
                 rows = order[lo:hi] if order is not None else slice(lo, hi)
+            # dropout's masks: drawn per step from the run's seed, so a resumed run draws the same
+            noise = Noise(self.seed, number) if plan.random else None
             if engine is not None:
-                loss, grads = self._compiled_step(engine, programs, arrays, rows, number, callback is not None)
+                loss, grads = self._compiled_step(engine, programs, arrays, rows, number, callback is not None, noise)
             else:
-                loss, grads = self._interpreted_step(arrays, rows, params, number)
+                loss, grads = self._interpreted_step(arrays, rows, params, number, noise)
             step, last = number, loss
             best = loss if best is None else min(best, loss)
             losses.append(loss)
@@ -427,29 +434,30 @@ class Trainer:
             return arrays
         return {n: (a[rows] if n in self.batched else a) for n, a in arrays.items()}
 
-    def _interpreted_step(self, arrays: Arrays, rows, params: Arrays, number: int) -> tuple[float, Arrays]:
+    def _interpreted_step(self, arrays: Arrays, rows, params: Arrays, number: int,
+                          noise: Noise | None) -> tuple[float, Arrays]:
         """One update on the reference interpreter; returns the loss and the gradients used."""
         inputs = self._batch(arrays, rows)
-        run = self.plan.forward(inputs, params)
+        run = self.plan.forward(inputs, params, noise=noise)
         loss = run.loss
         if not math.isfinite(loss):
-            raise self.diagnose(inputs, params, number)
+            raise self.diagnose(inputs, params, number, noise)
         grads = run.backward()
         if not all(np.isfinite(grads[n]).all() for n in self.plan.param_names):
-            raise self.diagnose(inputs, params, number)
+            raise self.diagnose(inputs, params, number, noise)
         with np.errstate(all="ignore"):  # overflow is detected explicitly below, not warned about
             self.optimizer.step(params, grads)
         self._check_params(params, lambda name: not np.isfinite(params[name]).all(), number)
         return loss, grads
 
     def _compiled_step(self, engine: CompiledStep, programs: dict, arrays: Arrays, rows, number: int,
-                       keep_grads: bool) -> tuple[float, Arrays]:
+                       keep_grads: bool, noise: Noise | None) -> tuple[float, Arrays]:
         """One update on the compiled engine: the batch is gathered straight into the tape's
         input buffers. The gradients are copied only when someone (a callback) will see them."""
         key = None if rows is None else _length(rows)  # a tape per batch length: the last may be short
         program = programs.get(key)
         if program is None:
-            program = programs[key] = engine.program(self._batch(arrays, rows))
+            program = programs[key] = engine.program(self._batch(arrays, rows), random=noise is not None)
             for name, buffer in program.inputs.items():
                 if name not in self.batched or rows is None:
                     np.copyto(buffer, arrays[name])  # whole inputs: the same every step
@@ -459,9 +467,9 @@ class Trainer:
                     np.copyto(program.inputs[name], arrays[name][rows])
                 else:
                     np.take(arrays[name], rows, axis=0, out=program.inputs[name])
-        loss = engine.run(program, update=False)
-        if not math.isfinite(loss) or not engine.gradients_finite(program):
-            raise self.diagnose(dict(program.inputs), engine.params, number)
+        loss = engine.run(program, update=False, noise=noise)
+        if not math.isfinite(loss) or not engine.gradients_finite(program, noise):
+            raise self.diagnose(dict(program.inputs), engine.params, number, noise)
         grads = engine.true_grads() if keep_grads else engine.grads
         with np.errstate(all="ignore"):
             engine.update()

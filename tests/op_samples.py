@@ -43,6 +43,7 @@ class Sample:
     params: dict[str, np.ndarray]
     wrt: str = "params"
     notes: list[str] = field(default_factory=list)
+    noise: Any = None  # a runtime.Noise: the sample runs as that training step (dropout drops)
 
     def _repr_pretty_(self, printer, cycle) -> None:  # what hypothesis prints for a falsifying example
         printer.text(repr(self))
@@ -616,6 +617,66 @@ def pool(draw, op: str) -> Sample:
     return d.finish(out, tuple(out.shape))
 
 
+@st.composite
+def concat(draw) -> Sample:
+    """One to four operands of one rank, sizes differing along a random axis; sometimes one
+    parameter twice (its gradient is the sum of its two stretches)."""
+    d = Draft(draw, "concat")
+    shape = draw(shapes(min_rank=1))
+    axis = int(d.rng.integers(-len(shape), len(shape)))
+    if d.shared():
+        w = d.operand("w", d.uniform(shape, -2.0, 2.0), "param")
+        d.notes.append(f"concat(w, w), axis={axis}")
+        out_shape = list(shape)
+        out_shape[axis] *= 2
+        return d.finish(d.g.op("concat", w, w, axis=axis, name=OP_NODE), tuple(out_shape))
+    values = {}
+    for k in range(int(d.rng.integers(1, 5))):
+        part = list(shape)
+        part[axis] = int(d.rng.integers(1, 4))
+        values[f"x{k}"] = d.uniform(tuple(part), -2.0, 2.0)
+    operands = d.operands(values, symbolic_ok=False)
+    d.notes.append(f"axis={axis}")
+    out_shape = np.concatenate(list(values.values()), axis=axis).shape
+    return d.finish(d.g.op("concat", *operands, axis=axis, name=OP_NODE), out_shape)
+
+
+@st.composite
+def dropout(draw) -> Sample:
+    """Mostly a training step (a Noise: the same mask at every finite-difference point), some
+    without one (the identity); rates from none dropped to nearly all."""
+    from runtime import Noise
+
+    d = Draft(draw, "dropout")
+    shape = draw(shapes())
+    rate = float(draw(st.sampled_from([0.0, 0.2, 0.5, 0.9])))
+    (x,) = d.operands({"x": d.uniform(shape, -2.0, 2.0)})
+    sample = d.finish(d.g.op("dropout", x, rate=rate, name=OP_NODE), shape)
+    if d.rng.random() < 0.75:
+        sample.noise = Noise(int(d.rng.integers(0, 2**31)), int(d.rng.integers(1, 10**6)))
+    sample.notes.append(f"rate={rate}, {sample.noise or 'not training'}")
+    return sample
+
+
+@st.composite
+def accuracy(draw) -> Sample:
+    """accuracy has no gradient: it is added to a cross-entropy loss of the same scores, whose
+    gradient alone reaches them. Scores on a 0.1 grid: no argmax flips within a finite-difference step."""
+    d = Draft(draw, "accuracy")
+    shape = draw(shapes(min_rank=1))
+    count = int(np.prod(shape))
+    z = d.operand("z", (d.rng.permutation(count) * 0.1 - count * 0.05).reshape(shape), "param")
+    labels_value = d.rng.integers(0, shape[-1], size=shape[:-1])
+    if d.rng.random() < 0.5:
+        labels = d.operand("labels", labels_value, str(d.rng.choice(["input", "const"])))
+    else:  # one-hot rows: their argmax is the label
+        labels = d.operand("labels", np.eye(shape[-1])[labels_value], str(d.rng.choice(["input", "const"])))
+    out = d.g.op("accuracy", z, labels, name=OP_NODE)
+    d.g.output("out", out)
+    d.g.loss(d.g.add(d.g.softmax_cross_entropy(z, labels, reduction="sum", name="L"), out, name="L_plus"))
+    return Sample("accuracy", d.g.build(), d.inputs, d.params, "params", d.notes)
+
+
 # -- the table ---------------------------------------------------------------------------------------
 
 SAMPLES: dict[str, st.SearchStrategy[Sample]] = {
@@ -646,6 +707,9 @@ SAMPLES: dict[str, st.SearchStrategy[Sample]] = {
     "layer_norm": layer_norm(),
     "conv2d": conv2d(),
     **{op: pool(op) for op in ("max_pool2d", "avg_pool2d")},
+    "concat": concat(),
+    "dropout": dropout(),
+    "accuracy": accuracy(),
 }
 
 
@@ -657,4 +721,4 @@ def to_float32(sample: Sample) -> Sample:
         return {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in values.items()}
 
     return Sample(sample.op, cast_graph(sample.graph, "float32"), cast(sample.inputs), cast(sample.params),
-                  sample.wrt, sample.notes + ["float32"])
+                  sample.wrt, sample.notes + ["float32"], sample.noise)

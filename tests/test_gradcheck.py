@@ -91,7 +91,7 @@ def test_an_op_without_a_sample_fails_rather_than_skips():
 
 
 def _gradcheck_sample(sample: Sample, engine: str) -> GradcheckResult:
-    return gradcheck(sample.graph, sample.inputs, sample.params, wrt=sample.wrt, engine=engine)
+    return gradcheck(sample.graph, sample.inputs, sample.params, wrt=sample.wrt, engine=engine, noise=sample.noise)
 
 
 @both_engines
@@ -252,10 +252,12 @@ def test_gradcheck_catches_a_wrong_vjp_for_every_op(op):
     @given(strategy)
     def check(sample: Sample):
         g64 = sample.graph
-        right = runtime.compile(g64).forward(sample.inputs, sample.params, grad_inputs=True).backward()
+        right = runtime.compile(g64).forward(sample.inputs, sample.params, grad_inputs=True,
+                                             noise=sample.noise).backward()
         with patched_kernel(op, vjp=shifted):
-            wrong = runtime.compile(g64).forward(sample.inputs, sample.params, grad_inputs=True).backward()
-            result = gradcheck(sample.graph, sample.inputs, sample.params, wrt=sample.wrt)
+            wrong = runtime.compile(g64).forward(sample.inputs, sample.params, grad_inputs=True,
+                                                 noise=sample.noise).backward()
+            result = gradcheck(sample.graph, sample.inputs, sample.params, wrt=sample.wrt, noise=sample.noise)
         changed = [name for name in result.entries if not np.allclose(right[name], wrong[name], rtol=1e-4,
                                                                       atol=1e-4)]
         if changed:

@@ -33,7 +33,7 @@ def quadrants(n: int, seed: int = 0, dtype=np.float32):
 
 def test_a_lenet_is_ten_lines_of_layers():
     graph = lenet()
-    assert graph.version == "1.1"
+    assert graph.version == "1.1"  # conv, pooling: 1.1 ops; no 1.2 op in it
     assert {name: spec.shape for name, spec in graph.parameters.items()} == {
         "conv2d_1.weight": (8, 1, 3, 3), "conv2d_1.bias": (8, 1, 1),
         "conv2d_2.weight": (16, 8, 3, 3), "conv2d_2.bias": (16, 1, 1),

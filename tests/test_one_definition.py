@@ -33,8 +33,9 @@ BOOKKEEPING = {np.copyto, np.add, np.add.reduce}  # copies, fan-out sums, unbroa
 
 
 def test_a_kernel_is_one_forward_and_one_vjp():
+    # "draws" is a random kernel's sampler (dropout's mask), an input both engines pass, not a form of it
     assert {f.name for f in dataclasses.fields(runtime.kernels.Kernel)} == {
-        "op", "forward", "vjp", "saves_out", "saves_inputs", "residuals"}
+        "op", "forward", "vjp", "saves_out", "saves_inputs", "residuals", "draws"}
 
 
 def _op_names_in(path: Path) -> set[str]:
@@ -72,7 +73,7 @@ def _lower_recording(sample: Sample):
     try:
         step = runtime.CompiledStep(sample.graph, grad_inputs=sample.wrt != "params")
         step.load_params(sample.params)
-        program = step.program(sample.inputs)
+        program = step.program(sample.inputs, random=sample.noise is not None)
     finally:
         trace.Template.instantiate = original
     own = [entry for entry in program.tape + program.seed_tape if id(entry) not in traced]
@@ -81,11 +82,12 @@ def _lower_recording(sample: Sample):
 
 def _assert_same_bits_as_the_interpreter(sample: Sample) -> None:
     grad_inputs = sample.wrt != "params"
-    run = runtime.compile(sample.graph).forward(sample.inputs, sample.params, grad_inputs=grad_inputs)
+    run = runtime.compile(sample.graph).forward(sample.inputs, sample.params, grad_inputs=grad_inputs,
+                                                noise=sample.noise)
     expected = run.backward() if run.grad_path else {}
     step = runtime.CompiledStep(sample.graph, grad_inputs=grad_inputs)
     step.load_params(sample.params)
-    loss, grads = step.gradients(sample.inputs)
+    loss, grads = step.gradients(sample.inputs, sample.noise)
     assert loss == run.loss or (np.isnan(loss) and np.isnan(run.loss)), f"{sample!r}: loss {loss} != {run.loss}"
     for name, value in expected.items():
         if name in grads:

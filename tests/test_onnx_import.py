@@ -55,6 +55,25 @@ def test_chainrule_to_onnx_and_back_keeps_the_forward_values():
                                forward(graph, data, params, "logits"), rtol=1e-5, atol=1e-5)
 
 
+def test_concat_and_dropout_survive_the_round_trip():
+    g = graphspec.GraphBuilder("two_towers", dtype="float32")
+    x = g.input("x", ["N", 4])
+    joined = g.concat(g.relu(g.linear(x, 3, name="a")), g.tanh(g.linear(x, 2, name="b")), axis=1, name="joined")
+    out = g.linear(g.dropout(joined, 0.3, name="drop"), 2, name="out")
+    g.output("out", out)
+    g.loss(g.mse(out, g.input("y", ["N", 2])))
+    graph = g.build()
+    params = runtime.init_params(graph, seed=0)
+    again, again_params = from_onnx(runtime.to_onnx(graph, params).SerializeToString(), loss="mse")
+    ops = [n.op for n in again.nodes]
+    assert "concat" in ops and "dropout" in ops
+    assert next(n for n in again.nodes if n.op == "dropout").attrs["rate"] == pytest.approx(0.3)
+    x_value = np.random.default_rng(1).normal(size=(6, 4)).astype(np.float32)
+    np.testing.assert_allclose(forward(again, {"x": x_value, "target": np.zeros((6, 2), np.float32)}, again_params),
+                               forward(graph, {"x": x_value, "y": np.zeros((6, 2), np.float32)}, params),
+                               rtol=1e-6, atol=1e-6)
+
+
 def test_unsupported_nodes_are_listed_together():
     h = onnx.helper
     model = h.make_model(h.make_graph(

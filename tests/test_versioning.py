@@ -13,16 +13,16 @@ from graphspec.versioning import MigrationRegistry
 
 def test_supported_versions_describe_this_release():
     s = graphspec.supported_versions()
-    assert s == {"format": "chainrule.graph", "current": "1.1", "reads": ["1.0", "1.1"], "migrates_from_majors": []}
+    assert s == {"format": "chainrule.graph", "current": "1.2", "reads": ["1.0", "1.1", "1.2"], "migrates_from_majors": []}
 
 
-@pytest.mark.parametrize("version", ["2.0", "1.2", "17.3"])
+@pytest.mark.parametrize("version", ["2.0", "1.3", "17.3"])
 def test_newer_versions_are_refused_naming_both_versions(example_tree, version):
     tree = example_tree("logistic_regression")
     tree["version"] = version
     (issue,) = issues_of(tree)
     assert (issue.code, issue.location) == ("unsupported_version", "/version")
-    assert version in issue.message and "1.1" in issue.message
+    assert version in issue.message and "1.2" in issue.message
     assert "upgrade" in issue.hint
 
 

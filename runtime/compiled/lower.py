@@ -62,6 +62,8 @@ class Program:
     seed: np.ndarray | None = None  # d(loss)/d(loss) for the backward pass
     seed_tape: list = field(default_factory=list)  # calls reading only the seed and constants
     untraced: dict[str, str] = field(default_factory=dict)  # op -> why its kernel was not traced
+    # random kernels' draws (runtime.noise): (step, buffer) pairs a training step fills first
+    draws: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.tape = self.forward + self.backward
@@ -116,13 +118,15 @@ def _dtype_name(dtype: np.dtype) -> str:
 
 
 def lower(plan: Plan, input_types: Mapping[str, TensorType], params: Mapping[str, np.ndarray],
-          param_grads: Mapping[str, np.ndarray], *, grad_inputs: bool = False) -> Program:
+          param_grads: Mapping[str, np.ndarray], *, grad_inputs: bool = False, random: bool = False) -> Program:
     """Lower ``plan`` for inputs of ``input_types``; the step reads ``params`` and writes
-    d(loss)/d(param) into ``param_grads`` (arrays the caller owns and keeps).
+    d(loss)/d(param) into ``param_grads`` (arrays the caller owns and keeps). With
+    ``random``, random kernels (dropout) read draws from ``Program.draws``' buffers, which
+    the caller fills before each run; without, they get None (:mod:`runtime.noise`).
 
     Four passes: shapes and fusions, what runs (:mod:`runtime.analysis`, as the interpreter
     decides it), the forward tape, the backward tape."""
-    lowering = _Lowering(plan, input_types, params, grad_inputs)
+    lowering = _Lowering(plan, input_types, params, grad_inputs, random)
     lowering.analyse()
     lowering.emit_forward()
     return lowering.emit_backward(param_grads)
@@ -132,8 +136,10 @@ class _Lowering:
     """The state the passes share: the emitter, the buffers, and what the analysis found."""
 
     def __init__(self, plan: Plan, input_types: Mapping[str, TensorType], params: Mapping[str, np.ndarray],
-                 grad_inputs: bool):
+                 grad_inputs: bool, random: bool = False):
         self.plan, self.input_types, self.params, self.grad_inputs = plan, input_types, params, grad_inputs
+        self.random = random
+        self.draws: dict[str, np.ndarray | None] = {}  # node id -> its draw's buffer (None: not training)
         leaves = {**input_types, **{n: tensor_type(p) for n, p in params.items()}}
         self.types = infer_types(plan, leaves)
         self.nodes = fuse(list(plan.steps), plan)  # plan steps, a fused pattern as one Step
@@ -171,6 +177,10 @@ class _Lowering:
         for position, n in enumerate(self.run):
             shape, dtype = tuple(types[n.id].shape), dtype_of[n.id]
             args = [buf[name] for name in n.inputs]
+            if n.kernel.draws is not None:
+                first = args[0]
+                draw = self.draws[n.id] = e.buffer(first.shape, first.dtype) if self.random else None
+                args.append(draw)
             if n.op == "constant":  # its value is known now: fill the buffer once, never write it again
                 out = buf[n.id] = e.buffer(shape, dtype)
                 out[...] = n.kernel.forward(**n.attrs)
@@ -281,6 +291,8 @@ class _Lowering:
                     targets[i] = leaf_targets[name]
             out = buf[n.id] if k.saves_out else self.meta(n.id)
             args = [buf[name] if i in k.saves_inputs else self.meta(name) for i, name in enumerate(n.inputs)]
+            if k.draws is not None:
+                args.append(self.draws[n.id])
             g_exclusive = id(g) in exclusive
             exclusive.discard(id(g))
             e.begin()
@@ -316,7 +328,8 @@ class _Lowering:
                 target[...] = 0
         return Program(self.forward_tape, e.tape, self.inputs, buf[loss_id], input_grads, tuple(sorted(self.native)),
                        tuple(sorted(self.adapted)), tuple(sorted({n.op for n in self.run if len(n.covers) > 1})),
-                       e.bytes, buf, seed, e.seed_tape, dict(self.untraced))
+                       e.bytes, buf, seed, e.seed_tape, dict(self.untraced),
+                       [(n, self.draws[n.id]) for n in self.run if self.draws.get(n.id) is not None])
 
 
 _TEMPLATES: dict[tuple, Template | str] = {}  # traces, shared by every lowering (kernels never change)
@@ -351,7 +364,8 @@ def _trace(n: Step, which: str, args: list, static: tuple, wanted) -> Template |
                 results = [result[0], *result[1]] if k.residuals else [result]
             else:
                 g, out, *rest = traced
-                inputs, residuals = rest[:len(n.inputs)], rest[len(n.inputs):]
+                count = len(n.inputs) + (k.draws is not None)  # a random kernel's draw follows its inputs
+                inputs, residuals = rest[:count], rest[count:]
                 extra = {"residuals": tuple(residuals)} if k.residuals else {}
                 results = list(k.vjp(g, out, *inputs, **extra, **n.attrs))
     except PromotionError as exc:  # the interpreter would hand float64 on, silently: the kernel must be fixed
@@ -405,7 +419,7 @@ def _adapted_vjp(e: Emitter, n: Step, g: np.ndarray, out, args: list, wanted: tu
                  residuals: list) -> list:
     """The kernel's own VJP, unbroadcast and copied into gradient buffers."""
     k = n.kernel
-    dests = [e.buffer(a.shape, a.dtype) if wanted[i] else None for i, a in enumerate(args)]
+    dests = [e.buffer(a.shape, a.dtype) if wanted[i] else None for i, a in enumerate(args[:len(wanted)])]
     vjp, attrs = k.vjp, n.attrs
 
     def run() -> None:

@@ -25,6 +25,7 @@ import numpy as np
 from graphspec import Graph
 
 from ..errors import ExecutionError, InputError
+from ..noise import Noise
 from ..optim import Optimizer
 from ..plan import Plan, compile as compile_plan
 from .lower import Program, lower, tensor_type
@@ -100,22 +101,26 @@ class CompiledStep:
         self._loaded = True
 
     # -- tapes -----------------------------------------------------------------------------
-    def program(self, inputs: Mapping[str, np.ndarray]) -> Program:
+    def program(self, inputs: Mapping[str, np.ndarray], *, random: bool = False) -> Program:
         """The tape for these inputs' shapes, lowered on first use (the inputs are fully
-        checked then; later calls with the same shapes check only shapes and dtypes)."""
+        checked then; later calls with the same shapes check only shapes and dtypes).
+        ``random``: a training step's tape, whose dropout draws (:meth:`run`'s ``noise``)."""
         if not self._loaded:
             raise InputError("load_params(...) first: the compiled step has no parameters yet")
-        key = tuple(np.shape(inputs[name]) if name in inputs else None for name in self.plan.input_names)
+        random = random and self.plan.random
+        key = (random, *[np.shape(inputs[name]) if name in inputs else None for name in self.plan.input_names])
         program = self._programs.get(key)
         if program is None:
             bound = self.plan.check_inputs(inputs, None, only="input")
             types = {name: tensor_type(bound[name]) for name in self.plan.input_names}
-            program = lower(self.plan, types, self.params, self.grads, grad_inputs=self.grad_inputs)
+            program = lower(self.plan, types, self.params, self.grads, grad_inputs=self.grad_inputs, random=random)
             self._programs[key] = program
         return program
 
-    def _load(self, inputs: Mapping[str, Any]) -> Program:
+    def _load(self, inputs: Mapping[str, Any], noise: Noise | None = None) -> Program:
         program = self._last
+        if program is not None and bool(program.draws) != (noise is not None and self.plan.random):
+            program = None  # the last tape was lowered for the other mode (training or not)
         if program is not None and len(inputs) == len(program.inputs):  # the common case: same shapes again
             try:
                 for name, target in program.inputs.items():
@@ -128,7 +133,7 @@ class CompiledStep:
                     return program
             except (KeyError, AttributeError):  # a missing input, or not an array: the full path says which
                 pass
-        program = self._last = self.program(inputs)
+        program = self._last = self.program(inputs, random=noise is not None)
         if len(inputs) != len(program.inputs):
             self.plan.check_inputs(inputs, self.params)  # names the missing or unexpected input
         for name, target in program.inputs.items():
@@ -139,9 +144,10 @@ class CompiledStep:
                 np.copyto(target, value)
         return program
 
-    def run(self, program: Program, *, update: bool = True, fold: bool = True) -> float:
+    def run(self, program: Program, *, update: bool = True, fold: bool = True, noise: Noise | None = None) -> float:
         """Run ``program`` on the inputs already in ``program.inputs``: forward, backward and
-        (``update``) the optimizer step. Returns the loss (before the update).
+        (``update``) the optimizer step. Returns the loss (before the update). A program
+        lowered with ``random`` needs the step's ``noise`` (dropout's masks are drawn from it).
 
         With ``fold``, the backward pass starts from the optimizer's
         :meth:`~runtime.optim.Optimizer.gradient_scale` instead of 1 (plain SGD: its learning
@@ -150,6 +156,12 @@ class CompiledStep:
         """
         self.grad_scale = self.optimizer.gradient_scale() if fold and self.optimizer is not None else 1.0
         program.set_seed(self.grad_scale)
+        if program.draws:
+            if noise is None:
+                raise InputError("this compiled step draws dropout masks: pass the step's noise "
+                                 "(runtime.noise.Noise(seed, step))")
+            for n, draw in program.draws:
+                np.copyto(draw, noise.draw(n.kernel, n.id, draw.shape, draw.dtype, n.attrs))
         with np.errstate(all="ignore"):  # non-finite values are the caller's to detect, as in Plan
             try:
                 for fn, args in program.tape:
@@ -161,15 +173,16 @@ class CompiledStep:
                 self.update()
         return loss
 
-    def __call__(self, inputs: Mapping[str, Any]) -> float:
-        """One training step on ``inputs``; the loss before the update."""
-        return self.run(self._load(inputs))
+    def __call__(self, inputs: Mapping[str, Any], noise: Noise | None = None) -> float:
+        """One training step on ``inputs``; the loss before the update. ``noise`` (the run's
+        seed and this step's number) makes dropout drop; without it dropout is the identity."""
+        return self.run(self._load(inputs, noise), noise=noise)
 
-    def gradients(self, inputs: Mapping[str, Any]) -> tuple[float, dict[str, np.ndarray]]:
+    def gradients(self, inputs: Mapping[str, Any], noise: Noise | None = None) -> tuple[float, dict[str, np.ndarray]]:
         """The loss and d(loss)/d(every parameter) (and float input, with ``grad_inputs``),
         as copies; no update."""
-        program = self._load(inputs)
-        loss = self.run(program, update=False, fold=False)
+        program = self._load(inputs, noise)
+        loss = self.run(program, update=False, fold=False, noise=noise)
         grads = {name: g.copy() for name, g in self.grads.items()}
         grads.update({name: g.copy() for name, g in program.input_grads.items()})
         return loss, grads
@@ -194,14 +207,14 @@ class CompiledStep:
     def grads_finite(self) -> bool:
         return all(_finite(a.grads) for a in self._arenas)
 
-    def gradients_finite(self, program: Program) -> bool:
+    def gradients_finite(self, program: Program, noise: Noise | None = None) -> bool:
         """Whether the last run's gradients are finite. A run whose gradients were scaled
         (:meth:`run`'s ``fold``) and are not is redone unscaled first, so the scale is never
         what made a step fail."""
         if self.grads_finite():
             return True
         if self.grad_scale != 1.0:
-            self.run(program, update=False, fold=False)
+            self.run(program, update=False, fold=False, noise=noise)
             return self.grads_finite()
         return False
 
@@ -211,7 +224,7 @@ class CompiledStep:
     def _located(self, program: Program, exc: Exception) -> Exception:
         """The interpreter's error for the failing batch (it names the node), else a plain one."""
         try:
-            self.plan.forward(dict(program.inputs), self.params, with_grad=False)
+            self.plan.forward(dict(program.inputs), self.params, with_grad=False)  # dropout changes no error
         except (ExecutionError, InputError) as located:
             return located
         return ExecutionError(str(exc), node="?", op="?")

@@ -63,7 +63,7 @@ _REDUCTIONS = {np.sum: np.add, np.prod: np.multiply, np.max: np.maximum, np.min:
 _MUTATING = {np.put, np.put_along_axis, np.copyto, np.place, np.putmask, np.fill_diagonal}
 _VIEW_METHODS = {np.swapaxes: np.ndarray.swapaxes, np.transpose: np.ndarray.transpose, np.reshape: np.ndarray.reshape,
                  np.squeeze: np.ndarray.squeeze}
-_WITH_OUT = {np.take, np.dot, np.cumsum, np.cumprod}  # numpy functions with an out= argument
+_WITH_OUT = {np.take, np.dot, np.cumsum, np.cumprod, np.concatenate}  # numpy functions with an out= argument
 _CLIP = (np._core.umath if hasattr(np, "_core") else np.core.umath).clip  # np.clip's ufunc
 
 

@@ -13,6 +13,11 @@ engine keeps only those, and passes a :class:`Meta` (shape and dtype) for the re
 A kernel registered with ``residuals=True`` returns ``(output, residuals)`` from
 ``forward`` — intermediate arrays its VJP reuses instead of recomputing — and its VJP
 receives them as the keyword ``residuals``.
+A kernel registered with ``draws=f`` is random while training (dropout): the engine calls
+``f(rng, shape, dtype, **attrs)`` for each training step, with ``shape`` and ``dtype`` its
+first input's and ``rng`` a generator seeded from the run's seed, the step number and the
+node (:class:`runtime.noise.Noise`), and passes the array as one more argument after the
+inputs to ``forward`` and ``vjp``; outside training that argument is None.
 
 The interpreter calls these functions; the compiled engine (:mod:`runtime.compiled`)
 *traces* the same functions once per set of shapes and plans buffers over the recording
@@ -59,20 +64,22 @@ class Kernel:
     saves_out: bool = False
     saves_inputs: tuple[int, ...] = ()
     residuals: bool = False  # forward returns (output, residuals); vjp takes residuals=...
+    draws: Callable[..., np.ndarray] | None = None  # a training step's random draw (module docstring)
 
 
 KERNELS: dict[str, Kernel] = {}
 
 
-def kernel(op: str, forward: Callable, vjp: Callable, *, saves: tuple = (), residuals: bool = False) -> Kernel:
+def kernel(op: str, forward: Callable, vjp: Callable, *, saves: tuple = (), residuals: bool = False,
+           draws: Callable | None = None) -> Kernel:
     """Register the kernel of catalogue op ``op``; ``saves`` lists "out" and/or input indices
-    the VJP reads; ``residuals`` (module docstring)."""
+    the VJP reads; ``residuals`` and ``draws`` (module docstring)."""
     if op not in OPS:
         raise KeyError(f"no graphspec contract for op {op!r}: add it to graphspec/ops.py first")
     if op in KERNELS:
         raise ValueError(f"kernel {op!r} is already registered")
     entry = Kernel(op, forward, vjp, saves_out="out" in saves,
-                   saves_inputs=tuple(i for i in saves if isinstance(i, int)), residuals=residuals)
+                   saves_inputs=tuple(i for i in saves if isinstance(i, int)), residuals=residuals, draws=draws)
     KERNELS[op] = entry
     return entry
 

@@ -21,7 +21,7 @@ def render_table() -> str:
     lines = ["| op | gradient flows to | VJP reads | computes |", "|---|---|---|---|"]
     for name in sorted(KERNELS):
         k, contract = KERNELS[name], OPS[name]
-        to = ", ".join(contract.inputs[i] for i in contract.grad_inputs) or "—"
+        to = ", ".join(contract.inputs[i] for i in contract.grad_inputs) + (" (each)" if contract.variadic else "") or "—"
         reads = ([contract.inputs[i] for i in k.saves_inputs] + (["output"] if k.saves_out else [])
                  + (["residuals of its forward"] if k.residuals else []))
         lines.append(f"| `{name}` | {to} | {', '.join(reads) or 'shapes only'} | {contract.doc} |")

@@ -87,3 +87,16 @@ def _gelu_vjp(g, out, x, *, residuals):
 
 
 kernel("gelu", _gelu, _gelu_vjp, saves=(0,), residuals=True)
+
+
+# -- format 1.2 ---------------------------------------------------------------------------------
+def _keep_scale(rng, shape, dtype, *, rate):
+    """Dropout's draw: 1 / (1 - rate) where an element is kept, 0 where it is dropped, so the
+    forward pass and the VJP are one multiplication each."""
+    return (rng.random(shape, dtype=dtype) >= rate) * dtype.type(1 / (1 - rate))
+
+
+# keep is None outside training: dropout is x itself there, and so is its gradient (a draw is
+# always passed to the VJP: it needs no "saves")
+kernel("dropout", lambda x, keep, *, rate: x if keep is None else x * keep,
+       lambda g, out, x, keep, *, rate: (g if keep is None else g * keep,), draws=_keep_scale)

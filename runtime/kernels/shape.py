@@ -136,3 +136,18 @@ def _slice_vjp(g, out, x, *, starts, ends, axes):
 
 kernel("gather", _gather, _gather_vjp, saves=(1,))
 kernel("slice", lambda x, **attrs: x[_slices(x.shape, **attrs)], _slice_vjp)
+
+
+# -- format 1.2 ---------------------------------------------------------------------------------
+def _concat_vjp(g, out, *inputs, axis):
+    # each input's gradient is its stretch of g along the axis (a view: no copy)
+    axis = axis % g.ndim
+    parts, start = [], 0
+    for x in inputs:
+        end = start + x.shape[axis]
+        parts.append(g[(slice(None),) * axis + (slice(start, end),)])
+        start = end
+    return tuple(parts)
+
+
+kernel("concat", lambda *inputs, axis: np.concatenate(inputs, axis=axis), _concat_vjp)
