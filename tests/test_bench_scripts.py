@@ -73,17 +73,27 @@ def check_chaos(report: dict, stdout: str, stderr: str) -> None:
 
 
 def check_step_bench(report: dict, stdout: str, stderr: str) -> None:
-    cells = report["results"]["W1_b1"]
     expected = {"chainrule", "interp", "hand"} | ({"torch"} if torch_available() else set())
-    assert set(cells) == expected
     if not torch_available():  # the bench extra is optional: the torch column is skipped, and said so
         assert "torch is not installed" in stderr
-    for impl, cell in cells.items():
-        assert finite_positive(cell["median_us"]), (impl, cell)
-        if impl != "hand":  # the reference the others' gradients are checked against
-            assert report["grad_check"]["W1_b1"][impl]["ok"] is True, (impl, report["grad_check"])
-    assert finite_positive(report["setup"]["W1_b1"]["chainrule"]["compile_ms"])
-    assert finite_positive(report["memory"]["W1_b1"]["chainrule"]["peak_bytes"])
+    for wl in ("W1_b1", "W5_cnn"):
+        cells = report["results"][wl]
+        assert set(cells) == expected, wl
+        for impl, cell in cells.items():
+            assert finite_positive(cell["median_us"]) and finite_positive(cell["ratio_vs_hand"]), (wl, impl, cell)
+            if torch_available():  # every cell's ratio to torch, measured in the same run
+                assert finite_positive(cell["ratio_vs_torch"]), (wl, impl, cell)
+            if impl != "hand":  # the reference the others' gradients are checked against
+                assert report["grad_check"][wl][impl]["ok"] is True, (wl, impl, report["grad_check"])
+        assert finite_positive(report["setup"][wl]["chainrule"]["compile_ms"])
+        assert finite_positive(report["memory"][wl]["chainrule"]["peak_bytes"])
+        verdict = report["verdicts"][wl]  # chainrule's ratio to the target's reference, when that ran
+        if verdict["vs"] in cells:
+            assert finite_positive(verdict["ratio"]) and verdict["met"] == (verdict["ratio"] <= verdict["target"])
+        else:
+            assert verdict["ratio"] is None and verdict["met"] is None
+        assert f"| {wl} |" in stdout
+    assert report["verdicts"]["W5_cnn"]["vs"] == "torch"
 
 
 # script -> (arguments of its smallest run, needs Redis, the check of its --json report)
@@ -93,7 +103,7 @@ SMOKE: dict[str, tuple[list[str], bool, Callable[[dict, str, str], None]]] = {
     "chaos.py": (["--quick"], True, check_chaos),
     # every implementation, torch included: without the bench extra it must skip that column
     # (tests/test_step_bench.py runs it with an explicit implementation list)
-    "step_bench.py": (["--quick", "--workloads", "W1_b1"], False, check_step_bench),
+    "step_bench.py": (["--quick", "--workloads", "W1_b1,W5_cnn"], False, check_step_bench),
 }
 
 
