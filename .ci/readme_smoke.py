@@ -8,8 +8,10 @@ What runs, read from README.md itself (so the README cannot drift from what work
 * every block after the quick start's, in the README's order:
   - ```bash: each command (continuation lines joined, trailing comments dropped);
     `<job id>` becomes the id the last `chainrule submit` printed. Skipped: `chainrule serve`
-    (already running) and `pip install` lines that ask for extras (`.[bench]`: not the base
-    install by definition);
+    (already running) and the `.[bench]` line (PyTorch, a gigabyte; tests/test_step_bench.py
+    smoke-tests the script). Other lines that install an extra (`.[examples]`) are not the
+    base install by definition: they run last, after every base command, in the same venv
+    (as a reader adds the extra to the environment `chainrule serve` runs in);
   - ```python: consecutive blocks run as one script (a later one uses the names an earlier
     one defines, as a reader does), before the next bash block.
 Commands run in a scratch directory holding a link to examples/, so files they write
@@ -37,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DEFAULT_URL = "http://127.0.0.1:8000"
 STEP_TIMEOUT_S = 300
+SKIPPED_EXTRAS = ("bench",)  # extras too large to install in CI (PyTorch)
+EXTRA_INSTALL = re.compile(r'^(python -m pip install -e "\.\[(\w+)\]")(?: && (.*))?$')
 
 
 def blocks(text: str) -> list[tuple[str, str]]:
@@ -129,6 +133,7 @@ def main() -> int:
 
         job_id = None
         ran = skipped = 0
+        with_extras: list[tuple[str, str | None]] = []  # (install, then) commands that need an extra
         pending: list[str] = []  # consecutive python blocks: one script (a later one uses the earlier's names)
 
         def run_python() -> None:
@@ -148,10 +153,17 @@ def main() -> int:
                 continue
             run_python()
             for command in commands(body):
-                if command.startswith("chainrule serve") or re.search(r"pip install .*\[", command):
+                extra = EXTRA_INSTALL.match(command)
+                if command.startswith("chainrule serve") or (extra and extra.group(2) in SKIPPED_EXTRAS):
                     print(f"(skipped: {command})")
                     skipped += 1
                     continue
+                if extra:
+                    print(f"(deferred to the end, after the base install's commands: {command})")
+                    with_extras.append((extra.group(1), extra.group(3)))
+                    continue
+                assert not re.search(r"pip install .*\[", command), (
+                    f"`{command}`: write an extra's install as `python -m pip install -e \".[name]\" && ...`")
                 if "<job id>" in command:
                     assert job_id, f"`{command}` needs a job, but no `chainrule submit` ran before it"
                     command = command.replace("<job id>", job_id)
@@ -160,7 +172,14 @@ def main() -> int:
                 if command.startswith("chainrule submit"):
                     job_id = result.stdout.split()[0]
         run_python()
-        print(f"readme smoke: {ran} commands passed, {skipped} skipped (base install, fresh venv)")
+        base = ran
+        for install_extra, then in with_extras:
+            run(install_extra, env, ROOT)
+            if then:
+                run(then, env, work)
+            ran += 1
+        print(f"readme smoke: {base} commands passed on the base install (fresh venv), then {ran - base} with "
+              f"extras; {skipped} skipped")
         return 0
     finally:
         if server is not None and server.poll() is None:

@@ -2,7 +2,7 @@
 ONNX and served by onnxruntime with the same predictions.
 
     chainrule serve                                   # in another terminal (or any running stack)
-    python -m pip install -e ".[onnx]" scikit-learn onnxruntime
+    python -m pip install -e ".[examples]"            # onnx, onnxruntime, scikit-learn
     python examples/digits_cnn.py                     # --url, --api-key as for `chainrule submit`
 
 scikit-learn ships the data set inside its package (1,797 images, no download). The last 360
