@@ -492,3 +492,46 @@ def test_listing_pages_never_skip_jobs_created_in_the_same_instant(store):
         assert sorted(seen) == sorted(ids) and len(seen) == len(ids), limit
     for job_id in ids:
         store.request_cancel(job_id)
+
+
+def _dropout_mlp(rate: float) -> graphspec.Graph:
+    g = graphspec.GraphBuilder("dropout_mlp", dtype="float32")
+    x, y = g.input("x", ["N", 4]), g.input("y", ["N"], dtype="int64")
+    logits = g.linear(g.dropout(g.relu(g.linear(x, 16, name="hidden")), rate, name="drop"), 3, name="head")
+    g.output("accuracy", g.accuracy(logits, y))
+    g.loss(g.softmax_cross_entropy(logits, y))
+    return g.build()
+
+
+def test_a_dropout_job_redelivered_after_its_checkpoint_draws_the_same_masks(store, submit, celery_worker):
+    """Dropout's masks come from the job's seed and the step number (runtime.Noise), not from a
+    generator's history: a worker that dies after checkpointing at step 20 hands over to one that
+    resumes at step 21 with the masks an uninterrupted run draws, so the job ends bit for bit as
+    the same training run in this process."""
+    graph = _dropout_mlp(0.4)
+    rng = np.random.default_rng(3)
+    x_value = rng.normal(size=(64, 4)).astype(np.float32)
+    data = {"x": x_value, "y": (x_value[:, 0] > 0).astype(np.int64) + (x_value[:, 1] > 0.5)}
+    spec = {**SEED_SPEC, "seed": 11, "checkpoint_every": 20}
+
+    def local(graph, **fit):
+        trainer = runtime.Trainer(graph, runtime.make_optimizer(**spec["optimizer"]), batch_size=16, seed=11)
+        return trainer.fit(data, runtime.init_params(graph, seed=11), steps=60, **fit)
+
+    checkpoints, reports = [], []
+    expected = local(graph, callback=reports.append, checkpoint_every=20, on_checkpoint=checkpoints.append)
+    by_step = {r.step: r for r in reports}
+    assert local(_dropout_mlp(0.0)).losses != expected.losses  # the masks change the run: they are under test
+
+    job_id = submit(graph, data, spec, send=False)
+    _orphaned_at_checkpoint(store, job_id, checkpoints[0], {s: by_step[s].loss for s in by_step})
+    submit.send(job_id)
+    job, _ = wait_for_state(store, job_id, {"succeeded", "failed", "cancelled"})
+    assert job.state == "succeeded", job
+    assert job.attempts == 2
+    steps = all_steps(store, job_id)
+    assert [s.step for s in steps] == list(range(5, 61, 5))
+    assert [s.loss for s in steps if s.step > 20] == [by_step[s.step].loss for s in steps if s.step > 20]
+    result = graphspec.parse(store.get_blob(job_id, "result"), "msgpack")
+    for name, value in runtime.data.tensors_from_tree(result["params"]).items():
+        np.testing.assert_array_equal(value, expected.params[name])  # bit for bit, masks included
