@@ -321,6 +321,21 @@ def _orphaned_at_checkpoint(store, job_id: str, checkpoint: runtime.Checkpoint, 
     store._r.delete(store.job_key(job_id, "lease"))
 
 
+def _redelivered_after_checkpoint(store, submit, graph, data, spec, checkpoint, losses) -> tuple[str, list]:
+    """Submit the job, leave it as a worker that died after ``checkpoint`` would, deliver it again
+    and wait: it succeeds on its second attempt with every fifth step reported once. Returns the
+    job's id and steps."""
+    job_id = submit(graph, data, spec, send=False)
+    _orphaned_at_checkpoint(store, job_id, checkpoint, losses)
+    submit.send(job_id)
+    job, _ = wait_for_state(store, job_id, {"succeeded", "failed", "cancelled"})
+    assert job.state == "succeeded", job
+    assert job.attempts == 2
+    steps = all_steps(store, job_id)
+    assert [s.step for s in steps] == list(range(5, spec["steps"] + 1, 5))
+    return job_id, steps
+
+
 def test_redelivered_job_continues_from_its_checkpoint_not_from_step_0(store, submit, seed_graph, seed_data):
     """Regression guard: a redelivery that ignored the checkpoint and trained again from step 0
     would end exactly as the test above expects (deterministic training, replayed steps refused),
@@ -333,15 +348,8 @@ def test_redelivered_job_continues_from_its_checkpoint_not_from_step_0(store, su
     expected, resumed = _resumed_run(seed_graph, seed_data, spec, checkpoint)
     assert resumed[25].loss != normal[25].loss  # the mark shows in the losses after the checkpoint
 
-    job_id = submit(seed_graph, seed_data, spec, send=False)
-    _orphaned_at_checkpoint(store, job_id, checkpoint, {s: normal[s].loss for s in normal})
-    submit.send(job_id)
-    job, _ = wait_for_state(store, job_id, {"succeeded", "failed", "cancelled"})
-    assert job.state == "succeeded", job
-    assert job.attempts == 2
-
-    steps = all_steps(store, job_id)
-    assert [s.step for s in steps] == list(range(5, 61, 5))
+    job_id, steps = _redelivered_after_checkpoint(store, submit, seed_graph, seed_data, spec, checkpoint,
+                                                  {s: normal[s].loss for s in normal})
     after = [s for s in steps if s.step > 20]
     assert [s.loss for s in after] == [resumed[s.step].loss for s in after], "did not resume from the checkpoint"
     result = graphspec.parse(store.get_blob(job_id, "result"), "msgpack")
@@ -523,14 +531,8 @@ def test_a_dropout_job_redelivered_after_its_checkpoint_draws_the_same_masks(sto
     by_step = {r.step: r for r in reports}
     assert local(_dropout_mlp(0.0)).losses != expected.losses  # the masks change the run: they are under test
 
-    job_id = submit(graph, data, spec, send=False)
-    _orphaned_at_checkpoint(store, job_id, checkpoints[0], {s: by_step[s].loss for s in by_step})
-    submit.send(job_id)
-    job, _ = wait_for_state(store, job_id, {"succeeded", "failed", "cancelled"})
-    assert job.state == "succeeded", job
-    assert job.attempts == 2
-    steps = all_steps(store, job_id)
-    assert [s.step for s in steps] == list(range(5, 61, 5))
+    job_id, steps = _redelivered_after_checkpoint(store, submit, graph, data, spec, checkpoints[0],
+                                                  {s: by_step[s].loss for s in by_step})
     assert [s.loss for s in steps if s.step > 20] == [by_step[s.step].loss for s in steps if s.step > 20]
     result = graphspec.parse(store.get_blob(job_id, "result"), "msgpack")
     for name, value in runtime.data.tensors_from_tree(result["params"]).items():
