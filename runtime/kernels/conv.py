@@ -1,6 +1,12 @@
 """Convolution and pooling over NCHW images: windows as strided views of the (padded) input and
-matrix products over them (im2col by tensordot), so no Python loop runs over pixels — only the
-gradient's fold, which adds each window position back, loops over the kernel's kh x kw offsets."""
+matrix products over them, so no Python loop runs over pixels — only the gradient's fold, which
+adds each window position back, loops over the kernel's kh x kw offsets.
+
+conv2d works channels-first, batch-last: the input is copied once, padded, as (C, H, W, N), and its
+im2col matrix (C kh kw, H' W' N) is one copy of a window view whose innermost runs are whole
+output rows of the batch (W' x N contiguous values, where an NCHW layout gives runs of kw), so
+the convolution and both its gradients are each one matrix product written straight into its
+buffer, and the fold is kh x kw adds of such runs."""
 
 from __future__ import annotations
 
@@ -41,29 +47,58 @@ def _fold(window_grads, shape, size, stride, padding, dilation):
     return out[:, :, ph:ph + h, pw:pw + w].copy()
 
 
-def _groups(weight, groups):
-    """(input channel slice, output channel slice) of each group."""
-    c, o = weight.shape[1], weight.shape[0] // groups
-    return [(slice(k * c, (k + 1) * c), slice(k * o, (k + 1) * o)) for k in range(groups)]
+@routine
+def _padded_cl(x, padding):
+    """NCHW ``x`` as (C, H + 2 ph, W + 2 pw, N), zeros around: channels first, batch last."""
+    (n, c, h, w), (ph, pw) = x.shape, padding
+    out = np.zeros((c, h + 2 * ph, w + 2 * pw, n), x.dtype)
+    out[:, ph:ph + h, pw:pw + w] = x.transpose(1, 2, 3, 0)
+    return out
+
+
+def _columns(x, size, stride, padding, dilation):
+    """The im2col matrix of NCHW ``x``, laid out (C, kh, kw, H', W', N): one copy of a window view."""
+    (kh, kw), (sh, sw), (dh, dw) = size, stride, dilation
+    padded = _padded_cl(x, padding) if any(padding) else x.transpose(1, 2, 3, 0)
+    spans = sliding_window_view(padded, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(1, 2))
+    return spans[:, ::sh, ::sw, :, ::dh, ::dw].transpose(0, 4, 5, 1, 2, 3).copy()
+
+
+@routine
+def _fold_cl(d_columns, shape, size, stride, padding, dilation):
+    """The gradient of ``_columns``: (C, kh, kw, H', W', N) added back at each window's pixels,
+    as NCHW ``shape``."""
+    n, c, h, w = shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = size, stride, padding, dilation
+    ho, wo = d_columns.shape[3:5]
+    out = np.zeros((c, h + 2 * ph, w + 2 * pw, n), d_columns.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw] += d_columns[:, i, j]
+    return out[:, ph:ph + h, pw:pw + w].transpose(3, 0, 1, 2)
+
+
+def _conv_args(weight, stride, padding, dilation):
+    return weight.shape[2:], _pair(stride), _pair(padding), _pair(dilation)
 
 
 def _conv2d(x, weight, *, stride, padding, dilation, groups):
-    win = _windows(x, weight.shape[2:], _pair(stride), _pair(padding), _pair(dilation))
-    parts = [np.tensordot(win[:, ci], weight[co], axes=([1, 4, 5], [1, 2, 3])) for ci, co in _groups(weight, groups)]
-    out = parts[0] if groups == 1 else np.concatenate(parts, axis=-1)  # (N, H', W', O)
-    return np.transpose(out, (0, 3, 1, 2))
+    cols = _columns(x, *_conv_args(weight, stride, padding, dilation))
+    c, kh, kw, ho, wo, n = cols.shape
+    o, k = weight.shape[0], c * kh * kw // groups
+    out = np.matmul(weight.reshape(groups, o // groups, k), cols.reshape(groups, k, ho * wo * n))
+    return out.reshape(o, ho, wo, n).transpose(3, 0, 1, 2), (cols,)  # the VJP reuses the im2col matrix
 
 
-def _conv2d_vjp(g, out, x, weight, *, stride, padding, dilation, groups):
-    size, stride, padding, dilation = weight.shape[2:], _pair(stride), _pair(padding), _pair(dilation)
-    win = _windows(x, size, stride, padding, dilation)
-    parts = _groups(weight, groups)
-    d_weight = [np.tensordot(g[:, co], win[:, ci], axes=([0, 2, 3], [0, 2, 3])) for ci, co in parts]
-    d_windows = [np.transpose(np.tensordot(g[:, co], weight[co], axes=([1], [0])), (0, 3, 1, 2, 4, 5))
-                 for ci, co in parts]
-    if groups > 1:
-        d_weight, d_windows = [np.concatenate(d_weight, axis=0)], [np.concatenate(d_windows, axis=1)]
-    return _fold(d_windows[0], x.shape, size, stride, padding, dilation), d_weight[0]
+def _conv2d_vjp(g, out, x, weight, *, residuals, stride, padding, dilation, groups):
+    (cols,) = residuals
+    c, kh, kw, ho, wo, n = cols.shape
+    o, k, m = weight.shape[0], c * kh * kw // groups, ho * wo * n
+    g_cl = g.transpose(1, 2, 3, 0).copy().reshape(groups, o // groups, m)
+    d_weight = np.matmul(g_cl, cols.reshape(groups, k, m).transpose(0, 2, 1))
+    d_columns = np.matmul(weight.reshape(groups, o // groups, k).transpose(0, 2, 1), g_cl)
+    d_x = _fold_cl(d_columns.reshape(cols.shape), x.shape, *_conv_args(weight, stride, padding, dilation))
+    return d_x, d_weight.reshape(weight.shape)
 
 
 def _pool_args(kernel_size, stride, padding):
@@ -103,6 +138,6 @@ def _avg_pool_vjp(g, out, x, *, kernel_size, stride, padding):
     return (_fold([share] * (kh * kw), x.shape, *args),)
 
 
-kernel("conv2d", _conv2d, _conv2d_vjp, saves=(0, 1))
+kernel("conv2d", _conv2d, _conv2d_vjp, saves=(1,), residuals=True)
 kernel("max_pool2d", _max_pool, _max_pool_vjp, saves=("out", 0))
 kernel("avg_pool2d", _avg_pool, _avg_pool_vjp)
