@@ -111,19 +111,58 @@ def _offsets(windows):
     return [windows[..., i, j] for i in range(windows.shape[4]) for j in range(windows.shape[5])]
 
 
+def _tiles(size, stride, padding, dilation):
+    """Whether the windows tile the image (stride = size, no padding): then every pixel is in at
+    most one window, and the gradient is placed, not added (:func:`_interleave`)."""
+    return stride == size and padding == (0, 0)
+
+
+def _blocks(x, size):
+    """Tiling windows' values as (kh, kw, N, C, H', W'), each offset's values one contiguous block:
+    one strided copy, after which every elementwise call runs over contiguous memory."""
+    (n, c, h, w), (kh, kw) = x.shape, size
+    ho, wo = h // kh, w // kw
+    return x[:, :, :ho * kh, :wo * kw].reshape(n, c, ho, kh, wo, kw).transpose(3, 5, 0, 1, 2, 4).copy()
+
+
+@routine
+def _interleave(parts, shape, size):
+    """The gradient of tiling windows: the kh x kw (N, C, H', W') parts, each written at its offset
+    in every window (the rows and columns no window covers get 0)."""
+    (n, c, h, w), (kh, kw) = shape, size
+    ho, wo = parts[0].shape[2:]
+    out = np.empty(shape, parts[0].dtype) if (h, w) == (ho * kh, wo * kw) else np.zeros(shape, parts[0].dtype)
+    tiled = out[:, :, :ho * kh, :wo * kw].reshape(n, c, ho, kh, wo, kw)
+    for k, part in enumerate(parts):
+        tiled[:, :, :, k // kw, :, k % kw] = part
+    return out
+
+
 def _max_pool(x, *, kernel_size, stride, padding):
-    # the maximum of kh x kw strided views, one elementwise call each: numpy's reduction over the
-    # windows' two small trailing axes is many times slower
-    views = _offsets(_windows(x, *_pool_args(kernel_size, stride, padding), fill=-np.inf))
-    return functools.reduce(np.maximum, views) if len(views) > 1 else views[0].copy()
-
-
-def _max_pool_vjp(g, out, x, *, kernel_size, stride, padding):
     args = _pool_args(kernel_size, stride, padding)
-    hits = [view == out for view in _offsets(_windows(x, *args, fill=-np.inf))]
+    if _tiles(*args):  # the blocks are kept for the VJP: its comparisons are contiguous too
+        kept = (_blocks(x, args[0]),)
+        views = [kept[0][i, j] for i in range(kept[0].shape[0]) for j in range(kept[0].shape[1])]
+    else:
+        kept, views = (), _offsets(_windows(x, *args, fill=-np.inf))
+    # the maximum of kh x kw views, one elementwise call each: numpy's reduction over the
+    # windows' two small trailing axes is many times slower
+    out = functools.reduce(np.maximum, views) if len(views) > 1 else views[0].copy()
+    return out, kept
+
+
+def _max_pool_vjp(g, out, x, *, residuals, kernel_size, stride, padding):
+    args = _pool_args(kernel_size, stride, padding)
+    if residuals:  # tiling windows: the forward's blocks
+        (blocks,) = residuals
+        views = [blocks[i, j] for i in range(blocks.shape[0]) for j in range(blocks.shape[1])]
+    else:
+        views = _offsets(_windows(x, *args, fill=-np.inf))
+    hits = [view == out for view in views]
     count = sum(hits[1:], hits[0].astype(x.dtype))
     share = g / count  # the elements that attain a window's maximum share its gradient
-    return (_fold([hit * share for hit in hits], x.shape, *args),)
+    parts = [hit * share for hit in hits]
+    return (_interleave(parts, x.shape, args[0]) if residuals else _fold(parts, x.shape, *args),)
 
 
 def _avg_pool(x, *, kernel_size, stride, padding):
@@ -135,9 +174,10 @@ def _avg_pool_vjp(g, out, x, *, kernel_size, stride, padding):
     args = _pool_args(kernel_size, stride, padding)
     (kh, kw) = args[0]
     share = g / (kh * kw)
-    return (_fold([share] * (kh * kw), x.shape, *args),)
+    parts = [share] * (kh * kw)
+    return (_interleave(parts, x.shape, args[0]) if _tiles(*args) else _fold(parts, x.shape, *args),)
 
 
 kernel("conv2d", _conv2d, _conv2d_vjp, saves=(1,), residuals=True)
-kernel("max_pool2d", _max_pool, _max_pool_vjp, saves=("out", 0))
+kernel("max_pool2d", _max_pool, _max_pool_vjp, saves=("out", 0), residuals=True)
 kernel("avg_pool2d", _avg_pool, _avg_pool_vjp)
