@@ -64,18 +64,31 @@ def _columns(x, size, stride, padding, dilation):
     return spans[:, ::sh, ::sw, :, ::dh, ::dw].transpose(0, 4, 5, 1, 2, 3).copy()
 
 
+def _covered(k, dilation, stride, padding, out_len, in_len):
+    """For kernel offset ``k`` along one axis: the first output position whose window element
+    lies inside the image (not in the padding), how many do, and that element's pixel."""
+    first = max(0, -(-(padding - k * dilation) // stride))
+    last = min(out_len - 1, (in_len - 1 + padding - k * dilation) // stride)
+    return first, max(0, last - first + 1), first * stride + k * dilation - padding
+
+
 @routine
 def _fold_cl(d_columns, shape, size, stride, padding, dilation):
     """The gradient of ``_columns``: (C, kh, kw, H', W', N) added back at each window's pixels,
-    as NCHW ``shape``."""
+    as NCHW ``shape``. Only the parts that land inside the image are added (the padding's
+    would be thrown away)."""
     n, c, h, w = shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = size, stride, padding, dilation
     ho, wo = d_columns.shape[3:5]
-    out = np.zeros((c, h + 2 * ph, w + 2 * pw, n), d_columns.dtype)
+    out = np.zeros((c, h, w, n), d_columns.dtype)
     for i in range(kh):
+        r0, rows, y0 = _covered(i, dh, sh, ph, ho, h)
         for j in range(kw):
-            out[:, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw] += d_columns[:, i, j]
-    return out[:, ph:ph + h, pw:pw + w].transpose(3, 0, 1, 2)
+            c0, cols, x0 = _covered(j, dw, sw, pw, wo, w)
+            if rows and cols:
+                out[:, y0:y0 + sh * (rows - 1) + 1:sh, x0:x0 + sw * (cols - 1) + 1:sw] += \
+                    d_columns[:, i, j, r0:r0 + rows, c0:c0 + cols]
+    return out.transpose(3, 0, 1, 2)
 
 
 def _conv_args(weight, stride, padding, dilation):
