@@ -16,7 +16,12 @@ and reading a checkpoint cannot run code::
      "settings": {"batch_size": 32 | nil, "shuffle": true, "seed": 0, "examples": 1000 | nil,
                   "engine": "compiled" | "interpreter"},
      "best_loss": float | nil, "last_loss": float | nil,
-     "losses": tensor float64[step], "eval_losses": [[step, loss], ...]}
+     "losses": tensor float64[step], "eval_losses": [[step, loss], ...],
+     "best_params": {name: tensor} | nil}                            (version 2 only)
+
+Version 2 adds ``best_params``: the parameters of the best evaluation, kept for a run that
+ends with them (``restore_best``). A checkpoint without them is written as version 1, so
+workers that read only version 1 keep reading what they can use.
 
 A reader refuses a document whose ``format`` is not ``chainrule.checkpoint`` or whose
 ``version`` it does not know, with a :class:`CheckpointError` that says so.
@@ -39,7 +44,7 @@ from graphspec.tensors import RawBytes, TensorDecodeError, decode_tensor, encode
 from .errors import ChainruleRuntimeError
 
 CHECKPOINT_FORMAT = "chainrule.checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # the newest this reader reads; 1 is written when it says everything
 # Checkpoints hold whole models: larger bounds than graph documents, still bounded.
 CHECKPOINT_LIMITS = Limits(max_bytes=16 * 1024**3, max_depth=16, max_tensor_elements=2**34)
 
@@ -78,12 +83,13 @@ class Checkpoint:
     last_loss: float | None = None
     losses: list[float] = field(default_factory=list)
     eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    best_params: dict[str, np.ndarray] | None = None
 
     # -- bytes -----------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         tree = {
             "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
+            "version": 1 if self.best_params is None else 2,
             "graph_hash": self.graph_hash,
             "step": int(self.step),
             "epoch": int(self.epoch),
@@ -98,6 +104,8 @@ class Checkpoint:
             "losses": encode_tensor_raw(np.asarray(self.losses, dtype=np.float64).reshape(-1)),
             "eval_losses": [[int(s), float(v)] for s, v in self.eval_losses],
         }
+        if self.best_params is not None:
+            tree["best_params"] = {name: encode_tensor_raw(np.asarray(a)) for name, a in self.best_params.items()}
         try:
             return pack(tree)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -118,13 +126,14 @@ class Checkpoint:
         if fmt != CHECKPOINT_FORMAT:
             raise CheckpointError(f"not a checkpoint: format is {fmt!r}, expected {CHECKPOINT_FORMAT!r}")
         version = tree.get("version")
-        if version != CHECKPOINT_VERSION or isinstance(version, bool):
-            raise CheckpointError(f"unsupported checkpoint version {version!r}: this reader reads version "
+        if version not in (1, 2) or isinstance(version, bool):
+            raise CheckpointError(f"unsupported checkpoint version {version!r}: this reader reads versions 1 to "
                                   f"{CHECKPOINT_VERSION} (written by a newer chainrule?)")
-        missing = [f for f in _FIELDS if f not in tree]
+        fields = _FIELDS + (("best_params",) if version == 2 else ())
+        missing = [f for f in fields if f not in tree]
         if missing:
             raise CheckpointError(f"checkpoint is missing field(s) {', '.join(missing)}")
-        unknown = sorted(set(tree) - set(_FIELDS))
+        unknown = sorted(set(tree) - set(fields))
         if unknown:
             raise CheckpointError(f"checkpoint has unknown field(s) {', '.join(unknown)} for version {version}")
         max_elements = limits.max_tensor_elements
@@ -139,6 +148,11 @@ class Checkpoint:
         if not isinstance(tree["params"], dict):
             raise CheckpointError("checkpoint /params must be a map of tensors")
         params = {name: tensor(obj, f"/params/{name}") for name, obj in tree["params"].items()}
+        best_params = tree.get("best_params")
+        if best_params is not None:
+            if not isinstance(best_params, dict):
+                raise CheckpointError("checkpoint /best_params must be a map of tensors or nil")
+            best_params = {name: tensor(obj, f"/best_params/{name}") for name, obj in best_params.items()}
         losses = tensor(tree["losses"], "/losses", allow_nonfinite=True)
         if losses.dtype != np.float64 or losses.ndim != 1:
             raise CheckpointError("checkpoint /losses must be a float64 vector")
@@ -167,7 +181,7 @@ class Checkpoint:
             optimizer_state=_decode_tree(tree["optimizer_state"], "/optimizer_state", tensor),
             rng_state=tree["rng_state"], settings=tree["settings"], best_loss=tree["best_loss"],
             last_loss=tree["last_loss"], losses=[float(v) for v in losses],
-            eval_losses=[(int(s), float(v)) for s, v in eval_losses],
+            eval_losses=[(int(s), float(v)) for s, v in eval_losses], best_params=best_params,
         )
 
     # -- files -----------------------------------------------------------------------------

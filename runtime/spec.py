@@ -22,6 +22,7 @@ the unversioned form jobs were stored in before the spec existed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
@@ -29,8 +30,10 @@ from typing import Any, Iterator, Mapping
 from graphspec.errors import did_you_mean
 
 from .optim import OPTIMIZERS, make_optimizer, optimizer_defaults
+from .schedules import SCHEDULES, Schedule, ScheduleError
+from .stopping import StoppingRules
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # 2: the schedule, clipping and early-stopping settings (a version-1 worker must refuse them)
 MAX_SEED = 2**63 - 1
 GRADIENT_REPORTS = ("norms", "full", "none")
 
@@ -52,11 +55,13 @@ class Setting:
     steps to anyone, nor stop at a time limit)."""
 
     doc: str
-    minimum: int | None = None
-    maximum: int | None = None
+    minimum: float | None = None
+    maximum: float | None = None
     choices: tuple[str, ...] | None = None
     service_only: bool = False
     flag: str | None = None  # the command-line flag when it is not --<name-with-dashes>
+    kind: type = int  # of an optional setting (default None): int or float
+    exclusive_minimum: float | None = None  # a float that must be above this
 
 
 def setting(default: Any, doc: str, **options: Any) -> Any:
@@ -89,6 +94,31 @@ class TrainingSpec:
                                                  "written at most every few seconds)", minimum=1)
     time_limit_s: int | None = setting(None, "seconds the job may run (capped by the server's limit)", minimum=1,
                                        service_only=True)
+    # -- the learning rate's schedule (runtime.schedules) --
+    schedule: str = setting("constant", "how the learning rate changes over the run", choices=SCHEDULES)
+    warmup_steps: int | None = setting(None, "ramp the learning rate up linearly over this many updates first",
+                                       minimum=1)
+    decay_steps: int | None = setting(None, "step: multiply by decay_rate every this many updates; cosine, "
+                                            "linear: decay over this many updates (default: the rest of the run)",
+                                      minimum=1)
+    decay_rate: float | None = setting(None, "step: the factor every decay_steps (default 0.1); exponential: the "
+                                             "factor every update", kind=float, exclusive_minimum=0.0, maximum=1.0)
+    min_lr: float | None = setting(None, "cosine, linear: the learning rate they decay to (default 0)", kind=float,
+                                   minimum=0.0)
+    # -- gradient clipping --
+    clip_norm: float | None = setting(None, "scale the gradients down when their global L2 norm is above this",
+                                      kind=float, exclusive_minimum=0.0)
+    clip_value: float | None = setting(None, "clip each gradient element to [-clip_value, clip_value]", kind=float,
+                                       exclusive_minimum=0.0)
+    # -- stopping early --
+    patience: int | None = setting(None, "stop when the eval loss has not improved (by min_delta) for this many "
+                                         "evaluations", minimum=1)
+    min_delta: float | None = setting(None, "how much lower an eval loss must be to count as better (default 0)",
+                                      kind=float, minimum=0.0)
+    target_loss: float | None = setting(None, "stop once the loss reaches this (the eval loss when evaluating, "
+                                              "else the training loss)", kind=float)
+    restore_best: bool = setting(False, "end with the parameters of the best evaluation, not the last step's",
+                                 flag="--restore-best")
 
     # -- reading -------------------------------------------------------------------------------
     @classmethod
@@ -119,7 +149,31 @@ class TrainingSpec:
         if spec.steps is None and spec.epochs is None:
             raise SpecError([_issue("missing_field", f"{prefix}/steps",
                                     "give steps, epochs or both (training stops at whichever comes first)")])
+        spec._check_together(prefix)
         return spec
+
+    def _check_together(self, prefix: str) -> None:
+        """The rules that tie settings to each other, each located at the setting to change."""
+        issues: list[dict[str, str]] = []
+        try:
+            self.lr_schedule().check(self.optimizer_config()["lr"], None)
+        except ScheduleError as exc:
+            issues.append(_issue("invalid_value", f"{prefix}/{exc.setting}", str(exc)))
+        if self.patience is not None and self.eval_every is None:
+            issues.append(_issue("missing_field", f"{prefix}/eval_every", "early stopping (patience) watches the eval "
+                                 "loss: give eval_every, and eval data"))
+        if self.min_delta is not None and self.patience is None:
+            issues.append(_issue("invalid_value", f"{prefix}/min_delta", "min_delta belongs to early stopping: give "
+                                 "patience too"))
+        if self.restore_best and self.eval_every is None:
+            issues.append(_issue("missing_field", f"{prefix}/eval_every", "restore_best keeps the parameters of the "
+                                 "best evaluation: give eval_every, and eval data"))
+        if issues:
+            raise SpecError(issues)
+
+    def lr_schedule(self) -> Schedule:
+        """The learning-rate schedule these settings describe (runtime.schedules)."""
+        return Schedule(self.schedule, self.warmup_steps or 0, self.decay_steps, self.decay_rate, self.min_lr or 0.0)
 
     @classmethod
     def from_options(cls, optimizer: str | Mapping[str, Any] = "sgd", **options: Any) -> "TrainingSpec":
@@ -170,7 +224,11 @@ class TrainingSpec:
     def fit_options(self, *, has_eval_data: bool = True) -> dict[str, Any]:
         """The keywords of :meth:`runtime.Trainer.fit` this spec sets."""
         return {"steps": self.steps, "epochs": self.epochs, "checkpoint_every": self.checkpoint_every,
-                "eval_every": self.eval_every if has_eval_data else None}
+                "eval_every": self.eval_every if has_eval_data else None, "stopping": self.stopping_rules()}
+
+    def stopping_rules(self) -> StoppingRules:
+        """When to stop before steps/epochs run out (runtime.stopping)."""
+        return StoppingRules(self.patience, self.min_delta or 0.0, self.target_loss, self.restore_best)
 
 
 def settings() -> Iterator[tuple[dataclasses.Field, Setting]]:
@@ -195,7 +253,17 @@ def _checked(f: dataclasses.Field, value: Any, location: str, issues: list) -> A
         if not optional:
             issues.append(_issue("invalid_value", location, f"{f.name} cannot be null"))
         return None
-    kind = type(default_of(f)) if not optional else int
+    kind = type(default_of(f)) if not optional else s.kind
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            issues.append(_issue("invalid_type", location, f"{f.name} must be a finite number, got {value!r}"))
+        elif s.exclusive_minimum is not None and value <= s.exclusive_minimum:
+            issues.append(_issue("too_small", location, f"{f.name} must be above {s.exclusive_minimum:g}, got {value}"))
+        elif s.minimum is not None and value < s.minimum:
+            issues.append(_issue("too_small", location, f"{f.name} must be at least {s.minimum:g}, got {value}"))
+        elif s.maximum is not None and value > s.maximum:
+            issues.append(_issue("too_large", location, f"{f.name} must be at most {s.maximum:g}, got {value}"))
+        return value
     if kind is bool:
         if not isinstance(value, bool):
             issues.append(_issue("invalid_type", location, f"{f.name} must be true or false, got {value!r}"))

@@ -41,12 +41,15 @@ import numpy as np
 import graphspec
 
 from .checkpoint import Checkpoint, CheckpointError, rng_state_from_plain, rng_state_to_plain
+from .clipping import clip
 from .compiled import CompiledStep
 from .errors import InputError, NonFiniteError
 from .noise import Noise
 from .optim import Optimizer
 from .plan import Plan, compile
+from .schedules import Schedule
 from .spec import TrainingSpec
+from .stopping import StoppingRules
 
 Arrays = dict[str, np.ndarray]
 
@@ -62,7 +65,8 @@ class StepReport:
     and ``epochs`` 1); ``loss`` is that batch's loss
     before the update, ``grads`` the gradients the update used (the report's own copies) and
     ``grad_norms`` their L2 norms (computed when first read); ``eval_loss`` is the held-out loss after the update when an evaluation ran
-    at this step, else None.
+    at this step, else None. ``lr`` is the learning rate of this update (the schedule's), and
+    :attr:`grad_norm` the global L2 norm of the gradients before any clipping.
     """
 
     step: int
@@ -73,6 +77,15 @@ class StepReport:
     eval_loss: float | None = None
     batch_index: int = 0
     epochs: int = 0
+    lr: float | None = None
+    clipped_from: float | None = None  # the global norm before clipping, when the run clips
+
+    @property
+    def grad_norm(self) -> float:
+        """The global L2 norm of this step's gradients before clipping."""
+        if self.clipped_from is not None:
+            return self.clipped_from
+        return float(np.sqrt(sum(n * n for n in self.grad_norms.values())))
 
 
 @dataclass
@@ -90,6 +103,8 @@ class TrainResult:
     epochs: int
     stopped_early: bool
     checkpoint: Checkpoint
+    stop_reason: str = "steps"  # a key of runtime.stopping.REASONS
+    best_step: int | None = None  # the step whose parameters ``params`` are, with restore_best
 
     @property
     def loss(self) -> float | None:
@@ -165,7 +180,8 @@ class Trainer:
     """Trains a compiled graph's parameters with an optimizer. See the module docstring."""
 
     def __init__(self, plan: Plan | graphspec.Graph, optimizer: Optimizer, *, batch_size: int | None = None,
-                 shuffle: bool = True, seed: int = 0, compiled: bool = True):
+                 shuffle: bool = True, seed: int = 0, compiled: bool = True, schedule: Schedule | None = None,
+                 clip_norm: float | None = None, clip_value: float | None = None):
         if isinstance(plan, graphspec.Graph):
             plan = compile(plan)
         if not isinstance(plan, Plan):
@@ -184,6 +200,12 @@ class Trainer:
         self.seed = _count("seed", seed, 0)
         if self.seed is None:
             raise ValueError("seed must be an integer >= 0, got None")
+        self.schedule = schedule if schedule is not None else Schedule()
+        self.base_lr = optimizer.lr  # the schedule's rates are relative to it
+        for name, value in (("clip_norm", clip_norm), ("clip_value", clip_value)):
+            if value is not None and not (isinstance(value, (int, float)) and 0 < value < float("inf")):
+                raise ValueError(f"{name} must be a positive number or None, got {value!r}")
+        self.clip_norm, self.clip_value = clip_norm, clip_value
         self.graph_hash = graphspec.content_hash(plan.graph)
         # per-example inputs: first declared dimension symbolic (a name) or unknown
         self.batched = tuple(name for name, spec in plan.graph.inputs.items()
@@ -194,7 +216,8 @@ class Trainer:
         """A trainer configured by a :class:`~runtime.spec.TrainingSpec` (its optimizer, batch size,
         shuffling and seed); train with ``fit(data, params, **spec.fit_options())``."""
         return cls(plan, spec.make_optimizer(), batch_size=spec.batch_size, shuffle=spec.shuffle, seed=spec.seed,
-                   compiled=compiled)
+                   compiled=compiled, schedule=spec.lr_schedule(), clip_norm=spec.clip_norm,
+                   clip_value=spec.clip_value)
 
     # -- data ------------------------------------------------------------------------------
     def check_data(self, data: Mapping[str, Any], label: str = "data") -> int | None:
@@ -313,9 +336,11 @@ class Trainer:
             epochs: int | None = None, callback: Callable[[StepReport], Any] | None = None,
             eval_data: Mapping[str, Any] | None = None, eval_every: int | None = None,
             checkpoint_every: int | None = None, on_checkpoint: Callable[[Checkpoint], Any] | None = None,
-            resume: Checkpoint | None = None) -> TrainResult:
+            resume: Checkpoint | None = None, stopping: StoppingRules | None = None) -> TrainResult:
         """Train until ``steps`` updates or ``epochs`` epochs (counted from the start of the run;
-        whichever comes first), or until ``callback`` returns True or ``"stop"``.
+        whichever comes first), until ``callback`` returns True or ``"stop"``, or until the
+        ``stopping`` rules (patience on the eval loss, a target loss: :mod:`runtime.stopping`) say so;
+        ``TrainResult.stop_reason`` says which.
 
         ``params`` are copied, never modified; with ``resume`` they come from the checkpoint
         (pass ``params=None``), and the optimizer's state and the data position too; without
@@ -340,6 +365,9 @@ class Trainer:
             raise TypeError(f"resume must be a Checkpoint (Checkpoint.load(path)), got {type(resume).__name__}")
         if resume is None and params is None:
             raise ValueError("fit needs params (e.g. runtime.init_params(graph, seed)) or resume=checkpoint")
+        stopping = stopping if stopping is not None else StoppingRules()
+        if (stopping.patience is not None or stopping.restore_best) and eval_every is None:
+            raise ValueError("early stopping on the eval loss (patience, restore_best) needs eval_data and eval_every")
         plan, opt = self.plan, self.optimizer
 
         start = resume.params if resume is not None else params
@@ -359,6 +387,11 @@ class Trainer:
         size, batches, shuffled = self._layout(examples)
         settings = {"batch_size": self.batch_size, "shuffle": self.shuffle, "seed": self.seed, "examples": examples,
                     "engine": "compiled" if self.compiled else "interpreter"}
+        total = self.total_steps(examples, steps, epochs)
+        schedule, base_lr = self.schedule, self.base_lr
+        schedule.check(base_lr, total)
+        if schedule.varies:  # a resumed run must continue the same schedule (the rate is a function of the step)
+            settings["schedule"] = {**schedule.config(), "lr": base_lr, "total": total}
 
         rng = np.random.default_rng(self.seed)
         if resume is not None:
@@ -370,11 +403,14 @@ class Trainer:
             losses = list(resume.losses)
             eval_losses = list(resume.eval_losses)
             best, last = resume.best_loss, resume.last_loss
+            best_params = resume.best_params
         else:
             opt.reset()
             step, epoch, batch = 0, 0, 0
             losses, eval_losses = [], []
             best = last = None
+            best_params = None
+        watch = stopping.watch(eval_losses)  # replayed: a resumed run stops where the whole run would
 
         def checkpoint(epoch_state: dict | None) -> Checkpoint:
             state = epoch_state if epoch_state is not None else rng.bit_generator.state
@@ -382,11 +418,19 @@ class Trainer:
                               params={n: p.copy() for n, p in params.items()}, optimizer=opt.config(),
                               optimizer_state=opt.state_dict(), rng_state=rng_state_to_plain(state),
                               settings=dict(settings), best_loss=best, last_loss=last, losses=list(losses),
-                              eval_losses=list(eval_losses))
+                              eval_losses=list(eval_losses),
+                              best_params=None if best_params is None else {n: p.copy() for n, p in best_params.items()})
+
+        def evaluated(at: int, loss: float) -> None:
+            nonlocal best_params
+            eval_losses.append((at, loss))
+            if watch.evaluated(at, loss) and stopping.restore_best:
+                best_params = {n: p.copy() for n, p in params.items()}
 
         order: np.ndarray | None = None
         epoch_state: dict | None = None  # the generator's state before this epoch's permutation, once drawn
         stopped = False
+        reason = None
         while (steps is None or step < steps) and (epochs is None or epoch < epochs):
             if epoch_state is None:
                 epoch_state = rng.bit_generator.state
@@ -399,10 +443,13 @@ class Trainer:
                 rows = order[lo:hi] if order is not None else slice(lo, hi)
             # dropout's masks: drawn per step from the run's seed, so a resumed run draws the same
             noise = Noise(self.seed, number) if plan.random else None
+            if schedule.varies:
+                opt.lr = schedule.rate(base_lr, number, total)
             if engine is not None:
-                loss, grads = self._compiled_step(engine, programs, arrays, rows, number, callback is not None, noise)
+                loss, grads, norm = self._compiled_step(engine, programs, arrays, rows, number, callback is not None,
+                                                        noise)
             else:
-                loss, grads = self._interpreted_step(arrays, rows, params, number, noise)
+                loss, grads, norm = self._interpreted_step(arrays, rows, params, number, noise)
             step, last = number, loss
             best = loss if best is None else min(best, loss)
             losses.append(loss)
@@ -413,21 +460,32 @@ class Trainer:
             eval_loss = None
             if eval_every is not None and step % eval_every == 0:
                 eval_loss = plan.forward(eval_arrays, params, with_grad=False).loss
-                eval_losses.append((step, eval_loss))
+                evaluated(step, eval_loss)
+            elif eval_every is None:
+                watch.reached(loss)  # without evaluations the target watches the training loss
             if callback is not None:
                 stopped = _is_stop(callback(StepReport(step, report_epoch, loss, grads, GradNorms(grads), eval_loss,
-                                                       report_batch, epochs=epoch)))
+                                                       report_batch, epochs=epoch, lr=opt.lr, clipped_from=norm)))
             if checkpoint_every is not None and step % checkpoint_every == 0:
                 on_checkpoint(checkpoint(epoch_state))
-            if stopped:
+            if stopped or watch.reason is not None:
+                reason = "callback" if stopped else watch.reason
                 break
+        opt.lr = base_lr  # the optimizer as it was given (the schedule set each update's rate)
 
         if eval_arrays is not None and (not eval_losses or eval_losses[-1][0] != step):
-            eval_losses.append((step, plan.forward(eval_arrays, params, with_grad=False).loss))
-        if engine is not None:  # the caller's own arrays, not views into the engine
+            evaluated(step, plan.forward(eval_arrays, params, with_grad=False).loss)
+        final = checkpoint(epoch_state)
+        best_step = None
+        if stopping.restore_best and best_params is not None:
+            params, best_step = best_params, watch.best_step
+        elif engine is not None:  # the caller's own arrays, not views into the engine
             params = {name: p.copy() for name, p in params.items()}
+        if reason is None:
+            reason = "steps" if steps is not None and step >= steps else "epochs"
         return TrainResult(params=params, losses=losses, eval_losses=eval_losses, steps=step, epochs=epoch,
-                           stopped_early=stopped, checkpoint=checkpoint(epoch_state))
+                           stopped_early=reason in ("callback", "patience", "target_loss"), checkpoint=final,
+                           stop_reason=reason, best_step=best_step)
 
     def _batch(self, arrays: Arrays, rows) -> Arrays:
         if rows is None:
@@ -435,8 +493,9 @@ class Trainer:
         return {n: (a[rows] if n in self.batched else a) for n, a in arrays.items()}
 
     def _interpreted_step(self, arrays: Arrays, rows, params: Arrays, number: int,
-                          noise: Noise | None) -> tuple[float, Arrays]:
-        """One update on the reference interpreter; returns the loss and the gradients used."""
+                          noise: Noise | None) -> tuple[float, Arrays, float | None]:
+        """One update on the reference interpreter; returns the loss, the gradients used and their
+        global norm before clipping (None when the run does not clip)."""
         inputs = self._batch(arrays, rows)
         run = self.plan.forward(inputs, params, noise=noise)
         loss = run.loss
@@ -445,13 +504,19 @@ class Trainer:
         grads = run.backward()
         if not all(np.isfinite(grads[n]).all() for n in self.plan.param_names):
             raise self.diagnose(inputs, params, number, noise)
+        norm = self._clip([grads[n] for n in self.plan.param_names])
         with np.errstate(all="ignore"):  # overflow is detected explicitly below, not warned about
             self.optimizer.step(params, grads)
         self._check_params(params, lambda name: not np.isfinite(params[name]).all(), number)
-        return loss, grads
+        return loss, grads, norm
+
+    def _clip(self, grads: list[np.ndarray], scale: float = 1.0) -> float | None:
+        if self.clip_norm is None and self.clip_value is None:
+            return None
+        return clip(grads, clip_norm=self.clip_norm, clip_value=self.clip_value, scale=scale)
 
     def _compiled_step(self, engine: CompiledStep, programs: dict, arrays: Arrays, rows, number: int,
-                       keep_grads: bool, noise: Noise | None) -> tuple[float, Arrays]:
+                       keep_grads: bool, noise: Noise | None) -> tuple[float, Arrays, float | None]:
         """One update on the compiled engine: the batch is gathered straight into the tape's
         input buffers. The gradients are copied only when someone (a callback) will see them."""
         key = None if rows is None else _length(rows)  # a tape per batch length: the last may be short
@@ -470,12 +535,13 @@ class Trainer:
         loss = engine.run(program, update=False, noise=noise)
         if not math.isfinite(loss) or not engine.gradients_finite(program, noise):
             raise self.diagnose(dict(program.inputs), engine.params, number, noise)
+        norm = self._clip(engine.gradient_arenas(), engine.grad_scale)
         grads = engine.true_grads() if keep_grads else engine.grads
         with np.errstate(all="ignore"):
             engine.update()
         if not engine.params_finite():
             self._check_params(engine.params, lambda name: not np.isfinite(engine.params[name]).all(), number)
-        return loss, grads
+        return loss, grads, norm
 
     @staticmethod
     def _check_params(params: Arrays, broken: Callable[[str], bool], number: int) -> None:
@@ -493,6 +559,10 @@ class Trainer:
         if name != self.optimizer.name:
             raise CheckpointError(f"the checkpoint was made with optimizer {name!r}, this trainer uses "
                                   f"{self.optimizer.name!r}")
+        if ckpt.settings.get("schedule") != settings.get("schedule"):
+            raise CheckpointError(f"the checkpoint was made with the learning-rate schedule "
+                                  f"{ckpt.settings.get('schedule')}, this run has {settings.get('schedule')}; a "
+                                  "resumed run continues its own schedule")
         for key in ("batch_size", "shuffle", "examples"):
             if key in ckpt.settings and ckpt.settings[key] != settings[key]:
                 raise CheckpointError(f"the checkpoint was made with {key}={ckpt.settings[key]!r}, this run has "

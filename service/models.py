@@ -101,12 +101,13 @@ def _training_fields(*, as_stored: bool) -> dict[str, Any]:
         if f.name == "optimizer":
             continue
         default = default_of(f)
-        kind: Any = Literal[s.choices] if s.choices else (bool if isinstance(default, bool) else int)  # type: ignore[valid-type]
+        kind: Any = (Literal[s.choices] if s.choices else bool if isinstance(default, bool)  # type: ignore[valid-type]
+                     else s.kind if default is None else type(default))
         if as_stored:
             fields[f.name] = (kind | None, Field(description=s.doc))
         else:
             fields[f.name] = (kind | None if default is None else kind,
-                              Field(default, ge=s.minimum, le=s.maximum, description=s.doc))
+                              Field(default, ge=s.minimum, le=s.maximum, gt=s.exclusive_minimum, description=s.doc))
     return fields
 
 

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import graphspec
+import runtime
 from service.datarows import data_rows
 from service.examples import SEED_GRAPH
 from service.history import MAX_POINTS, MIN_POINTS, _cell, _Columns, downsample, wants_csv
@@ -171,9 +172,10 @@ def test_data_rows_without_a_per_example_input():
 
 
 # -- the job resource's settings --------------------------------------------------------------------
-FULL_SPEC = {"optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
-             "steps": 60, "epochs": None, "batch_size": 16, "seed": 0, "shuffle": True, "report_every": 5,
-             "gradients": "norms", "checkpoint_every": None, "eval_every": None, "time_limit_s": 3600,
+# a spec as the service stores it: the spec's own stored form (every setting) and the service's keys
+FULL_SPEC = {**{k: v for k, v in runtime.TrainingSpec.from_dict({
+    "optimizer": {"name": "sgd", "lr": 0.5}, "steps": 60, "batch_size": 16, "report_every": 5,
+    "time_limit_s": 3600, "schedule": "cosine", "clip_norm": 1.0}).to_dict().items() if k != "version"},
              "total_steps": 60, "examples": 60, "data_summary": {}, "eval_data_summary": None}
 
 

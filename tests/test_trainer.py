@@ -346,7 +346,7 @@ def retree(ckpt: Checkpoint, **changes) -> bytes:
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"version": 2}, "unsupported checkpoint version 2: this reader reads version 1"),
+    ({"version": 3}, "unsupported checkpoint version 3: this reader reads versions 1 to 2"),
     ({"version": "1"}, "unsupported checkpoint version '1'"),
     ({"format": "chainrule.graph"}, "not a checkpoint: format is 'chainrule.graph'"),
     ({"format": KeyError}, "not a checkpoint: format is None"),

@@ -204,6 +204,11 @@ class CompiledStep:
             return {name: g.copy() for name, g in self.grads.items()}
         return {name: np.divide(g, self.grad_scale) for name, g in self.grads.items()}
 
+    def gradient_arenas(self) -> list[np.ndarray]:
+        """The last run's gradients as flat arrays, one per dtype (multiplied by ``grad_scale``):
+        what clipping (runtime.clipping) works on in place."""
+        return [a.grads for a in self._arenas]
+
     def grads_finite(self) -> bool:
         return all(_finite(a.grads) for a in self._arenas)
 

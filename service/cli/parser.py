@@ -33,6 +33,17 @@ def _counting_from(low: int):
     return parse
 
 
+def _finite(text: str) -> float:
+    """An argparse type: a finite number (the training spec checks its bounds, naming the flag)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def _rate(text: str) -> float:
     """An argparse type: a finite number >= 0."""
     try:
@@ -119,6 +130,8 @@ def _training_options(*, service: bool) -> argparse.ArgumentParser:
                                help=f"{setting.doc} is {state} by default: this flag turns it {'off' if default else 'on'}")
         elif setting.choices:
             group.add_argument(flag, dest=f.name, choices=setting.choices, help=setting.doc + shown)
+        elif setting.kind is float:
+            group.add_argument(flag, dest=f.name, type=_finite, help=setting.doc + shown)
         else:
             group.add_argument(flag, dest=f.name, type=_counting_from(setting.minimum or 0), help=setting.doc + shown)
     return p
