@@ -645,6 +645,13 @@ def _concat(types, attrs):
 def _accuracy(types, attrs):
     logits, labels = types
     dtype = _require_float(types, "accuracy", [0])
+    if attrs.get("threshold") is not None:  # binary: one score per label
+        numeric = labels.dtype in FLOAT_DTYPES or labels.dtype == "int64"
+        if numeric and unify_shapes(labels.shape, logits.shape) is not None:
+            return TensorType(dtype, ())
+        raise ContractViolation(f"binary accuracy (a threshold) needs 0/1 labels of the scores' shape "
+                                f"{format_shape(logits.shape)}, got {labels}", ("inputs", 1),
+                                hint="the targets of the bce loss fit", code="shape_mismatch")
     if logits.rank == 0:
         raise ContractViolation("accuracy needs scores of rank >= 1 (classes last)", ("inputs", 0))
     if labels.dtype == "int64" and unify_shapes(labels.shape, logits.shape[:-1]) is not None:
@@ -666,5 +673,9 @@ register(_op("dropout", ("x",), _named(_unary, "dropout"),
              "itself", category="activation", since="1.2",
              attrs=(Attr("rate", Num(minimum=0.0, exclusive_maximum=1.0), 0.5, doc="the probability of zeroing"),)))
 register(_op("accuracy", ("scores", "labels"), _accuracy, "the fraction of rows whose largest score (the first "
-             "on ties) is at the label's class; int64 labels or one-hot/probabilities (their argmax); no gradient",
-             category="metric", since="1.2", differentiable=()))
+             "on ties) is at the label's class (int64 labels, or one-hot/probabilities: their argmax); with a "
+             "threshold, binary: the fraction of scores on the label's side of it (labels 0/1); no gradient",
+             category="metric", since="1.2", differentiable=(),
+             attrs=(Attr("threshold", OneOf((Null(), Num())), None,
+                         doc="null: classes on the last axis; a number: binary (0.5 for probabilities, 0 for "
+                             "logits)"),)))

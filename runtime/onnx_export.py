@@ -176,8 +176,14 @@ def _accuracy(e, node, ins, out, attrs, types):
     """mean(argmax(scores) == labels), the labels' argmax first when they are one-hot/probabilities."""
     scores, labels = ins
     predicted, hits, as_float = e.temp(out), e.temp(out), e.temp(out)
-    e.node("ArgMax", [scores], [predicted], axis=-1, keepdims=0)
-    if types[node.inputs[1]].dtype != "int64":
+    if attrs.get("threshold") is not None:  # binary: Greater on both sides, then as below
+        dtype, truth = types[node.inputs[0]].dtype, e.temp(out)
+        e.node("Greater", [scores, e.const(float(attrs["threshold"]), dtype)], [predicted])
+        e.node("Greater", [labels, e.const(0.5, types[node.inputs[1]].dtype)], [truth])
+        labels = truth
+    else:
+        e.node("ArgMax", [scores], [predicted], axis=-1, keepdims=0)
+    if attrs.get("threshold") is None and types[node.inputs[1]].dtype != "int64":
         classes = e.temp(out)
         e.node("ArgMax", [labels], [classes], axis=-1, keepdims=0)
         labels = classes

@@ -419,7 +419,8 @@ class Trainer:
                               optimizer_state=opt.state_dict(), rng_state=rng_state_to_plain(state),
                               settings=dict(settings), best_loss=best, last_loss=last, losses=list(losses),
                               eval_losses=list(eval_losses),
-                              best_params=None if best_params is None else {n: p.copy() for n, p in best_params.items()})
+                              best_params=None if best_params is None else {
+                                  n: p.copy() for n, p in best_params.items()})
 
         def evaluated(at: int, loss: float) -> None:
             nonlocal best_params

@@ -665,7 +665,16 @@ def accuracy(draw) -> Sample:
     d = Draft(draw, "accuracy")
     shape = draw(shapes(min_rank=1))
     count = int(np.prod(shape))
-    z = d.operand("z", (d.rng.permutation(count) * 0.1 - count * 0.05).reshape(shape), "param")
+    z = d.operand("z", (d.rng.permutation(count) * 0.1 - count * 0.05 + 0.025).reshape(shape), "param")
+    if d.rng.random() < 0.3:  # binary: scores against a threshold (on the grid's half-steps: no flips)
+        threshold = float(d.rng.choice([0.0, 0.5]))
+        targets = d.operand("targets", (d.rng.random(shape) < 0.5).astype(np.float64),
+                            str(d.rng.choice(["input", "const"])))
+        out = d.g.op("accuracy", z, targets, threshold=threshold, name=OP_NODE)
+        d.notes.append(f"threshold={threshold}")
+        d.g.output("out", out)
+        d.g.loss(d.g.add(d.g.bce_with_logits(z, targets, reduction="sum", name="L"), out, name="L_plus"))
+        return Sample("accuracy", d.g.build(), d.inputs, d.params, "params", d.notes)
     labels_value = d.rng.integers(0, shape[-1], size=shape[:-1])
     if d.rng.random() < 0.5:
         labels = d.operand("labels", labels_value, str(d.rng.choice(["input", "const"])))

@@ -100,11 +100,14 @@ kernel("softmax_cross_entropy", _softmax_ce, _softmax_ce_vjp, saves=(1,), residu
 
 
 # -- format 1.2: a metric beside the loss whose labels it reads ----------------------------------
-def _accuracy(scores, labels):
+def _accuracy(scores, labels, *, threshold):
+    if threshold is not None:  # binary: the score's side of the threshold against a 0/1 label
+        hits = (scores > threshold) == (labels > 0.5)
+        return np.sum(hits, dtype=scores.dtype) / max(hits.size, 1)
     predicted = np.argmax(scores, axis=-1)
     if labels.dtype.kind == "f":  # one-hot rows or probabilities: their most likely class
         labels = np.argmax(labels, axis=-1)
     return np.sum(predicted == labels, dtype=scores.dtype) / max(predicted.size, 1)
 
 
-kernel("accuracy", _accuracy, lambda g, out, scores, labels: (None, None))
+kernel("accuracy", _accuracy, lambda g, out, scores, labels, *, threshold: (None, None))
