@@ -23,11 +23,11 @@ class StepLike(Protocol):
     def saves_inputs(self) -> tuple[int, ...]: ...
 
 
-def needed(steps: Sequence[StepLike], loss: str) -> list:
-    """The steps the loss depends on, in their order (the others need not run)."""
+def needed(steps: Sequence[StepLike], loss: str, *also: str) -> list:
+    """The steps the loss (and the values ``also`` names) depend on, in their order (the others need not run)."""
     producer = {s.id: s for s in steps}
     wanted: set[str] = set()
-    stack = [loss]
+    stack = [loss, *also]
     while stack:
         name = stack.pop()
         if name in wanted or name not in producer:

@@ -33,7 +33,7 @@ is bit-for-bit reproducible, and resumable, on the engine it was made with.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
@@ -43,6 +43,7 @@ import graphspec
 from .checkpoint import Checkpoint, CheckpointError, rng_state_from_plain, rng_state_to_plain
 from .clipping import clip
 from .compiled import CompiledStep
+from .metrics import with_metrics
 from .errors import InputError, NonFiniteError
 from .noise import Noise
 from .optim import Optimizer
@@ -66,7 +67,9 @@ class StepReport:
     before the update, ``grads`` the gradients the update used (the report's own copies) and
     ``grad_norms`` their L2 norms (computed when first read); ``eval_loss`` is the held-out loss after the update when an evaluation ran
     at this step, else None. ``lr`` is the learning rate of this update (the schedule's), and
-    :attr:`grad_norm` the global L2 norm of the gradients before any clipping.
+    :attr:`grad_norm` the global L2 norm of the gradients before any clipping. ``metrics`` are the
+    batch's metric outputs (an ``accuracy`` for a classification loss: :mod:`runtime.metrics`),
+    ``eval_metrics`` the held-out data's when an evaluation ran.
     """
 
     step: int
@@ -79,6 +82,8 @@ class StepReport:
     epochs: int = 0
     lr: float | None = None
     clipped_from: float | None = None  # the global norm before clipping, when the run clips
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    eval_metrics: Mapping[str, float] | None = None
 
     @property
     def grad_norm(self) -> float:
@@ -105,6 +110,8 @@ class TrainResult:
     checkpoint: Checkpoint
     stop_reason: str = "steps"  # a key of runtime.stopping.REASONS
     best_step: int | None = None  # the step whose parameters ``params`` are, with restore_best
+    metrics: Mapping[str, float] = field(default_factory=dict)  # the last step's
+    eval_metrics: Mapping[str, float] | None = None  # the last evaluation's
 
     @property
     def loss(self) -> float | None:
@@ -193,6 +200,11 @@ class Trainer:
         if not isinstance(compiled, bool):
             raise ValueError(f"compiled must be true or false, got {compiled!r}")
         self.compiled = compiled
+        self.graph_hash = graphspec.content_hash(plan.graph)  # of the graph as given: checkpoints name it
+        graph, self.metric_names = with_metrics(plan.graph)
+        if graph is not plan.graph:
+            plan = compile(graph)
+        self.metric_nodes = tuple(graph.outputs[name] for name in self.metric_names)
         self.plan = plan
         self.optimizer = optimizer
         self.batch_size = _count("batch_size", batch_size, 1)
@@ -206,7 +218,6 @@ class Trainer:
             if value is not None and not (isinstance(value, (int, float)) and 0 < value < float("inf")):
                 raise ValueError(f"{name} must be a positive number or None, got {value!r}")
         self.clip_norm, self.clip_value = clip_norm, clip_value
-        self.graph_hash = graphspec.content_hash(plan.graph)
         # per-example inputs: first declared dimension symbolic (a name) or unknown
         self.batched = tuple(name for name, spec in plan.graph.inputs.items()
                              if len(spec.shape) > 0 and not isinstance(spec.shape[0], int))
@@ -375,7 +386,7 @@ class Trainer:
         arrays = {name: bound[name] for name in plan.input_names}
         engine, programs = None, {}
         if self.compiled:
-            engine = CompiledStep(plan, opt)
+            engine = CompiledStep(plan, opt, keep=self.metric_nodes)
             engine.load_params({name: bound[name] for name in plan.param_names})
             params = engine.params  # views into the engine's parameter arena, updated in place
         else:
@@ -432,6 +443,8 @@ class Trainer:
         epoch_state: dict | None = None  # the generator's state before this epoch's permutation, once drawn
         stopped = False
         reason = None
+        metrics: dict[str, float] = {}
+        eval_metrics: dict[str, float] | None = None
         while (steps is None or step < steps) and (epochs is None or epoch < epochs):
             if epoch_state is None:
                 epoch_state = rng.bit_generator.state
@@ -447,10 +460,10 @@ class Trainer:
             if schedule.varies:
                 opt.lr = schedule.rate(base_lr, number, total)
             if engine is not None:
-                loss, grads, norm = self._compiled_step(engine, programs, arrays, rows, number, callback is not None,
-                                                        noise)
+                loss, grads, norm, metrics = self._compiled_step(engine, programs, arrays, rows, number,
+                                                                 callback is not None, noise)
             else:
-                loss, grads, norm = self._interpreted_step(arrays, rows, params, number, noise)
+                loss, grads, norm, metrics = self._interpreted_step(arrays, rows, params, number, noise)
             step, last = number, loss
             best = loss if best is None else min(best, loss)
             losses.append(loss)
@@ -458,15 +471,17 @@ class Trainer:
             batch += 1
             if batch == batches:
                 epoch, batch, epoch_state = epoch + 1, 0, None
-            eval_loss = None
+            eval_loss = step_eval_metrics = None
             if eval_every is not None and step % eval_every == 0:
-                eval_loss = plan.forward(eval_arrays, params, with_grad=False).loss
+                eval_loss, step_eval_metrics = self._evaluate(eval_arrays, params)
                 evaluated(step, eval_loss)
+                eval_metrics = step_eval_metrics
             elif eval_every is None:
                 watch.reached(loss)  # without evaluations the target watches the training loss
             if callback is not None:
                 stopped = _is_stop(callback(StepReport(step, report_epoch, loss, grads, GradNorms(grads), eval_loss,
-                                                       report_batch, epochs=epoch, lr=opt.lr, clipped_from=norm)))
+                                                       report_batch, epochs=epoch, lr=opt.lr, clipped_from=norm,
+                                                       metrics=metrics, eval_metrics=step_eval_metrics)))
             if checkpoint_every is not None and step % checkpoint_every == 0:
                 on_checkpoint(checkpoint(epoch_state))
             if stopped or watch.reason is not None:
@@ -474,8 +489,10 @@ class Trainer:
                 break
         opt.lr = base_lr  # the optimizer as it was given (the schedule set each update's rate)
 
-        if eval_arrays is not None and (not eval_losses or eval_losses[-1][0] != step):
-            evaluated(step, plan.forward(eval_arrays, params, with_grad=False).loss)
+        if eval_arrays is not None and (not eval_losses or eval_losses[-1][0] != step or eval_metrics is None):
+            final_eval, eval_metrics = self._evaluate(eval_arrays, params)
+            if not eval_losses or eval_losses[-1][0] != step:
+                evaluated(step, final_eval)
         final = checkpoint(epoch_state)
         best_step = None
         if stopping.restore_best and best_params is not None:
@@ -486,7 +503,12 @@ class Trainer:
             reason = "steps" if steps is not None and step >= steps else "epochs"
         return TrainResult(params=params, losses=losses, eval_losses=eval_losses, steps=step, epochs=epoch,
                            stopped_early=reason in ("callback", "patience", "target_loss"), checkpoint=final,
-                           stop_reason=reason, best_step=best_step)
+                           stop_reason=reason, best_step=best_step, metrics=metrics, eval_metrics=eval_metrics)
+
+    def _evaluate(self, arrays: Arrays, params: Arrays) -> tuple[float, dict[str, float]]:
+        """The held-out loss and metrics (no dropout: evaluation is not training)."""
+        run = self.plan.forward(arrays, params, with_grad=False)
+        return run.loss, {name: float(run.outputs[name]) for name in self.metric_names}
 
     def _batch(self, arrays: Arrays, rows) -> Arrays:
         if rows is None:
@@ -494,9 +516,9 @@ class Trainer:
         return {n: (a[rows] if n in self.batched else a) for n, a in arrays.items()}
 
     def _interpreted_step(self, arrays: Arrays, rows, params: Arrays, number: int,
-                          noise: Noise | None) -> tuple[float, Arrays, float | None]:
-        """One update on the reference interpreter; returns the loss, the gradients used and their
-        global norm before clipping (None when the run does not clip)."""
+                          noise: Noise | None) -> tuple[float, Arrays, float | None, dict[str, float]]:
+        """One update on the reference interpreter; returns the loss, the gradients used, their
+        global norm before clipping (None when the run does not clip) and the batch's metrics."""
         inputs = self._batch(arrays, rows)
         run = self.plan.forward(inputs, params, noise=noise)
         loss = run.loss
@@ -509,7 +531,7 @@ class Trainer:
         with np.errstate(all="ignore"):  # overflow is detected explicitly below, not warned about
             self.optimizer.step(params, grads)
         self._check_params(params, lambda name: not np.isfinite(params[name]).all(), number)
-        return loss, grads, norm
+        return loss, grads, norm, {name: float(run.outputs[name]) for name in self.metric_names}
 
     def _clip(self, grads: list[np.ndarray], scale: float = 1.0) -> float | None:
         if self.clip_norm is None and self.clip_value is None:
@@ -517,7 +539,7 @@ class Trainer:
         return clip(grads, clip_norm=self.clip_norm, clip_value=self.clip_value, scale=scale)
 
     def _compiled_step(self, engine: CompiledStep, programs: dict, arrays: Arrays, rows, number: int,
-                       keep_grads: bool, noise: Noise | None) -> tuple[float, Arrays, float | None]:
+                       keep_grads: bool, noise: Noise | None) -> tuple[float, Arrays, float | None, dict[str, float]]:
         """One update on the compiled engine: the batch is gathered straight into the tape's
         input buffers. The gradients are copied only when someone (a callback) will see them."""
         key = None if rows is None else _length(rows)  # a tape per batch length: the last may be short
@@ -542,7 +564,8 @@ class Trainer:
             engine.update()
         if not engine.params_finite():
             self._check_params(engine.params, lambda name: not np.isfinite(engine.params[name]).all(), number)
-        return loss, grads, norm
+        values = program.values
+        return loss, grads, norm, {name: float(values[node]) for name, node in zip(self.metric_names, self.metric_nodes)}
 
     @staticmethod
     def _check_params(params: Arrays, broken: Callable[[str], bool], number: int) -> None:

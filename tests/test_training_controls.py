@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+import graphspec
 import runtime
 from graphspec import GraphBuilder
 from runtime import TrainingSpec
@@ -219,3 +220,77 @@ def test_a_target_loss_stops_on_the_training_loss_or_on_the_eval_loss(engine):
     assert result.stop_reason == "target_loss" and result.eval_losses[-1][1] <= 0.1
     assert result.steps % 10 == 0
     assert make().fit(data(), params, steps=3).stop_reason == "steps"
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+def classifier(loss: str = "softmax_cross_entropy"):
+    g = GraphBuilder(f"classifier_{loss}", dtype="float32")
+    x = g.input("x", ["N", 2])
+    if loss == "softmax_cross_entropy":
+        y = g.input("y", ["N"], dtype="int64")
+        g.loss(g.softmax_cross_entropy(g.linear(x, 3, name="out"), y))
+    elif loss == "bce_with_logits":
+        g.loss(g.bce_with_logits(g.linear(x, 1, name="out"), g.input("y", ["N", 1])))
+    else:
+        g.loss(g.bce(g.sigmoid(g.linear(x, 1, name="out")), g.input("y", ["N", 1])))
+    return g.build()
+
+
+def labelled(loss: str, n: int = 48, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2)).astype(np.float32)
+    if loss == "softmax_cross_entropy":
+        return {"x": x, "y": (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0.5)}
+    return {"x": x, "y": (x[:, :1] + x[:, 1:] > 0).astype(np.float32)}
+
+
+def expected_accuracy(loss: str, graph, params, batch) -> float:
+    out = runtime.compile(graph).forward(batch, params, keep_values=True)
+    scores = out.values["out"] if "out" in out.values else None
+    if loss == "softmax_cross_entropy":
+        return float(np.mean(np.argmax(scores, axis=-1) == batch["y"]))
+    probability = scores if loss == "bce_with_logits" else 1 / (1 + np.exp(-scores))
+    threshold = 0.0 if loss == "bce_with_logits" else 0.5
+    return float(np.mean((probability > threshold) == (batch["y"] > 0.5)))
+
+
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "bce", "bce_with_logits"])
+def test_a_classification_loss_reports_accuracy_on_batches_and_held_out_data(loss):
+    graph = classifier(loss)
+    params = runtime.init_params(graph, seed=0)
+    held_out = labelled(loss, 20, seed=9)
+    runs = {}
+    for engine in ENGINES:
+        reports = []
+        trainer = runtime.Trainer(graph, runtime.SGD(lr=0.5), batch_size=None, compiled=engine == "compiled")
+        assert trainer.metric_names == ["accuracy"]
+        result = trainer.fit(labelled(loss), params, steps=6, eval_data=held_out, eval_every=3,
+                             callback=reports.append)
+        runs[engine] = (reports, result)
+    reports, result = runs["interpreter"]
+    compiled_reports, compiled_result = runs["compiled"]
+    assert [r.metrics for r in reports] == [r.metrics for r in compiled_reports]
+    assert [r.eval_metrics for r in reports] == [r.eval_metrics for r in compiled_reports]
+    assert [r.eval_metrics is not None for r in reports] == [False, False, True, False, False, True]
+    # the first step's accuracy is the initial parameters' on the whole batch
+    assert reports[0].metrics["accuracy"] == pytest.approx(expected_accuracy(loss, graph, params, labelled(loss)))
+    assert result.eval_metrics == {"accuracy": pytest.approx(expected_accuracy(loss, graph, result.params, held_out))}
+    assert result.metrics == reports[-1].metrics
+
+
+def test_regression_has_no_accuracy_and_a_graph_s_own_scalar_outputs_are_metrics():
+    assert runtime.Trainer(regression(), runtime.SGD(lr=0.1)).metric_names == []
+    g = GraphBuilder("with_a_metric", dtype="float64")
+    x, y = g.input("x", ["N", 3]), g.input("y", ["N", 1])
+    out = g.linear(x, 1, name="out")
+    g.output("mean_abs_error", g.mean(g.abs(g.sub(out, y))))
+    g.loss(g.mse(out, y))
+    graph = g.build()
+    reports = []
+    trainer = runtime.Trainer(graph, runtime.SGD(lr=0.1), batch_size=None)
+    trainer.fit(data(), runtime.init_params(graph), steps=2, callback=reports.append)
+    assert trainer.metric_names == ["mean_abs_error"]
+    run = runtime.compile(graph).forward(data(), runtime.init_params(graph))
+    assert reports[0].metrics == {"mean_abs_error": float(run.outputs["mean_abs_error"])}
+    assert trainer.graph_hash == graphspec.content_hash(graph)

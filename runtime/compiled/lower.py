@@ -118,15 +118,17 @@ def _dtype_name(dtype: np.dtype) -> str:
 
 
 def lower(plan: Plan, input_types: Mapping[str, TensorType], params: Mapping[str, np.ndarray],
-          param_grads: Mapping[str, np.ndarray], *, grad_inputs: bool = False, random: bool = False) -> Program:
+          param_grads: Mapping[str, np.ndarray], *, grad_inputs: bool = False, random: bool = False,
+          keep: tuple[str, ...] = ()) -> Program:
     """Lower ``plan`` for inputs of ``input_types``; the step reads ``params`` and writes
     d(loss)/d(param) into ``param_grads`` (arrays the caller owns and keeps). With
     ``random``, random kernels (dropout) read draws from ``Program.draws``' buffers, which
-    the caller fills before each run; without, they get None (:mod:`runtime.noise`).
+    the caller fills before each run; without, they get None (:mod:`runtime.noise`). ``keep``
+    names values (metric outputs) the step computes too and leaves readable in ``Program.values``.
 
     Four passes: shapes and fusions, what runs (:mod:`runtime.analysis`, as the interpreter
     decides it), the forward tape, the backward tape."""
-    lowering = _Lowering(plan, input_types, params, grad_inputs, random)
+    lowering = _Lowering(plan, input_types, params, grad_inputs, random, keep)
     lowering.analyse()
     lowering.emit_forward()
     return lowering.emit_backward(param_grads)
@@ -136,9 +138,9 @@ class _Lowering:
     """The state the passes share: the emitter, the buffers, and what the analysis found."""
 
     def __init__(self, plan: Plan, input_types: Mapping[str, TensorType], params: Mapping[str, np.ndarray],
-                 grad_inputs: bool, random: bool = False):
+                 grad_inputs: bool, random: bool = False, keep: tuple[str, ...] = ()):
         self.plan, self.input_types, self.params, self.grad_inputs = plan, input_types, params, grad_inputs
-        self.random = random
+        self.random, self.keep = random, keep
         self.draws: dict[str, np.ndarray | None] = {}  # node id -> its draw's buffer (None: not training)
         leaves = {**input_types, **{n: tensor_type(p) for n, p in params.items()}}
         self.types = infer_types(plan, leaves)
@@ -154,7 +156,7 @@ class _Lowering:
     # -- pass 1: what runs, what gets a gradient, what the backward pass reads ----------------
     def analyse(self) -> None:
         plan = self.plan
-        self.run = analysis.needed(self.nodes, self.loss_id)
+        self.run = analysis.needed(self.nodes, self.loss_id, *self.keep)
         sources = list(plan.param_names) + (list(plan.input_names) if self.grad_inputs else [])
         self.path = analysis.grad_path(self.run, sources, self.loss_id)
         self.saved = analysis.saved_for_backward(self.run, self.path)
@@ -172,7 +174,7 @@ class _Lowering:
                        for name in plan.input_names}
         buf.update(self.inputs)
         buf.update(self.params)
-        pinned = set(buf)  # inputs and parameters are never written by the forward pass
+        pinned = set(buf) | set(self.keep)  # inputs, parameters and kept values are never written over
         self.residuals: dict[str, list] = {}
         for position, n in enumerate(self.run):
             shape, dtype = tuple(types[n.id].shape), dtype_of[n.id]

@@ -52,10 +52,12 @@ class CompiledStep:
     (:meth:`gradients` returns them too); training never needs them.
     """
 
-    def __init__(self, plan: Plan | Graph, optimizer: Optimizer | None = None, *, grad_inputs: bool = False):
+    def __init__(self, plan: Plan | Graph, optimizer: Optimizer | None = None, *, grad_inputs: bool = False,
+                 keep: tuple[str, ...] = ()):
         if isinstance(plan, Graph):
             plan = compile_plan(plan)
         self.plan = plan
+        self.keep = tuple(keep)  # values (metric outputs) each run computes too: Program.values[name]
         self.optimizer = optimizer
         self.grad_inputs = grad_inputs
         self.params: dict[str, np.ndarray] = {}
@@ -113,7 +115,8 @@ class CompiledStep:
         if program is None:
             bound = self.plan.check_inputs(inputs, None, only="input")
             types = {name: tensor_type(bound[name]) for name in self.plan.input_names}
-            program = lower(self.plan, types, self.params, self.grads, grad_inputs=self.grad_inputs, random=random)
+            program = lower(self.plan, types, self.params, self.grads, grad_inputs=self.grad_inputs, random=random,
+                            keep=self.keep)
             self._programs[key] = program
         return program
 
