@@ -26,17 +26,21 @@ def schema_path(version: tuple[int, int] = CURRENT_VERSION) -> Path:
 
 
 def _node_rules() -> list[dict]:
-    """Per-op constraints: exact arity and the op's own attributes (if op == X then ...)."""
-    rules = []
+    """Per-op constraints: exact arity and the op's own attributes (if op is one of X then ...).
+    Ops with the same constraints (the unary elementwise ones, say) share one rule: fewer
+    conditionals keep the schema within what schema tools (schemathesis's canonicaliser) follow."""
+    by_then: dict[str, tuple[dict, list[str]]] = {}
     for name, op in sorted(OPS.items()):
         attrs = Obj({a.name: Field(a.spec, required=a.required) for a in op.attrs})
-        rules.append({
-            "if": {"properties": {"op": {"const": name}}, "required": ["op"]},
-            "then": {"properties": {
-                "inputs": {"minItems": op.arity} if op.variadic else {"minItems": op.arity, "maxItems": op.arity},
-                "attrs": attrs.schema(),
-            }, **({"required": ["attrs"]} if any(a.required for a in op.attrs) else {})},
-        })
+        then = {"properties": {
+            "inputs": {"minItems": op.arity} if op.variadic else {"minItems": op.arity, "maxItems": op.arity},
+            "attrs": attrs.schema(),
+        }, **({"required": ["attrs"]} if any(a.required for a in op.attrs) else {})}
+        by_then.setdefault(json.dumps(then, sort_keys=True), (then, []))[1].append(name)
+    rules = []
+    for then, names in by_then.values():
+        match = {"const": names[0]} if len(names) == 1 else {"enum": names}
+        rules.append({"if": {"properties": {"op": match}, "required": ["op"]}, "then": then})
     return rules
 
 
