@@ -8,8 +8,9 @@
 schedule then runs on the updates after it:
 
 * ``constant``: the base rate;
-* ``step``: multiplied by ``decay_rate`` (default 0.1) every ``decay_steps`` updates;
-* ``exponential``: multiplied by ``decay_rate`` every update;
+* ``step``: multiplied by ``decay_rate`` (default 0.1) every ``decay_steps`` updates, never
+  below ``min_lr``;
+* ``exponential``: multiplied by ``decay_rate`` every update, never below ``min_lr``;
 * ``cosine``: from the base rate down to ``min_lr`` along half a cosine over ``decay_steps``
   updates (default: the rest of the run), then ``min_lr``;
 * ``linear``: from the base rate down to ``min_lr`` in a straight line, the same span.
@@ -61,8 +62,9 @@ class Schedule:
         if self.decay_steps is not None and self.name not in ("step", "cosine", "linear"):
             raise ScheduleError("decay_steps", f"decay_steps belongs to the step, cosine and linear schedules, not "
                                                f"to {self.name!r}")
-        if self.min_lr and self.name not in ("cosine", "linear"):
-            raise ScheduleError("min_lr", f"min_lr belongs to the cosine and linear schedules, not to {self.name!r}")
+        if self.min_lr and self.name == "constant":
+            raise ScheduleError("min_lr", "min_lr is where a decaying schedule stops: the constant schedule does not "
+                                          "decay (choose step, exponential, cosine or linear)")
 
     def check(self, base_lr: float, total: int | None) -> None:
         """Raise :class:`ScheduleError` when this schedule cannot run from ``base_lr`` over ``total``
@@ -83,10 +85,10 @@ class Schedule:
         if self.name == "constant":
             return base_lr
         if self.name == "step":
-            return base_lr * (self.decay_rate if self.decay_rate is not None else DEFAULT_STEP_DECAY) ** (
-                t // self.decay_steps)
+            rate = (self.decay_rate if self.decay_rate is not None else DEFAULT_STEP_DECAY) ** (t // self.decay_steps)
+            return max(base_lr * rate, self.min_lr)
         if self.name == "exponential":
-            return base_lr * self.decay_rate ** t
+            return max(base_lr * self.decay_rate ** t, self.min_lr)
         span = self.decay_steps if self.decay_steps is not None else (
             None if total is None else total - self.warmup_steps)
         if span is None:

@@ -103,7 +103,8 @@ class TrainingSpec:
                                       minimum=1)
     decay_rate: float | None = setting(None, "step: the factor every decay_steps (default 0.1); exponential: the "
                                              "factor every update", kind=float, exclusive_minimum=0.0, maximum=1.0)
-    min_lr: float | None = setting(None, "cosine, linear: the learning rate they decay to (default 0)", kind=float,
+    min_lr: float | None = setting(None, "the lowest learning rate a decaying schedule reaches: cosine and linear "
+                                         "end there, step and exponential stop there (default 0)", kind=float,
                                    minimum=0.0)
     # -- gradient clipping --
     clip_norm: float | None = setting(None, "scale the gradients down when their global L2 norm is above this",

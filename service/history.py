@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from worker.store import SERIES_LEAD, JobStore, StepRecord, StepSeries, series_columns
+from worker.store import METRIC_PREFIX, NORM_PREFIX, SERIES_LEAD, JobStore, StepRecord, StepSeries, series_columns
 
 from .bodies import accept_items
 
@@ -115,7 +115,7 @@ def downsample(values: np.ndarray, max_points: int) -> np.ndarray:
 
 
 def extreme_columns(series: StepSeries) -> np.ndarray:
-    """The columns whose spikes must show: loss, eval_loss and every gradient norm."""
+    """The columns whose spikes must show: loss, eval_loss, the metrics and every gradient norm."""
     return series.values[:, _LOSS:]
 
 
@@ -133,13 +133,16 @@ def series_entries(series: StepSeries, rows: Sequence[int]) -> list[dict[str, An
     """Rows of a series as step entries (the StepEntry fields but ``grads``); non-finite numbers
     and absent eval losses are null, as in every JSON step entry."""
     chosen = series.values[np.asarray(rows, dtype=np.int64)]
-    names = series.norm_names
-    norms = zip(*(_nullable(chosen[:, j]) for j in range(len(SERIES_LEAD), chosen.shape[1]))) if names \
+    names, metric_names = series.norm_names, series.metric_names
+    norms = zip(*(_nullable(chosen[:, series.column(NORM_PREFIX + n)]) for n in names)) if names \
         else iter(lambda: (), None)
-    return [{"step": step, "loss": loss, "grad_norms": dict(zip(names, norm)), "eval_loss": eval_loss, "time": when}
-            for step, loss, eval_loss, when, norm in zip(chosen[:, _STEP].astype(np.int64).tolist(),
-                                                         _nullable(chosen[:, _LOSS]), _nullable(chosen[:, _EVAL]),
-                                                         chosen[:, _TIME].tolist(), norms)]
+    metrics = zip(*(_nullable(chosen[:, series.column(METRIC_PREFIX + m)]) for m in metric_names)) if metric_names \
+        else iter(lambda: (), None)
+    return [{"step": step, "loss": loss, "grad_norms": dict(zip(names, norm)), "eval_loss": eval_loss, "time": when,
+             "metrics": dict(zip(metric_names, metric))}
+            for step, loss, eval_loss, when, norm, metric in zip(
+                chosen[:, _STEP].astype(np.int64).tolist(), _nullable(chosen[:, _LOSS]), _nullable(chosen[:, _EVAL]),
+                chosen[:, _TIME].tolist(), norms, metrics)]
 
 
 def downsampled_page(store: JobStore, job_id: str, *, after: int, max_points: int,
@@ -193,14 +196,17 @@ def _csv_text(rows: list[list[Any]]) -> str:
 def csv_lines(store: JobStore, job_id: str, first_page: list[StepRecord], *, after: int = 0,
               page: int = CSV_PAGE) -> Iterator[str]:
     """The step history after ``after`` as CSV text, a page of entries at a time: the header
-    ``step,time,loss,eval_loss,grad_norm:<param>...`` (parameters as the first entry names them),
-    then a row per entry. ``first_page`` is the first page, read already (so that a Redis
-    failure is answered before the response starts); later pages are read as the text is sent."""
+    ``step,time,loss,eval_loss,metric:<name>...,grad_norm:<param>...`` (metrics and parameters as
+    the first entry names them), then a row per entry. ``first_page`` is the first page, read
+    already (so that a Redis failure is answered before the response starts); later pages are
+    read as the text is sent."""
     names = list(first_page[0].grad_norms) if first_page else []
-    yield _csv_text([series_columns(names)])
+    metric_names = list(first_page[0].metrics) if first_page else []
+    yield _csv_text([series_columns(names, metric_names)])
     records = first_page
     while records:
         yield _csv_text([[r.step, _cell(r.time), _cell(r.loss), _cell(r.eval_loss),
+                          *(_cell(r.metrics.get(m)) for m in metric_names),
                           *(_cell(r.grad_norms.get(name)) for name in names)] for r in records])
         if len(records) < page:
             return

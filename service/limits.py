@@ -61,7 +61,7 @@ def _mib(n: int) -> str:
 
 
 def check_history_budget(graph: graphspec.Graph, total_steps: int, report_every: int, gradients: str,
-                         settings: ApiSettings) -> None:
+                         settings: ApiSettings, metric_names: tuple[str, ...] = ()) -> None:
     """Refuse (422) a job whose step history would not fit: more entries than a job's stream
     keeps (``stream_maxlen``: trimming would lose steps) or more bytes than
     ``max_job_history_bytes``, bounded from the parameters' static shapes before anything runs.
@@ -69,7 +69,7 @@ def check_history_budget(graph: graphspec.Graph, total_steps: int, report_every:
     full gradients."""
     entries = -(-total_steps // report_every)  # every report_every-th step, and always the last
     params = {name: (numpy_dtype(spec.dtype), tuple(spec.shape)) for name, spec in graph.parameters.items()}
-    per_entry = StepRecord.size_bound(params, gradients)
+    per_entry = StepRecord.size_bound(params, gradients, metric_names)
     fits = min(settings.stream_maxlen, settings.max_job_history_bytes // per_entry)
     if entries <= fits:
         return
@@ -77,7 +77,7 @@ def check_history_budget(graph: graphspec.Graph, total_steps: int, report_every:
     if fits >= 1:
         ways.append(f"set report_every to {-(-total_steps // fits)} or more")
     if gradients == "full":
-        norms = StepRecord.size_bound(params, "norms")
+        norms = StepRecord.size_bound(params, "norms", metric_names)
         ways.append(f'report gradient norms instead of full gradients (gradients: "norms", up to {norms} bytes '
                     "per entry)")
     message = (f"{total_steps} steps reported every {report_every} are {entries} step entries of up to {per_entry} "

@@ -198,6 +198,9 @@ class JobResource(BaseModel):
     error: JobError | None
     worker: str | None
     attempts: int
+    stop_reason: str | None = Field(None, description="why a succeeded job stopped: steps, epochs (it ran what was "
+                                                      "asked), patience (the eval loss stopped improving) or "
+                                                      "target_loss; null until it has")
     graph_id: str
     links: JobLinks
 
@@ -212,6 +215,10 @@ class StepEntry(BaseModel):
     loss: float | None
     grad_norms: dict[str, float | None]
     eval_loss: float | None
+    metrics: dict[str, float | None] = Field(default_factory=dict, description=(
+        "lr (the update's learning rate), grad_norm (the global gradient L2 norm before clipping), the graph's "
+        "metrics on the batch (accuracy for a classification loss) and on the held-out data (eval_accuracy: null "
+        "on entries without an evaluation); empty for jobs stored before metrics"))
     time: float = Field(description="when the step was reported, Unix seconds")
     grads: dict[str, Tensor] | None = Field(None, description="only for jobs submitted with gradients: 'full'")
 
@@ -251,6 +258,10 @@ class JobResult(BaseModel):
     epochs: int
     eval_loss: float | None
     params: dict[str, Tensor]
+    stop_reason: str | None = Field(None, description="why training stopped: steps, epochs, patience or target_loss")
+    best_step: int | None = Field(None, description="with restore_best: the step whose parameters these are")
+    metrics: dict[str, float | None] = Field(default_factory=dict, description="the last step's metrics")
+    eval_metrics: dict[str, float | None] | None = Field(None, description="the last evaluation's metrics")
 
 
 # -- graph analysis -----------------------------------------------------------------------

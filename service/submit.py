@@ -17,8 +17,10 @@ from celery import Celery
 
 import graphspec
 import runtime
+from runtime.schedules import ScheduleError
 from worker.dispatch import send_job
 from worker.records import JobRecord
+from worker.step_metrics import step_metric_names
 from .settings import ApiSettings
 from worker.store import IdempotencyConflict, JobStore, encode_tensors, now
 
@@ -109,7 +111,12 @@ def prepare_job(req: JobRequest, tenant: str, store: JobStore, settings: ApiSett
         raise unprocessable(f"{training.epochs} epochs are {total_steps} steps; the limit is {settings.max_steps}",
                             _issue("too_large", "/epochs", f"at most {settings.max_steps} steps in all"))
 
-    check_history_budget(graph, total_steps, training.report_every, training.gradients, settings)
+    try:  # the schedule against the run's length, now that it is known (warmup longer than the run...)
+        training.lr_schedule().check(optimizer["lr"], total_steps)
+    except ScheduleError as exc:
+        raise unprocessable(str(exc), _issue("invalid_value", f"/{exc.setting}", str(exc))) from None
+    check_history_budget(graph, total_steps, training.report_every, training.gradients, settings,
+                         tuple(step_metric_names(graph, training, eval_data is not None)))
 
     time_limit = min(training.time_limit_s or settings.default_time_limit_s, settings.max_time_limit_s)
     spec = {

@@ -51,6 +51,7 @@ def job_resource(job: JobRecord) -> JobResource:
         eval_data=_summary(spec.get("eval_data_summary")),
         created=_time(job.created), started=_time(job.started), finished=_time(job.finished),
         error=error, worker=job.worker, attempts=job.attempts, graph_id=job.graph_id, links=job_links(job.id),
+        stop_reason=job.stop_reason,
     )
 
 
@@ -81,7 +82,8 @@ def step_entry(record: StepRecord) -> StepEntry:
     """A step entry for JSON: stored gradient tensors decoded to JSON tensors."""
     fields: dict[str, Any] = dict(step=record.step, loss=finite(record.loss),
                                   grad_norms={k: finite(v) for k, v in record.grad_norms.items()},
-                                  eval_loss=finite(record.eval_loss), time=record.time)
+                                  eval_loss=finite(record.eval_loss), time=record.time,
+                                  metrics={k: finite(v) for k, v in record.metrics.items()})
     if record.grads is not None:
         fields["grads"] = {k: Tensor(**v) for k, v in tensors_json(decode_tensors(record.grads)).items()}
     return StepEntry(**fields)
@@ -90,7 +92,7 @@ def step_entry(record: StepRecord) -> StepEntry:
 def step_tree_msgpack(record: StepRecord) -> dict[str, Any]:
     """A step entry for msgpack: gradient tensors stay raw bytes."""
     out: dict[str, Any] = {"step": record.step, "loss": record.loss, "grad_norms": record.grad_norms,
-                           "eval_loss": record.eval_loss, "time": record.time}
+                           "eval_loss": record.eval_loss, "time": record.time, "metrics": dict(record.metrics)}
     if record.grads is not None:
         out["grads"] = tensors_raw(decode_tensors(record.grads))
     return out
@@ -106,9 +108,13 @@ def result_resource(blob: bytes) -> JobResult:
     limits = graphspec.Limits(max_bytes=len(blob) + 1, max_tensor_elements=2**40)
     tree = graphspec.parse(blob, "msgpack", limits)
     arrays = tensors_from_tree(tree.get("params", {}), "result", limits=limits)
+    metrics, eval_metrics = tree.get("metrics") or {}, tree.get("eval_metrics")
     return JobResult(loss=finite(tree.get("loss")), steps=int(tree.get("steps", 0)),
                      epochs=int(tree.get("epochs", 0)), eval_loss=finite(tree.get("eval_loss")),
-                     params={k: Tensor(**v) for k, v in tensors_json(arrays).items()})
+                     params={k: Tensor(**v) for k, v in tensors_json(arrays).items()},
+                     stop_reason=tree.get("stop_reason"), best_step=tree.get("best_step"),
+                     metrics={k: finite(v) for k, v in metrics.items()},
+                     eval_metrics=None if eval_metrics is None else {k: finite(v) for k, v in eval_metrics.items()})
 
 
 def result_params(blob: bytes) -> dict[str, Any]:

@@ -48,13 +48,15 @@ def test_the_schedules_closed_forms():
     assert warm[:4] == pytest.approx([0.025, 0.05, 0.075, 0.1])  # up to the base rate, then the decay starts there
     assert warm[4:] == pytest.approx([0.01 + 0.045 * (1 + math.cos(math.pi * t / 6)) for t in range(6)])
     assert Schedule("cosine", decay_steps=5).rate(0.1, 50) == 0.0  # past its span: min_lr
+    assert rates(Schedule("exponential", decay_rate=0.5, min_lr=0.02)) == pytest.approx(
+        [0.1, 0.05, 0.025] + [0.02] * 7)  # a floor for step and exponential
 
 
 @pytest.mark.parametrize("settings, field", [
     ({"schedule": "step"}, "decay_steps"),
     ({"schedule": "exponential"}, "decay_rate"),
     ({"schedule": "cosine", "decay_rate": 0.5}, "decay_rate"),
-    ({"schedule": "exponential", "decay_rate": 0.9, "min_lr": 0.001}, "min_lr"),
+    ({"schedule": "constant", "min_lr": 0.001}, "min_lr"),
     ({"schedule": "cosine", "min_lr": 0.5, "optimizer": {"name": "sgd", "lr": 0.1}}, "min_lr"),
     ({"schedule": "constant", "decay_steps": 10}, "decay_steps"),
     ({"decay_rate": 1.5}, "decay_rate"),

@@ -26,6 +26,7 @@ from graphspec.codec import pack
 from graphspec.tensors import encode_tensor_raw
 
 from .records import JobRecord
+from .step_metrics import step_metric_names, step_metrics
 from .store import TERMINAL, JobStore, LeaseLost, StepRecord, decode_tensors, encode_tensors, now
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,9 @@ class _Reporter:
     at most every FLUSH_INTERVAL_S; each write also reads the job's state (cancel requests)."""
 
     def __init__(self, store: JobStore, job_id: str, spec: runtime.TrainingSpec, token: str,
-                 stopping_key: str | None = None):
+                 stopping_key: str | None = None, metric_names: list[str] | None = None):
         self.store, self.job_id, self.token, self.stopping_key = store, job_id, token, stopping_key
+        self.metric_names = metric_names or []
         self.handing_back = False
         self.every = spec.report_every
         self.gradients = spec.gradients
@@ -104,7 +106,8 @@ class _Reporter:
     def _sample(self, report: runtime.StepReport) -> None:
         grads = encode_tensors(report.grads) if self.gradients == "full" else None
         norms = dict(report.grad_norms) if self.gradients != "none" else {}  # computed now, from this step
-        self.buffer.append(StepRecord(report.step, float(report.loss), norms, now(), report.eval_loss, grads))
+        self.buffer.append(StepRecord(report.step, float(report.loss), norms, now(), report.eval_loss, grads,
+                                      step_metrics(self.metric_names, report)))
         self.sampled = report.step
 
     def finish(self) -> None:
@@ -237,7 +240,8 @@ def _train(store: JobStore, job_id: str, job: JobRecord, token: str, worker: str
     checkpoint_blob = store.get_blob(job_id, "checkpoint")
     resume = runtime.Checkpoint.from_bytes(checkpoint_blob) if checkpoint_blob else None
     params = None if resume else runtime.init_params(graph, seed=spec.seed)
-    reporter = _Reporter(store, job_id, spec, token, store.worker_stopping_key(worker) if requeue else None)
+    reporter = _Reporter(store, job_id, spec, token, store.worker_stopping_key(worker) if requeue else None,
+                         step_metric_names(graph, spec, eval_data is not None))
     checkpoint_every, save_checkpoint = _checkpointing(store, job_id, token, spec, reporter)
     try:
         options = {**spec.fit_options(has_eval_data=eval_data is not None), "checkpoint_every": checkpoint_every}
@@ -261,11 +265,13 @@ def _train(store: JobStore, job_id: str, job: JobRecord, token: str, worker: str
     blob = pack({
         "params": {k: encode_tensor_raw(np.asarray(v)) for k, v in result.params.items()},
         "loss": final_loss, "steps": result.steps, "epochs": result.epochs,
-        "eval_loss": result.eval_loss,
+        "eval_loss": result.eval_loss, "stop_reason": result.stop_reason, "best_step": result.best_step,
+        "metrics": dict(result.metrics), "eval_metrics": None if result.eval_metrics is None else dict(result.eval_metrics),
     })
     # The result and the state move together: a cancel that lands first leaves no result behind.
     ok, previous = patiently(store, store.transition, job_id, ["running"], "succeeded", token=token,
-                             blob=("result", blob), finished=repr(now()), step=result.steps, loss=repr(final_loss))
+                             blob=("result", blob), finished=repr(now()), step=result.steps, loss=repr(final_loss),
+                             stop_reason=result.stop_reason)
     if not ok and previous == "cancelling":  # cancel arrived after the last step: honour it
         patiently(store, store.transition, job_id, ["cancelling"], "cancelled", token=token, finished=repr(now()))
         return "cancelled"

@@ -31,7 +31,7 @@ import math
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -267,24 +267,29 @@ def request_fingerprint(graph_id: str, spec: dict[str, Any], data: bytes, eval_d
 
 
 SERIES_LEAD = ("step", "time", "loss", "eval_loss")
+METRIC_PREFIX = "metric:"
 NORM_PREFIX = "grad_norm:"
 SERIES_DTYPE = np.dtype("<f8")
 
 
-def series_columns(norm_names: Iterable[str]) -> list[str]:
+def series_columns(norm_names: Iterable[str], metric_names: Iterable[str] = ()) -> list[str]:
     """The columns of a job's series (and of its CSV export): step, time, loss, eval_loss
-    (NaN when the entry has none), then one ``grad_norm:<parameter>`` per parameter."""
-    return [*SERIES_LEAD, *(NORM_PREFIX + name for name in norm_names)]
+    (NaN when the entry has none), one ``metric:<name>`` per metric (lr, grad_norm, accuracy,
+    eval_accuracy, ...), then one ``grad_norm:<parameter>`` per parameter."""
+    return [*SERIES_LEAD, *(METRIC_PREFIX + name for name in metric_names), *(NORM_PREFIX + name for name in norm_names)]
 
 
 def series_rows(records: Sequence["StepRecord"], norm_names: list[str],
-                norms: Sequence[Mapping[str, float]] | None = None) -> np.ndarray:
-    """Step entries as rows of a series (:func:`series_columns` with ``norm_names``): absent
-    eval losses and norms are NaN. ``norms``: each record's gradient norms, when already read."""
+                norms: Sequence[Mapping[str, float]] | None = None, metric_names: Sequence[str] = ()) -> np.ndarray:
+    """Step entries as rows of a series (:func:`series_columns` with ``norm_names`` and
+    ``metric_names``): absent values are NaN. ``norms``: each record's gradient norms, when already read."""
     norms = [r.grad_norms for r in records] if norms is None else norms
-    return np.array([[r.step, r.time, r.loss, np.nan if r.eval_loss is None else r.eval_loss,
+
+    def value(v):
+        return np.nan if v is None else v
+    return np.array([[r.step, r.time, r.loss, value(r.eval_loss), *(value(r.metrics.get(m)) for m in metric_names),
                       *(n.get(name, np.nan) for name in norm_names)] for r, n in zip(records, norms)],
-                    dtype=SERIES_DTYPE).reshape(len(records), len(SERIES_LEAD) + len(norm_names))
+                    dtype=SERIES_DTYPE).reshape(len(records), len(SERIES_LEAD) + len(metric_names) + len(norm_names))
 
 
 @dataclass(frozen=True)
@@ -299,7 +304,14 @@ class StepSeries:
 
     @property
     def norm_names(self) -> list[str]:
-        return [c.removeprefix(NORM_PREFIX) for c in self.columns[len(SERIES_LEAD):]]
+        return [c.removeprefix(NORM_PREFIX) for c in self.columns if c.startswith(NORM_PREFIX)]
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [c.removeprefix(METRIC_PREFIX) for c in self.columns if c.startswith(METRIC_PREFIX)]
+
+    def column(self, name: str) -> int:
+        return self.columns.index(name)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -313,6 +325,8 @@ class StepRecord:
     time: float
     eval_loss: float | None = None
     grads: bytes | None = None  # msgpack tensors when the job asked for gradients: "full"
+    # lr, grad_norm (before clipping), accuracy, eval_accuracy, ...: one key set per job (None: absent here)
+    metrics: Mapping[str, float | None] = field(default_factory=dict)
 
     def to_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"step": self.step, "loss": repr(self.loss), "norms": json.dumps(dict(self.grad_norms)),
@@ -321,20 +335,25 @@ class StepRecord:
             fields["eval_loss"] = repr(self.eval_loss)
         if self.grads is not None:
             fields["grads"] = self.grads
+        if self.metrics:  # non-finite numbers as strings: JSON has none
+            fields["metrics"] = json.dumps({k: v if v is None or math.isfinite(v) else repr(v)
+                                            for k, v in self.metrics.items()})
         return fields
 
     @classmethod
-    def size_bound(cls, params: Mapping[str, tuple[np.dtype, tuple[int, ...]]], gradients: str) -> int:
+    def size_bound(cls, params: Mapping[str, tuple[np.dtype, tuple[int, ...]]], gradients: str,
+                   metric_names: Sequence[str] = ()) -> int:
         """At most how many bytes one entry of a job takes in Redis, for parameters
-        ``{name: (dtype, shape)}`` and the job's ``gradients`` option: the fields as
-        :meth:`to_fields` writes them, with the longest floats, plus Redis's per-field overhead,
-        plus the entry's float64 row in the job's series key."""
+        ``{name: (dtype, shape)}``, the job's ``gradients`` option and its metrics
+        (worker.step_metrics): the fields as :meth:`to_fields` writes them, with the longest
+        floats, plus Redis's per-field overhead, plus the entry's float64 row in the job's series key."""
         longest = -2.2250738585072014e-308  # as long as a float's repr gets
         norms = {name: longest for name in params} if gradients != "none" else {}
-        record = cls(step=2**63 - 1, loss=longest, grad_norms=norms, time=longest, eval_loss=longest)
+        record = cls(step=2**63 - 1, loss=longest, grad_norms=norms, time=longest, eval_loss=longest,
+                     metrics={name: longest for name in metric_names})
         fields = record.to_fields()
         size = sum(len(str(k)) + len(str(v)) for k, v in fields.items())
-        size += len(series_columns(norms)) * 8  # its row in the series key
+        size += len(series_columns(norms, metric_names)) * 8  # its row in the series key
         if gradients == "full":
             # the encoding of empty arrays of the same dtype and rank, plus the data and its
             # length prefix, plus room for the shape's integers: no gradient is allocated here
@@ -346,9 +365,10 @@ class StepRecord:
     @classmethod
     def from_fields(cls, fields: dict[bytes, bytes]) -> "StepRecord":
         get = {k.decode(): v for k, v in fields.items()}
+        metrics = {k: None if v is None else float(v) for k, v in json.loads(get.get("metrics", b"{}")).items()}
         return cls(step=int(get["step"]), loss=float(get["loss"]), grad_norms=json.loads(get["norms"]),
                    time=float(get["t"]), eval_loss=float(get["eval_loss"]) if "eval_loss" in get else None,
-                   grads=get.get("grads"))
+                   grads=get.get("grads"), metrics=metrics)
 
 
 class JobStore:
@@ -684,12 +704,15 @@ class JobStore:
         and the state (so the worker sees a cancel request without another round trip)."""
         norms = [dict(rec.grad_norms) for rec in records]  # read once: runtime's norms are computed lazily
         names = list(norms[0]) if norms else []
-        # One layout per job: a batch whose entries name other parameters writes no rows (readers
-        # then fall back to the stream, which has everything).
-        uniform = bool(records) and all(n.keys() == norms[0].keys() for n in norms)
-        rows = series_rows(records, names, norms)
+        metric_names = list(records[0].metrics) if records else []
+        # One layout per job: a batch whose entries name other parameters or metrics writes no rows
+        # (readers then fall back to the stream, which has everything).
+        uniform = bool(records) and all(n.keys() == norms[0].keys() for n in norms) and all(
+            r.metrics.keys() == records[0].metrics.keys() for r in records)
+        rows = series_rows(records, names, norms, metric_names)
         args: list[Any] = [token, self._lease_ms(), self.settings.stream_maxlen, len(records),
-                           json.dumps(series_columns(names)) if uniform else "", rows.tobytes() if uniform else b"",
+                           json.dumps(series_columns(names, metric_names)) if uniform else "",
+                           rows.tobytes() if uniform else b"",
                            rows.shape[1] * SERIES_DTYPE.itemsize]
         for rec in records:
             fields = rec.to_fields()
@@ -739,12 +762,15 @@ class JobStore:
         after = 0
         while True:
             chunk = self.read_steps(job_id, after=after, limit=page)
-            records += [StepRecord(r.step, r.loss, r.grad_norms, r.time, r.eval_loss) for r in chunk]  # no grads kept
+            records += [StepRecord(r.step, r.loss, r.grad_norms, r.time, r.eval_loss, metrics=r.metrics)
+                        for r in chunk]  # no grads kept
             if len(chunk) < page:
                 break
             after = chunk[-1].step
         names = list(records[0].grad_norms) if records else []
-        return StepSeries(columns=series_columns(names), values=series_rows(records, names), source="stream")
+        metric_names = list(records[0].metrics) if records else []
+        return StepSeries(columns=series_columns(names, metric_names),
+                          values=series_rows(records, names, metric_names=metric_names), source="stream")
 
     def cancel_requested(self, job_id: str) -> bool:
         return self._r.hget(self.job_key(job_id), "state") in (b"cancelling", b"cancelled")

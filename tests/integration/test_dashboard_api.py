@@ -270,7 +270,8 @@ def test_csv_of_a_job_without_norms_or_entries(api):
     job = submit(api, steps=10, report_every=5, gradients="none")
     wait_job(api, job["id"])
     resp = api.get(f"/v1/jobs/{job['id']}/steps", headers={"Accept": "text/csv"})
-    assert resp.text.splitlines()[0] == "step,time,loss,eval_loss"
+    # no gradient norms; the metrics every entry has (the seed graph's bce loss: an accuracy)
+    assert resp.text.splitlines()[0] == "step,time,loss,eval_loss,metric:lr,metric:accuracy"
     assert [r["step"] for r in read_csv(resp.text)] == ["5", "10"]
     empty = api.get(f"/v1/jobs/{job['id']}/steps", params={"after": 10}, headers={"Accept": "text/csv"})
     assert empty.text == "step,time,loss,eval_loss\r\n"
@@ -297,7 +298,9 @@ def test_job_resource_has_best_loss_settings_and_data_summaries(api):
     steps = all_steps(api, job["id"])
     best = min(steps, key=lambda s: s["loss"])
     assert done["best_loss"] == best["loss"] and done["best_loss_step"] == best["step"]
+    from runtime.spec import default_of, settings
     assert done["settings"] == {
+        **{f.name: default_of(f) for f, _ in settings()},  # every setting, the defaults included
         "optimizer": {"name": "adam", "lr": 0.1, "betas": [0.9, 0.999], "eps": 1e-08, "weight_decay": 0.0},
         "steps": 60, "epochs": None, "batch_size": 16, "seed": 0, "shuffle": True, "report_every": 5,
         "gradients": "norms", "checkpoint_every": None, "eval_every": 10, "time_limit_s": 600}  # capped

@@ -40,9 +40,13 @@ def unusual_values() -> dict:
             values[f.name] = not default
         elif s.choices:
             values[f.name] = next(c for c in s.choices if c != default)
+        elif s.kind is float and default is None:  # valid together with the other values here
+            values[f.name] = {"decay_rate": 0.5, "min_lr": 0.001, "clip_norm": 50.0, "clip_value": 100.0,
+                              "min_delta": 1e-4, "target_loss": 1e-9}[f.name]
         elif default is None or isinstance(default, int):
             values[f.name] = {"steps": 7, "epochs": 50, "batch_size": 4, "seed": 3, "report_every": 2,
-                              "eval_every": 3, "checkpoint_every": 5, "time_limit_s": 600}[f.name]
+                              "eval_every": 3, "checkpoint_every": 5, "time_limit_s": 600, "warmup_steps": 2,
+                              "decay_steps": 3, "patience": 100}[f.name]
         else:
             raise AssertionError(f"no test value for setting {f.name!r} ({type(default).__name__})")
         assert values[f.name] != default, f.name
@@ -125,6 +129,11 @@ def test_every_setting_reaches_the_stored_job_and_the_trainer(server, env, tmp_p
     assert all(s["grads"]["w1"]["shape"] == [] and s["grad_norms"] for s in steps)
     assert [s["step"] for s in steps if s["eval_loss"] is not None] == [6]  # and at the end, in the result:
     assert result["eval_loss"] is not None
+    # the schedule ("step" after a warmup) set every update's rate, reported with the norm before clipping
+    schedule = TrainingSpec.from_dict(values).lr_schedule()
+    assert [s["metrics"]["lr"] for s in steps] == pytest.approx([schedule.rate(0.05, s["step"], 7) for s in steps])
+    assert all(s["metrics"]["grad_norm"] > 0 for s in steps)
+    assert final["stop_reason"] == result["stop_reason"] == "steps"
 
 
 def test_a_job_stored_before_specs_had_versions_still_runs(store, celery_app, celery_worker, settings):
