@@ -60,8 +60,9 @@ class Setting:
     choices: tuple[str, ...] | None = None
     service_only: bool = False
     flag: str | None = None  # the command-line flag when it is not --<name-with-dashes>
-    kind: type = int  # of an optional setting (default None): int or float
+    kind: type = int  # of an optional setting (default None): int, float or str
     exclusive_minimum: float | None = None  # a float that must be above this
+    pattern: str | None = None  # a str setting's form (a regular expression it must match in full)
 
 
 def setting(default: Any, doc: str, **options: Any) -> Any:
@@ -120,6 +121,10 @@ class TrainingSpec:
                                               "else the training loss)", kind=float)
     restore_best: bool = setting(False, "end with the parameters of the best evaluation, not the last step's",
                                  flag="--restore-best")
+    # -- warm start --
+    init_from: str | None = setting(None, "start from the trained parameters of this succeeded job (same tenant; "
+                                          "the same parameter names, shapes and dtypes)", kind=str,
+                                    pattern=r"job_[0-9a-f]{32}", service_only=True)
 
     # -- reading -------------------------------------------------------------------------------
     @classmethod
@@ -255,6 +260,11 @@ def _checked(f: dataclasses.Field, value: Any, location: str, issues: list) -> A
             issues.append(_issue("invalid_value", location, f"{f.name} cannot be null"))
         return None
     kind = type(default_of(f)) if not optional else s.kind
+    if kind is str and not s.choices:
+        if not isinstance(value, str) or (s.pattern is not None and not re.fullmatch(s.pattern, value)):
+            issues.append(_issue("invalid_value", location, f"{f.name} must be a job id (job_ and 32 hex digits), "
+                                                            f"got {value!r}"))
+        return value
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             issues.append(_issue("invalid_type", location, f"{f.name} must be a finite number, got {value!r}"))

@@ -107,7 +107,8 @@ def _training_fields(*, as_stored: bool) -> dict[str, Any]:
             fields[f.name] = (kind | None, Field(description=s.doc))
         else:
             fields[f.name] = (kind | None if default is None else kind,
-                              Field(default, ge=s.minimum, le=s.maximum, gt=s.exclusive_minimum, description=s.doc))
+                              Field(default, ge=s.minimum, le=s.maximum, gt=s.exclusive_minimum, description=s.doc,
+                                    pattern=f"^{s.pattern}$" if s.pattern else None))
     return fields
 
 

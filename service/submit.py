@@ -29,7 +29,7 @@ from .datarows import per_example
 from .limits import check_history_budget, declared_totals, graph_limits
 from .models import DryRun, JobRequest
 from .problems import ProblemError, conflict, graph_problem, too_large, unavailable, unprocessable
-from .views import job_settings
+from .views import job_settings, result_params
 
 log = logging.getLogger("service.jobs")
 
@@ -44,6 +44,7 @@ class PreparedJob:
     data: bytes
     eval_data: bytes | None
     time_limit_s: int
+    init: bytes | None = None  # the starting parameters (init_from's trained ones), as tensors
 
 
 def _issue(code: str, location: str, message: str) -> list[dict[str, str]]:
@@ -117,6 +118,7 @@ def prepare_job(req: JobRequest, tenant: str, store: JobStore, settings: ApiSett
         raise unprocessable(str(exc), _issue("invalid_value", f"/{exc.setting}", str(exc))) from None
     check_history_budget(graph, total_steps, training.report_every, training.gradients, settings,
                          tuple(step_metric_names(graph, training, eval_data is not None)))
+    init = None if training.init_from is None else warm_start(store, tenant, training.init_from, graph)
 
     time_limit = min(training.time_limit_s or settings.default_time_limit_s, settings.max_time_limit_s)
     spec = {
@@ -129,7 +131,36 @@ def prepare_job(req: JobRequest, tenant: str, store: JobStore, settings: ApiSett
     return PreparedJob(graph=graph, graph_id=graphspec.content_hash(graph), inline_graph=inline, spec=spec,
                        data=encode_tensors(data),
                        eval_data=encode_tensors(eval_data) if eval_data is not None else None,
-                       time_limit_s=time_limit)
+                       time_limit_s=time_limit, init=init)
+
+
+def warm_start(store: JobStore, tenant: str, job_id: str, graph: graphspec.Graph) -> bytes:
+    """The trained parameters of ``job_id`` (this tenant's, succeeded) as the new job's starting
+    point, checked against ``graph``'s parameters: every name, shape and dtype must match."""
+    source = store.get_job(job_id)
+    if source is None or source.tenant != tenant:
+        raise unprocessable(f"init_from: no job {job_id} (of this tenant)",
+                            _issue("unknown_job", "/init_from", f"no job {job_id}: give a succeeded job of yours"))
+    blob = store.get_blob(job_id, "result") if source.state == "succeeded" else None
+    if blob is None:
+        raise unprocessable(f"init_from: job {job_id} is {source.state}; only a succeeded job has trained parameters",
+                            _issue("job_not_succeeded", "/init_from", f"job {job_id} is {source.state}, not "
+                                                                      "succeeded"))
+    params = result_params(blob)
+    problems = []
+    for name, spec in graph.parameters.items():
+        if name not in params:
+            problems.append(f"{name!r} is not among its parameters ({', '.join(sorted(params)) or 'none'})")
+        elif params[name].dtype.name != spec.dtype or list(params[name].shape) != list(spec.shape):
+            problems.append(f"{name!r} is {params[name].dtype.name}{list(params[name].shape)} there, "
+                            f"{spec.dtype}{list(spec.shape)} here")
+    extra = sorted(set(params) - set(graph.parameters))
+    if extra:
+        problems.append(f"it has parameters this graph lacks: {', '.join(extra)}")
+    if problems:
+        message = f"init_from: job {job_id}'s parameters do not fit this graph: {'; '.join(problems)}"
+        raise unprocessable(message, _issue("incompatible_parameters", "/init_from", message))
+    return encode_tensors({name: params[name] for name in graph.parameters})
 
 
 def data_summary(graph: graphspec.Graph, arrays: dict[str, Any], examples: int | None) -> dict[str, Any]:
@@ -153,7 +184,7 @@ def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Cele
     graph_id = store.put_graph(tenant, prepared.graph) if prepared.inline_graph else prepared.graph_id
     try:
         job_id, created = store.create_job(tenant, graph_id, prepared.spec, prepared.data, prepared.eval_data,
-                                           idempotency_key=idempotency_key)
+                                           idempotency_key=idempotency_key, init=prepared.init)
     except IdempotencyConflict as exc:
         raise ProblemError(422, str(exc), kind="idempotency-key-reused", job_id=exc.job_id) from None
     if not created:

@@ -239,7 +239,8 @@ def _train(store: JobStore, job_id: str, job: JobRecord, token: str, worker: str
     trainer = runtime.Trainer.from_spec(graph, spec, compiled=True)
     checkpoint_blob = store.get_blob(job_id, "checkpoint")
     resume = runtime.Checkpoint.from_bytes(checkpoint_blob) if checkpoint_blob else None
-    params = None if resume else runtime.init_params(graph, seed=spec.seed)
+    init_blob = None if resume else store.get_blob(job_id, "init")  # a warm start's parameters
+    params = None if resume else decode_tensors(init_blob) if init_blob else runtime.init_params(graph, seed=spec.seed)
     reporter = _Reporter(store, job_id, spec, token, store.worker_stopping_key(worker) if requeue else None,
                          step_metric_names(graph, spec, eval_data is not None))
     checkpoint_every, save_checkpoint = _checkpointing(store, job_id, token, spec, reporter)

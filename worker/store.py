@@ -416,7 +416,8 @@ class JobStore:
 
     # -- jobs --------------------------------------------------------------------------
     def create_job(self, tenant: str, graph_id: str, spec: dict[str, Any], data: bytes,
-                   eval_data: bytes | None = None, idempotency_key: str | None = None) -> tuple[str, bool]:
+                   eval_data: bytes | None = None, idempotency_key: str | None = None,
+                   init: bytes | None = None) -> tuple[str, bool]:
         """Store a queued job, in the outbox until :meth:`mark_sent` (a job whose sender died
         before sending is sent by the sweep); returns (job id, created). With an Idempotency-Key already used
         by this tenant for the same request, returns the existing job instead (created=False);
@@ -439,6 +440,8 @@ class JobStore:
         pipe.set(self.job_key(job_id, "data"), data)
         if eval_data is not None:
             pipe.set(self.job_key(job_id, "eval_data"), eval_data)
+        if init is not None:  # the starting parameters (a warm start), copied: the source may expire first
+            pipe.set(self.job_key(job_id, "init"), init)
         pipe.zadd(self.tenant_key(tenant, "jobs"), {job_id: created})
         pipe.zadd(self.outbox_key, {job_id: created})
         pipe.zadd(self.queued_key, {job_id: created})
@@ -688,7 +691,7 @@ class JobStore:
     def expire_job(self, job_id: str) -> None:
         ttl = self.settings.retention_s
         pipe = self._r.pipeline(transaction=False)
-        for part in (None, "steps", "series", "series:columns", "data", "eval_data", "checkpoint", "result"):
+        for part in (None, "steps", "series", "series:columns", "data", "eval_data", "checkpoint", "result", "init"):
             pipe.expire(self.job_key(job_id, part), ttl)
         pipe.execute()
 

@@ -132,6 +132,8 @@ def _training_options(*, service: bool) -> argparse.ArgumentParser:
             group.add_argument(flag, dest=f.name, choices=setting.choices, help=setting.doc + shown)
         elif setting.kind is float:
             group.add_argument(flag, dest=f.name, type=_finite, help=setting.doc + shown)
+        elif setting.kind is str:
+            group.add_argument(flag, dest=f.name, metavar="JOB_ID", help=setting.doc + shown)
         else:
             group.add_argument(flag, dest=f.name, type=_counting_from(setting.minimum or 0), help=setting.doc + shown)
     return p

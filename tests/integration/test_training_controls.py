@@ -8,11 +8,13 @@ from __future__ import annotations
 import csv
 import io
 
+import numpy as np
 import pytest
 
+import graphspec
 from runtime.schedules import Schedule
 
-from .test_api import SEED_DATA, assert_problem, job_body, locations, submit, wait_job
+from .test_api import SEED_DATA, assert_problem, job_body, load_json, locations, submit, wait_job
 from .test_dashboard_api import all_steps
 
 pytestmark = pytest.mark.integration
@@ -77,3 +79,51 @@ def test_controls_that_cannot_run_are_refused_at_submit_where_they_are(api, over
     assert location in locations(problem), problem
     assert "Traceback" not in str(problem)
 
+
+
+# -- warm start ----------------------------------------------------------------------------
+
+def test_a_job_starts_from_a_finished_job_s_parameters(api):
+    first = submit(api, steps=30, optimizer={"name": "sgd", "lr": 0.5})
+    assert wait_job(api, first["id"])["state"] == "succeeded"
+    trained = api.get(f"/v1/jobs/{first['id']}/result").json()["params"]
+    # at learning rate 0 the second job's parameters are the first's, and its loss is theirs
+    second = submit(api, steps=2, report_every=1, optimizer={"name": "sgd", "lr": 0.0}, init_from=first["id"])
+    done = wait_job(api, second["id"])
+    assert done["state"] == "succeeded", done
+    assert done["settings"]["init_from"] == first["id"]
+    assert api.get(f"/v1/jobs/{second['id']}/result").json()["params"] == trained
+    fresh = submit(api, steps=2, report_every=1, optimizer={"name": "sgd", "lr": 0.0})
+    wait_job(api, fresh["id"])
+    warm_loss = all_steps(api, second["id"])[0]["loss"]
+    assert warm_loss < all_steps(api, fresh["id"])[0]["loss"]  # trained parameters fit better than fresh ones
+
+
+def test_a_warm_start_that_cannot_be_made_is_refused_at_init_from(api):
+    finished = submit(api, steps=5)
+    wait_job(api, finished["id"])
+    cases = [
+        ({"init_from": "job_" + "0" * 32}, "no job"),
+        ({"init_from": "yesterday's"}, "job_[0-9a-f]{32}"),
+    ]
+    for overrides, words in cases:
+        problem = assert_problem(api.post("/v1/jobs", json=job_body(**overrides)), 422)
+        assert locations(problem) == ["/init_from"] and words in str(problem), problem
+    # another tenant's job is not found either
+    problem = assert_problem(api.post("/v1/jobs", json=job_body(init_from=finished["id"]), tenant="tenant-b"), 422)
+    assert locations(problem) == ["/init_from"] and "no job" in problem["detail"]
+    # a job still queued or running has no trained parameters yet
+    long = submit(api, steps=100_000, report_every=1000)
+    problem = assert_problem(api.post("/v1/jobs", json=job_body(init_from=long["id"])), 422)
+    assert locations(problem) == ["/init_from"] and "not succeeded" in str(problem)
+    api.post(f"/v1/jobs/{long['id']}/cancel")
+    # a graph with other parameters: every mismatch named
+    rng = np.random.default_rng(0)
+    mlp_data = {"x": graphspec.encode_tensor_json(rng.normal(size=(8, 4)).astype(np.float32)),
+                "labels": graphspec.encode_tensor_json(np.zeros(8, dtype=np.int64))}
+    body = job_body(graph=load_json("small_mlp.json"), data=mlp_data, init_from=finished["id"])
+    problem = assert_problem(api.post("/v1/jobs", json=body), 422)
+    assert locations(problem) == ["/init_from"]
+    detail = problem["detail"]
+    assert "'b1' is not among its parameters (b, w1, w2)" in detail and "'b2' is not among" in detail
+    assert "'w1' is float64[] there, float32[4, 16] here" in detail and "lacks: b" in detail

@@ -40,6 +40,8 @@ def unusual_values() -> dict:
             values[f.name] = not default
         elif s.choices:
             values[f.name] = next(c for c in s.choices if c != default)
+        elif s.kind is str and default is None:  # a job id: the surfaces test puts a real one in
+            values[f.name] = "job_" + "0" * 32
         elif s.kind is float and default is None:  # valid together with the other values here
             values[f.name] = {"decay_rate": 0.5, "min_lr": 0.001, "clip_norm": 50.0, "clip_value": 100.0,
                               "min_delta": 1e-4, "target_loss": 1e-9}[f.name]
@@ -86,6 +88,9 @@ def test_every_setting_reaches_the_stored_job_and_the_trainer(server, env, tmp_p
     data = load_tensors(SEED_DATA)
     eval_data = {k: v[:10] for k, v in data.items()}
     with Client(server, api_key=API_KEYS["tenant-a"], timeout=20) as client:
+        source = client.submit(SEED_GRAPH, data, steps=3)  # init_from needs a succeeded job of this tenant
+        assert client.wait(source["id"], timeout=60)["state"] == "succeeded"
+        values["init_from"] = source["id"]
         if surface == "client keywords":
             optimizer = dict(values.pop("optimizer"))
             job = client.submit(SEED_GRAPH, data, eval_data=eval_data, optimizer=optimizer.pop("name"),
