@@ -141,6 +141,7 @@ def explain(args: argparse.Namespace) -> int:
 def train(args: argparse.Namespace) -> int:
     import runtime
     from runtime.data import load_tensors, save_tensors
+    from runtime.stopping import REASONS
 
     from ..progress import ProgressBar
 
@@ -158,7 +159,7 @@ def train(args: argparse.Namespace) -> int:
         config = trainer.optimizer.config()
         settings = ", ".join(f"{k} {v}" for k, v in config.items() if k != "name")
         print(f"optimizer {config['name']}: {settings}", flush=True)
-        bar = ProgressBar(spec.steps)
+        bar = ProgressBar(trainer.total_steps(trainer.check_data(data), spec.steps, spec.epochs))
 
         def report(step: runtime.StepReport) -> None:
             extra = "" if step.eval_loss is None else f"eval {step.eval_loss:.6g}"
@@ -180,6 +181,12 @@ def train(args: argparse.Namespace) -> int:
     summary = f"trained {result.steps} steps ({result.epochs} epochs): loss {result.losses[0]:.6g} -> {result.loss:.6g}"
     if result.eval_losses:
         summary += f", eval loss {result.eval_losses[-1][1]:.6g}"
+    summary += "".join(f", {name} {value:.4g}" for name, value in result.metrics.items())
+    summary += "".join(f", eval {name} {value:.4g}" for name, value in (result.eval_metrics or {}).items())
+    if result.stop_reason not in ("steps", "epochs"):
+        summary += f"; stopped early: {REASONS[result.stop_reason]}"
+    if result.best_step is not None:
+        summary += f"; parameters of step {result.best_step} (the best evaluation)"
     print(summary)
     if args.out:
         save_tensors(args.out, result.params)
