@@ -70,7 +70,10 @@ WORKLOADS = {
                    dtype="float32", lr=0.01, init="he"),
 }
 WORKLOAD_ORDER = list(WORKLOADS)
-IMPLS = ["chainrule", "interp", "hand", "torch"]
+# "controls": the compiled step as runtime.Trainer drives it with a cosine schedule (after a warmup)
+# and clipping by global norm on (issue #17: they must cost a few scalar operations and one pass
+# over the gradients, no more); compare its time with "chainrule"'s in the same run
+IMPLS = ["chainrule", "controls", "interp", "hand", "torch"]
 TARGET_S = {"default": 1.5, "W4_wide": 3.0}  # seconds of timed stepping per cell, summed over rounds
 QUICK_TARGET_S = {"default": 0.2, "W4_wide": 0.8}
 # chainrule's compiled step / the reference's, at most: issue #7's against hand numpy, issue #16's W5
@@ -205,7 +208,33 @@ def build_chainrule(spec, params, x, y):
     def reset():
         for n, p0 in zip(names, params):
             step.params[n][...] = p0
-    return (lambda: step.run(program)), grads, reset
+    def run():
+        return step.run(program)
+    run.engine, run.program = step, program  # what build_controls drives itself
+    return run, grads, reset
+
+
+def build_controls(spec, params, x, y):
+    """build_chainrule's step with a learning-rate schedule and gradient clipping, as runtime.Trainer
+    applies them each update: the scheduled rate set, the step run, the gradients clipped in place
+    (a bound that always bites: the costlier path), then the update."""
+    import runtime
+    from runtime.clipping import clip
+    from runtime.schedules import Schedule
+
+    step_fn, grads, reset = build_chainrule(spec, params, x, y)
+    engine = step_fn.engine
+    schedule, base, count = Schedule("cosine", warmup_steps=100), spec["lr"], [0]
+
+    def step():
+        count[0] += 1
+        engine.optimizer.lr = schedule.rate(base, count[0] % 10_000 + 1, 10_000)
+        loss = engine.run(step_fn.program, update=False)
+        clip(engine.gradient_arenas(), clip_norm=1e-3, scale=engine.grad_scale)
+        engine.update()
+        return loss
+    assert isinstance(engine, runtime.CompiledStep)
+    return step, grads, reset
 
 
 def build_interp(spec, params, x, y):
@@ -555,7 +584,8 @@ def build_torch(spec, params, x, y):
     return step, grads, reset
 
 
-BUILDERS = {"chainrule": build_chainrule, "interp": build_interp, "hand": build_hand, "torch": build_torch}
+BUILDERS = {"chainrule": build_chainrule, "controls": build_controls, "interp": build_interp, "hand": build_hand,
+            "torch": build_torch}
 
 
 # ----------------------------------------------------------------------------- timing
@@ -631,7 +661,7 @@ def run_mem_worker(impl, wl, out_path):
 
     import numpy  # noqa: F401 - imports happen before tracing: module objects are not the step's memory
     spec = WORKLOADS[wl]
-    if impl in ("chainrule", "interp"):
+    if impl in ("chainrule", "controls", "interp"):
         import graphspec.builder  # noqa: F401
         import runtime  # noqa: F401
         if spec.get("kind") == "cnn":

@@ -73,7 +73,7 @@ def check_chaos(report: dict, stdout: str, stderr: str) -> None:
 
 
 def check_step_bench(report: dict, stdout: str, stderr: str) -> None:
-    expected = {"chainrule", "interp", "hand"} | ({"torch"} if torch_available() else set())
+    expected = {"chainrule", "controls", "interp", "hand"} | ({"torch"} if torch_available() else set())
     if not torch_available():  # the bench extra is optional: the torch column is skipped, and said so
         assert "torch is not installed" in stderr
     for wl in ("W1_b1", "W5_cnn"):

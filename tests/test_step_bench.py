@@ -26,17 +26,17 @@ def test_step_bench_quick_smoke(tmp_path):
     out = tmp_path / "step_bench.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "step_bench.py"), "--quick", "--workloads", ",".join(WORKLOADS),
-         "--impls", "chainrule,interp,hand", "--json", str(out)],
+         "--impls", "chainrule,controls,interp,hand", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     for wl in WORKLOADS:
         cells = report["results"][wl]
-        assert set(cells) == {"chainrule", "interp", "hand"}, wl
+        assert set(cells) == {"chainrule", "controls", "interp", "hand"}, wl
         for cell in cells.values():
             assert cell["median_us"] > 0 and cell["ratio_vs_hand"] > 0
             assert "ratio_vs_torch" not in cell  # torch did not run
-        for impl in ("chainrule", "interp"):  # both engines' gradients were checked against hand numpy
+        for impl in ("chainrule", "controls", "interp"):  # gradients checked against hand numpy
             assert report["grad_check"][wl][impl]["ok"] is True, (wl, impl)
         assert report["setup"][wl]["chainrule"]["compile_ms"] > 0
         assert report["setup"][wl]["chainrule"]["load_params_ms"] > 0
