@@ -1,0 +1,120 @@
+"""What a training run reports: one :class:`StepReport` per step (to ``fit``'s callback) and a
+:class:`TrainResult` at the end (runtime.trainer makes both)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from .checkpoint import Checkpoint
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass
+class StepReport:
+    """What one training step did; passed to ``fit``'s ``callback``.
+
+    ``step`` counts updates from 1 (this is the ``step``-th); ``epoch`` and
+    ``batch_index`` (from 0) locate the batch it used; ``epochs`` is the number of complete
+    passes over the data after this step (the count :attr:`TrainResult.epochs` gives and the
+    service shows as a job's ``epoch``: the last batch of the first epoch reports ``epoch`` 0
+    and ``epochs`` 1); ``loss`` is that batch's loss
+    before the update, ``grads`` the gradients the update used (the report's own copies) and
+    ``grad_norms`` their L2 norms (computed when first read); ``eval_loss`` is the held-out loss after the update when an evaluation ran
+    at this step, else None. ``lr`` is the learning rate of this update (the schedule's), and
+    :attr:`grad_norm` the global L2 norm of the gradients before any clipping. ``metrics`` are the
+    batch's metric outputs (an ``accuracy`` for a classification loss: :mod:`runtime.metrics`),
+    ``eval_metrics`` the held-out data's when an evaluation ran.
+    """
+
+    step: int
+    epoch: int
+    loss: float
+    grads: Arrays
+    grad_norms: Mapping[str, float]
+    eval_loss: float | None = None
+    batch_index: int = 0
+    epochs: int = 0
+    lr: float | None = None
+    clipped_from: float | None = None  # the global norm before clipping, when the run clips
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    eval_metrics: Mapping[str, float] | None = None
+
+    @property
+    def grad_norm(self) -> float:
+        """The global L2 norm of this step's gradients before clipping."""
+        if self.clipped_from is not None:
+            return self.clipped_from
+        return float(np.sqrt(sum(n * n for n in self.grad_norms.values())))
+
+
+@dataclass
+class TrainResult:
+    """``params`` after training; ``losses[i]`` is the training loss of step ``i + 1``
+    (the whole history, including steps before a resumption); ``eval_losses`` the
+    ``(step, loss)`` of each evaluation; ``steps`` the number of updates so far and
+    ``epochs`` the number of complete epochs; ``checkpoint`` the final state; ``loss`` and
+    ``eval_loss`` the last of each. Its repr is one line (the arrays and the history are not printed)."""
+
+    params: Arrays
+    losses: list[float]
+    eval_losses: list[tuple[int, float]]
+    steps: int
+    epochs: int
+    stopped_early: bool
+    checkpoint: Checkpoint
+    stop_reason: str = "steps"  # a key of runtime.stopping.REASONS
+    best_step: int | None = None  # the step whose parameters ``params`` are, with restore_best
+    metrics: Mapping[str, float] = field(default_factory=dict)  # the last step's
+    eval_metrics: Mapping[str, float] | None = None  # the last evaluation's
+
+    @property
+    def loss(self) -> float | None:
+        """The training loss of the last step (None when no step ran)."""
+        return self.losses[-1] if self.losses else None
+
+    @property
+    def eval_loss(self) -> float | None:
+        """The last held-out loss (None without eval data)."""
+        return self.eval_losses[-1][1] if self.eval_losses else None
+
+    def __repr__(self) -> str:
+        # short: a result holds every parameter and every step's loss, which a REPL would print in full
+        params = ", ".join(f"{name}: {a.dtype}{list(a.shape)}" for name, a in self.params.items())
+        losses = "no steps" if not self.losses else (
+            f"loss {self.losses[0]:.6g} -> {self.losses[-1]:.6g}" if len(self.losses) > 1 else f"loss {self.losses[0]:.6g}")
+        extra = "" if self.eval_loss is None else f", eval_loss {self.eval_loss:.6g}"
+        early = ", stopped early" if self.stopped_early else ""
+        return (f"TrainResult(steps={self.steps}, epochs={self.epochs}, {losses}{extra}{early}, "
+                f"params={{{params}}})")
+
+
+class GradNorms(Mapping[str, float]):
+    """The L2 norm of each gradient, computed (in float64) the first time any is read:
+    most steps of a long run are never looked at."""
+
+    def __init__(self, grads: Arrays):
+        self._grads = grads
+        self._norms: dict[str, float] | None = None
+
+    def _computed(self) -> dict[str, float]:
+        if self._norms is None:
+            with np.errstate(all="ignore"):
+                self._norms = {n: float(np.linalg.norm(np.asarray(g, dtype=np.float64).ravel()))
+                               for n, g in self._grads.items()}
+        return self._norms
+
+    def __getitem__(self, name: str) -> float:
+        return self._computed()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._grads)
+
+    def __len__(self) -> int:
+        return len(self._grads)
+
+    def __repr__(self) -> str:
+        return repr(self._computed())
