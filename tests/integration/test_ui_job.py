@@ -317,3 +317,30 @@ def test_without_max_points_the_page_reads_every_page_instead(dashboard, offline
         arg=job["id"])
     assert any("max_points" in url for url in offline_page.requests)
     assert_clean(offline_page, allowed_console=("422",))
+
+
+def test_accuracy_and_a_moving_learning_rate_are_drawn(dashboard, offline_page, api):
+    """A classification job (the seed graph's bce) with a schedule: the metrics chart draws its
+    accuracy and eval accuracy, the learning-rate chart its warmup and decay; a constant rate
+    shows no rate chart; the details say why the job stopped."""
+    from .test_api import SEED_DATA
+
+    eval_data = {name: {**t, "shape": [20], "data": t["data"][:20]} for name, t in SEED_DATA.items()}
+    job = submit(api, steps=60, report_every=1, schedule="cosine", warmup_steps=10, eval_data=eval_data,
+                 eval_every=20)
+    wait_job(api, job["id"], {"succeeded"})
+    page = open_dashboard(offline_page, dashboard, f"#/jobs/{job['id']}", wait_for="#loss-chart")
+    page.wait_for_function("() => Number(document.querySelector('#metrics-chart').dataset.points) === 60",
+                           timeout=10000)
+    assert page.is_visible("#metrics-chart") and page.is_visible("#lr-chart")
+    assert page.get_attribute("#lr-chart", "data-points") == "60"
+    legend = page.inner_text("#metrics-card")
+    assert "accuracy" in legend and "eval_accuracy" in legend
+    assert "it ran the steps asked for" in page.inner_text("#job-details")
+    constant = submit(api, steps=20, report_every=1)
+    wait_job(api, constant["id"], {"succeeded"})
+    page = open_dashboard(offline_page, dashboard, f"#/jobs/{constant['id']}", wait_for="#loss-chart")
+    page.wait_for_function("() => Number(document.querySelector('#metrics-chart').dataset.points) === 20",
+                           timeout=10000)
+    assert not page.is_visible("#lr-chart")
+    assert_clean(offline_page)

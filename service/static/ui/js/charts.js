@@ -27,6 +27,7 @@ export class StepSeries {
     this.loss = [];
     this.evalLoss = [];
     this.norms = new Map(); // parameter -> values (aligned with xs)
+    this.metrics = new Map(); // metric (lr, accuracy, eval_accuracy, ...) -> values (aligned with xs)
     this.received = 0;      // entries ever added (not decimated away)
     this.lastStep = 0;
     this.lastLoss = null;
@@ -47,6 +48,11 @@ export class StepSeries {
       if (!this.norms.has(name)) this.norms.set(name, new Array(n).fill(null));
     }
     for (const [name, values] of this.norms) values.push(plotNum(norms[name]));
+    const metrics = entry.metrics || {};
+    for (const name of Object.keys(metrics)) {
+      if (!this.metrics.has(name)) this.metrics.set(name, new Array(n).fill(null));
+    }
+    for (const [name, values] of this.metrics) values.push(plotNum(metrics[name]));
     this.received += 1;
     this.lastStep = entry.step;
     if (entry.loss !== undefined) this.lastLoss = entry.loss;
@@ -74,6 +80,7 @@ export class StepSeries {
     this.loss = take(this.loss);
     this.evalLoss = take(this.evalLoss);
     for (const [name, values] of this.norms) this.norms.set(name, take(values));
+    for (const [name, values] of this.metrics) this.metrics.set(name, take(values));
     this.decimations += 1;
   }
 }

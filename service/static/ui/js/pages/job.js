@@ -14,6 +14,11 @@ import { StepSeries, ema, lineChart, metric, smoothingControl, throttledFrame } 
 import { allSteps, loadHistory, stepsCsv } from "./jobs-data.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+// the job resource's stop_reason, in words (runtime/stopping.py REASONS)
+const STOP_REASONS = {
+  steps: "it ran the steps asked for", epochs: "it ran the epochs asked for",
+  patience: "the eval loss stopped improving (patience)", target_loss: "the loss reached target_loss",
+};
 const MAX_POINTS = 2000;
 const CAP = 4000;
 const POLL_MS = 2000;
@@ -75,6 +80,15 @@ export async function mount(root, ctx) {
   const normsEl = h("div", { class: "chart", id: "norms-chart", "data-points": "0", role: "figure",
     "aria-label": "Gradient norm of each parameter by step" });
   const normsEmpty = h("p", { class: "muted" }, "No gradient norms reported (yet).");
+  // the step entries' metrics: scores in [0, 1] (accuracy, eval_accuracy, a graph's own) on one
+  // chart, the learning rate on its own when a schedule moves it (grad_norm: the table's CSV/JSON)
+  const metricsEl = h("div", { class: "chart", id: "metrics-chart", "data-points": "0", role: "figure",
+    "aria-label": "Metrics (accuracy) by step" });
+  const metricsCard = h("div", { id: "metrics-card", hidden: true },
+    h("h2", { id: "metrics-title" }, "Metrics"), metricsEl);
+  const lrEl = h("div", { class: "chart", id: "lr-chart", "data-points": "0", role: "figure",
+    "aria-label": "Learning rate by step" });
+  const lrCard = h("div", { id: "lr-card", hidden: true }, h("h2", { id: "lr-title" }, "Learning rate"), lrEl);
 
   const detailsDl = h("dl", { class: "kv", id: "job-details" });
   const settingsDl = h("div", { id: "job-settings" });
@@ -103,6 +117,7 @@ export async function mount(root, ctx) {
       lossEl,
       h("h2", { id: "norms-title" }, "Gradient norms"),
       normsEmpty, normsEl,
+      metricsCard, lrCard,
       note),
     h("div", { class: "job-panels" },
       h("section", { class: "card" }, h("h2", {}, "Details"), detailsDl),
@@ -125,6 +140,9 @@ export async function mount(root, ctx) {
   });
   let normsChart = null;
   let normNames = [];
+  let metricsChart = null;
+  let metricNames = [];
+  const lrChart = lineChart(lrEl, { yLabel: "lr", height: 160, series: [{ label: "lr", color: "--series-4", width: 1.5 }] });
 
   function buildNorms(names) {
     if (normsChart) normsChart.destroy();
@@ -150,6 +168,25 @@ export async function mount(root, ctx) {
     }
     normsEmpty.hidden = names.length > 0;
     normsEl.hidden = names.length === 0;
+    const scores = [...series.metrics.keys()].filter((n) => n !== "lr" && n !== "grad_norm");
+    if (scores.length) {
+      if (scores.join("\n") !== metricNames.join("\n")) {
+        if (metricsChart) metricsChart.destroy();
+        metricNames = scores;
+        metricsChart = lineChart(metricsEl, {
+          yLabel: "metric", height: 200,
+          series: scores.map((name, i) => ({ label: name, color: `--series-${(i % 8) + 1}`, width: 1.5,
+                                              points: name.startsWith("eval_") })),
+        });
+      }
+      metricsChart.setData([xs, ...scores.map((n) => series.metrics.get(n).slice())]);
+    }
+    metricsCard.hidden = scores.length === 0;
+    const lr = series.metrics.get("lr") || [];
+    const rates = lr.filter((v) => v !== null);
+    const moves = rates.length > 1 && rates.some((v) => v !== rates[0]);
+    if (moves) lrChart.setData([xs, lr.slice()]);
+    lrCard.hidden = !moves;
     note.textContent = `${series.length} points plotted of ${series.lastStep} steps`
       + `${downsampled || series.decimations ? " (downsampled: each bucket's min and max kept)" : ""}.`
       + " Drag to zoom, double-click to reset; hover for values.";
@@ -183,6 +220,7 @@ export async function mount(root, ctx) {
     resultBtn.title = job.state === "succeeded" ? "" : "Only a succeeded job has a result";
     detailsDl.replaceChildren(...kv([
       ["State", stateBadge(job.state)], ["Epochs", job.epoch ?? "-"], ["Attempts", job.attempts], ["Worker", job.worker || "-"],
+      ["Stopped because", STOP_REASONS[job.stop_reason] || "-"],
       ["Created", fmt.time(job.created)], ["Started", fmt.time(job.started)], ["Finished", fmt.time(job.finished)],
       ["Graph", h("a", { href: graphLink.getAttribute("href"), class: "mono", title: job.graph_id },
         job.graph_id.length > 23 ? `${job.graph_id.slice(0, 22)}…` : job.graph_id)],
@@ -237,7 +275,12 @@ export async function mount(root, ctx) {
 
   // -- start ---------------------------------------------------------------------------------
   showJob(job);
-  ctx.onThemeChange(() => { lossChart.theme(); if (normsChart) normsChart.theme(); draw(); });
+  ctx.onThemeChange(() => {
+    lossChart.theme(); lrChart.theme();
+    if (normsChart) normsChart.theme();
+    if (metricsChart) metricsChart.theme();
+    draw();
+  });
   pollTimer = TERMINAL.has(job.state) ? null : setInterval(poll, POLL_MS);
   const onVisible = () => { if (document.visibilityState === "visible") poll(); };
   document.addEventListener("visibilitychange", onVisible);
@@ -269,7 +312,9 @@ export async function mount(root, ctx) {
     if (pollTimer) clearInterval(pollTimer);
     document.removeEventListener("visibilitychange", onVisible);
     lossChart.destroy();
+    lrChart.destroy();
     if (normsChart) normsChart.destroy();
+    if (metricsChart) metricsChart.destroy();
   };
 }
 
