@@ -21,7 +21,7 @@ from .docs_ui import install_docs
 from .limits import BodySizeLimitMiddleware
 from .openapi import install_openapi
 from .problems import register_exception_handlers
-from .routes import graphs, health, jobs
+from .routes import graphs, health, jobs, sweeps
 from .settings import ApiSettings, get_api_settings
 from .ui import install_ui
 
@@ -62,6 +62,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(graphs.router)
     app.include_router(jobs.router)
+    app.include_router(sweeps.router)
     app.include_router(health.router)
     install_openapi(app)
     install_docs(app)

@@ -17,7 +17,7 @@ from worker.store import JobStore
 
 from .bodies import read_tree, validate_model
 from .limits import body_limits
-from .models import ExplainRequest, JobRequest
+from .models import ExplainRequest, JobRequest, SweepRequest
 from .problems import unauthorized
 from .settings import ApiSettings
 
@@ -71,5 +71,10 @@ async def explain_request_body(request: Request, settings: SettingsDep) -> Expla
     return validate_model(ExplainRequest, await read_tree(request, body_limits(settings)))
 
 
+async def sweep_request_body(request: Request, settings: SettingsDep) -> SweepRequest:
+    return validate_model(SweepRequest, await read_tree(request, body_limits(settings)))
+
+
 JobRequestBody = Annotated[JobRequest, Depends(job_request_body)]
+SweepRequestBody = Annotated[SweepRequest, Depends(sweep_request_body)]
 ExplainRequestBody = Annotated[ExplainRequest, Depends(explain_request_body)]

@@ -323,3 +323,61 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: Literal["ok"] = "ok"
     checks: dict[str, str]
+
+
+# -- hyperparameter sweeps ------------------------------------------------------------------
+
+class EarlyTermination(_Strict):
+    """When a sweep gives up on a trial (runtime/sweeps.py): ``median`` stops a trial whose best
+    objective so far is worse than the median of the others' at the same step (after
+    ``grace_steps``, with at least ``min_trials`` to compare); ``asha`` keeps, at rungs of
+    ``min_steps * eta**k`` steps, only the best ``1/eta`` of the trials that reached each."""
+
+    rule: Literal["median", "asha"]
+    grace_steps: int = Field(0, ge=0, description="median: steps before the rule applies")
+    min_trials: int = Field(3, ge=1, description="median: other trials needed at a step to compare")
+    min_steps: int | None = Field(None, ge=1, description="asha: the first rung (required for asha)")
+    eta: int = Field(3, ge=2, description="asha: the reduction factor between rungs")
+
+
+class SweepRequest(_Strict):
+    """A hyperparameter sweep: ``base`` is a job as POST /v1/jobs takes it; every trial is that job
+    with ``space``'s values (settings such as ``batch_size``, or ``optimizer.lr``-style hyperparameters)."""
+
+    base: JobRequest  # type: ignore[valid-type]
+    space: dict[str, dict[str, Any]] = Field(description='setting -> distribution: {"values": [...]}, '
+                                                         '{"uniform": [low, high]} or {"log_uniform": [low, high]}')
+    method: Literal["grid", "random"] = Field("random", description="every combination of values, or random draws")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="the random draws' seed (a sweep is reproducible)")
+    max_trials: int = Field(ge=1, description="trials in all (a grid: its first max_trials combinations)")
+    max_concurrent: int = Field(2, ge=1, description="trials queued or running at once")
+    early_termination: EarlyTermination | None = None
+
+
+class SweepTrial(BaseModel):
+    index: int
+    job_id: str
+    assignment: dict[str, Any] = Field(description="the values this trial trains with")
+    state: str = Field(description="its job's state (expired once the job is past retention)")
+    step: int | None
+    objective: float | None = Field(description="its lowest objective so far (eval loss, else training loss)")
+    stop_reason: str | None
+
+
+class SweepResource(BaseModel):
+    id: str
+    state: Literal["running", "cancelling", "cancelled", "succeeded"]
+    method: str
+    objective: Literal["eval_loss", "loss"] = Field(description="what the trials are compared by (lower is better)")
+    max_trials: int
+    max_concurrent: int
+    early_termination: EarlyTermination | None
+    space: dict[str, Any]
+    trials: list[SweepTrial] = Field(description="the trials launched so far, by index")
+    best: SweepTrial | None = Field(description="the trial with the lowest objective (finished ones first)")
+    created: datetime | None
+    finished: datetime | None
+
+
+class SweepList(BaseModel):
+    sweeps: list[SweepResource]

@@ -14,7 +14,7 @@ from pydantic.json_schema import models_json_schema
 
 from graphspec.jsonschema import json_schema
 
-from .models import DryRun, ExplainRequest, JobRequest, Problem, Tensor
+from .models import DryRun, ExplainRequest, JobRequest, Problem, SweepRequest, Tensor
 
 REF = "#/components/schemas/{model}"
 # A response that answers msgpack too when asked (Accept: application/msgpack), for `responses=`.
@@ -60,6 +60,7 @@ def graph_document_schemas() -> dict[str, Any]:
 
 def extra_schemas() -> dict[str, Any]:
     _, top = models_json_schema([(JobRequest, "validation"), (ExplainRequest, "validation"),
+                                 (SweepRequest, "validation"),
                                  (Problem, "serialization"), (Tensor, "serialization"),
                                  (DryRun, "serialization")], ref_template=REF)
     return {**top.get("$defs", {}), **graph_document_schemas()}

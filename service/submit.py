@@ -107,31 +107,38 @@ def prepare_job(req: JobRequest, tenant: str, store: JobStore, settings: ApiSett
         eval_data = decode_map(req.eval_data, "/eval_data", limits)
         eval_examples = check_fits(trainer, eval_data, "/eval_data")
 
+    spec = stored_spec(training, graph, trainer, settings, examples, data_summary(graph, data, examples),
+                       None if eval_data is None else data_summary(graph, eval_data, eval_examples))
+    init = None if training.init_from is None else warm_start(store, tenant, training.init_from, graph)
+    time_limit = spec["time_limit_s"]
+    return PreparedJob(graph=graph, graph_id=graphspec.content_hash(graph), inline_graph=inline, spec=spec,
+                       data=encode_tensors(data),
+                       eval_data=encode_tensors(eval_data) if eval_data is not None else None,
+                       time_limit_s=time_limit, init=init)
+
+
+def stored_spec(training: runtime.TrainingSpec, graph: graphspec.Graph, trainer: runtime.Trainer,
+                settings: ApiSettings, examples: int | None, summary: dict[str, Any],
+                eval_summary: dict[str, Any] | None) -> dict[str, Any]:
+    """The spec a job is stored with, after the checks that need the data's size: the step limit,
+    the schedule against the run's length, the history budget (a sweep's trials: each of them)."""
     total_steps = trainer.total_steps(examples, training.steps, training.epochs)
     if total_steps is not None and total_steps > settings.max_steps:
         raise unprocessable(f"{training.epochs} epochs are {total_steps} steps; the limit is {settings.max_steps}",
                             _issue("too_large", "/epochs", f"at most {settings.max_steps} steps in all"))
-
+    optimizer = training.optimizer_config()
     try:  # the schedule against the run's length, now that it is known (warmup longer than the run...)
         training.lr_schedule().check(optimizer["lr"], total_steps)
     except ScheduleError as exc:
         raise unprocessable(str(exc), _issue("invalid_value", f"/{exc.setting}", str(exc))) from None
     check_history_budget(graph, total_steps, training.report_every, training.gradients, settings,
-                         tuple(step_metric_names(graph, training, eval_data is not None)))
-    init = None if training.init_from is None else warm_start(store, tenant, training.init_from, graph)
-
+                         tuple(step_metric_names(graph, training, eval_summary is not None)))
     time_limit = min(training.time_limit_s or settings.default_time_limit_s, settings.max_time_limit_s)
-    spec = {
+    return {
         **training.to_dict(), "optimizer": optimizer, "time_limit_s": time_limit,
         # not read by the worker; kept for the job resource and for operators
-        "total_steps": total_steps, "examples": examples,
-        "data_summary": data_summary(graph, data, examples),
-        "eval_data_summary": None if eval_data is None else data_summary(graph, eval_data, eval_examples),
+        "total_steps": total_steps, "examples": examples, "data_summary": summary, "eval_data_summary": eval_summary,
     }
-    return PreparedJob(graph=graph, graph_id=graphspec.content_hash(graph), inline_graph=inline, spec=spec,
-                       data=encode_tensors(data),
-                       eval_data=encode_tensors(eval_data) if eval_data is not None else None,
-                       time_limit_s=time_limit, init=init)
 
 
 def warm_start(store: JobStore, tenant: str, job_id: str, graph: graphspec.Graph) -> bytes:

@@ -11,7 +11,8 @@ from .settings import TRAIN_TASK, Settings
 HARD_LIMIT_GRACE_S = 30
 
 
-def send_job(celery: Celery, settings: Settings, job_id: str, time_limit_s: int) -> None:
-    """Put job ``job_id``'s task on the training queue with its time limit."""
-    celery.send_task(TRAIN_TASK, args=[job_id], queue=settings.queue, soft_time_limit=time_limit_s,
+def send_job(celery: Celery, settings: Settings, job_id: str, time_limit_s: int, queue: str | None = None) -> None:
+    """Put job ``job_id``'s task on the training queue (``settings.queue`` unless ``queue`` says
+    another: a sweep's trials go where the sweep was started) with its time limit."""
+    celery.send_task(TRAIN_TASK, args=[job_id], queue=queue or settings.queue, soft_time_limit=time_limit_s,
                      time_limit=time_limit_s + HARD_LIMIT_GRACE_S)

@@ -26,6 +26,7 @@ from graphspec.codec import pack
 from graphspec.tensors import encode_tensor_raw
 
 from .records import JobRecord
+from . import sweeps
 from .step_metrics import step_metric_names, step_metrics
 from .store import TERMINAL, JobStore, LeaseLost, StepRecord, decode_tensors, encode_tensors, now
 
@@ -71,9 +72,12 @@ class _Reporter:
     at most every FLUSH_INTERVAL_S; each write also reads the job's state (cancel requests)."""
 
     def __init__(self, store: JobStore, job_id: str, spec: runtime.TrainingSpec, token: str,
-                 stopping_key: str | None = None, metric_names: list[str] | None = None):
+                 stopping_key: str | None = None, metric_names: list[str] | None = None, sweep_id: str | None = None):
         self.store, self.job_id, self.token, self.stopping_key = store, job_id, token, stopping_key
         self.metric_names = metric_names or []
+        self.sweep_id = sweep_id  # a sweep's trial: its early-termination rule may stop it
+        self.sweep_stopped = False
+        self.last_sweep_check = time.monotonic()
         self.handing_back = False
         self.every = spec.report_every
         self.gradients = spec.gradients
@@ -101,7 +105,12 @@ class _Reporter:
         elif clock - self.last_poll >= CANCEL_POLL_S:
             self.last_poll = clock
             self.cancelled = _quietly(lambda: self.store.cancel_requested(self.job_id), self.cancelled)
-        return "stop" if self.cancelled or self.handing_back else None
+        if self.sweep_id is not None and clock - self.last_sweep_check >= sweeps.CHECK_INTERVAL_S:
+            self.last_sweep_check = clock
+            if self.buffer:
+                self.flush()  # the rule reads this trial's history too
+            self.sweep_stopped = _quietly(lambda: sweeps.should_stop(self.store, self.job_id, self.sweep_id), False)
+        return "stop" if self.cancelled or self.handing_back or self.sweep_stopped else None
 
     def _sample(self, report: runtime.StepReport) -> None:
         grads = encode_tensors(report.grads) if self.gradients == "full" else None
@@ -242,7 +251,7 @@ def _train(store: JobStore, job_id: str, job: JobRecord, token: str, worker: str
     init_blob = None if resume else store.get_blob(job_id, "init")  # a warm start's parameters
     params = None if resume else decode_tensors(init_blob) if init_blob else runtime.init_params(graph, seed=spec.seed)
     reporter = _Reporter(store, job_id, spec, token, store.worker_stopping_key(worker) if requeue else None,
-                         step_metric_names(graph, spec, eval_data is not None))
+                         step_metric_names(graph, spec, eval_data is not None), (job.spec.get("sweep") or {}).get("id"))
     checkpoint_every, save_checkpoint = _checkpointing(store, job_id, token, spec, reporter)
     try:
         options = {**spec.fit_options(has_eval_data=eval_data is not None), "checkpoint_every": checkpoint_every}
@@ -263,16 +272,18 @@ def _train(store: JobStore, job_id: str, job: JobRecord, token: str, worker: str
                   finished=repr(now()), step=result.steps)
         return "cancelled"
     final_loss = float("nan") if result.loss is None else float(result.loss)
+    # a trial its sweep's rule stopped ran no less honestly: it succeeded, and says why it is short
+    stop_reason = "early_termination" if reporter.sweep_stopped else result.stop_reason
     blob = pack({
         "params": {k: encode_tensor_raw(np.asarray(v)) for k, v in result.params.items()},
         "loss": final_loss, "steps": result.steps, "epochs": result.epochs,
-        "eval_loss": result.eval_loss, "stop_reason": result.stop_reason, "best_step": result.best_step,
+        "eval_loss": result.eval_loss, "stop_reason": stop_reason, "best_step": result.best_step,
         "metrics": dict(result.metrics), "eval_metrics": None if result.eval_metrics is None else dict(result.eval_metrics),
     })
     # The result and the state move together: a cancel that lands first leaves no result behind.
     ok, previous = patiently(store, store.transition, job_id, ["running"], "succeeded", token=token,
                              blob=("result", blob), finished=repr(now()), step=result.steps, loss=repr(final_loss),
-                             stop_reason=result.stop_reason)
+                             stop_reason=stop_reason)
     if not ok and previous == "cancelling":  # cancel arrived after the last step: honour it
         patiently(store, store.transition, job_id, ["cancelling"], "cancelled", token=token, finished=repr(now()))
         return "cancelled"

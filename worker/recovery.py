@@ -24,7 +24,7 @@ import time
 
 from celery import Celery
 
-from . import dispatch
+from . import dispatch, sweeps
 from .jobs import REDIS_DOWN
 from .records import JobRecord
 from .store import JobStore, now
@@ -35,6 +35,25 @@ log = logging.getLogger(__name__)
 def send_job(celery: Celery, store: JobStore, job_id: str, job: JobRecord) -> None:
     """(Re)send a stored job's task with its own time limit."""
     dispatch.send_job(celery, store.settings, job_id, job.time_limit_s or store.settings.default_time_limit_s)
+
+
+def advance_sweep(store: JobStore, celery: Celery, sweep_id: str) -> str | None:
+    """Advance a hyperparameter sweep (worker/sweeps.py), sending the trials it launches; errors
+    are logged, never raised: the next trial's end or recovery round advances it again."""
+    sweep = store.get_sweep(sweep_id)
+    queue = None if sweep is None else sweep.config.get("queue")
+
+    def send(job_id: str, spec: dict) -> None:
+        dispatch.send_job(celery, store.settings, job_id, spec.get("time_limit_s") or store.settings.default_time_limit_s,
+                          queue)
+        store.mark_sent(job_id)
+    try:
+        return sweeps.advance(store, sweep_id, send)
+    except REDIS_DOWN:
+        raise
+    except Exception:  # noqa: BLE001 - a bug here must not stop the job that called it
+        log.exception("advancing sweep %s failed", sweep_id)
+        return None
 
 
 def sweep(store: JobStore, celery: Celery, *, orphans: bool = True) -> list[tuple[str, str]]:
@@ -84,6 +103,8 @@ def sweep(store: JobStore, celery: Celery, *, orphans: bool = True) -> list[tupl
             send_job(celery, store, job_id, job)
             done.append((job_id, "sent"))
         store.mark_sent(job_id, claimed_at)
+    for sweep_id in store.active_sweeps():  # hyperparameter sweeps a dead worker left between trials
+        advance_sweep(store, celery, sweep_id)
     for job_id, what in done:
         log.warning("job %s: %s by the sweep", job_id, {
             "requeued": "worker lost, requeued", "sent": "never sent, sent",

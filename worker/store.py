@@ -45,6 +45,7 @@ from graphspec.tensors import encode_tensor_raw
 from .dispatch import TRAIN_TASK
 from .records import JobRecord
 from .settings import Settings
+from .sweep_store import SweepRecords
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -371,8 +372,9 @@ class StepRecord:
                    grads=get.get("grads"), metrics=metrics)
 
 
-class JobStore:
-    """Every Redis read and write of the job model goes through here."""
+class JobStore(SweepRecords):
+    """Every Redis read and write of the job model goes through here (sweeps' records: the
+    SweepRecords mixin, worker/sweep_store.py)."""
 
     def __init__(self, client: redis.Redis, settings: Settings):
         self._r = client  # private: every read and write is a method here

@@ -7,9 +7,9 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from .celery_app import app
 from .dispatch import TRAIN_TASK
 from .jobs import run_job
-from .recovery import Sweeper, send_job
+from .recovery import Sweeper, advance_sweep, send_job
 from .settings import get_settings
-from .store import JobStore
+from .store import TERMINAL, JobStore
 
 _store: JobStore | None = None
 
@@ -24,8 +24,13 @@ def store() -> JobStore:
 @app.task(name=TRAIN_TASK, bind=True)
 def train_job(self, job_id: str) -> str:
     s = store()
-    return run_job(s, job_id, worker=self.request.hostname or "worker",
-                   requeue=lambda job: send_job(app, s, job_id, job))
+    outcome = run_job(s, job_id, worker=self.request.hostname or "worker",
+                      requeue=lambda job: send_job(app, s, job_id, job))
+    job = s.get_job(job_id)
+    sweep_id = (job.spec.get("sweep") or {}).get("id") if job is not None else None
+    if sweep_id and job.state in TERMINAL:  # a trial's end: its sweep launches the next (worker/sweeps.py)
+        advance_sweep(s, app, sweep_id)
+    return outcome
 
 
 _sweeper: Sweeper | None = None
