@@ -415,6 +415,44 @@ class Client:
             headers["Idempotency-Key"] = idempotency_key
         return self._json("POST", "/v1/jobs", content=pack(body), headers=headers)
 
+    # -- hyperparameter sweeps (docs/training.md) -------------------------------------------
+    def submit_sweep(self, graph: Any, data: Any, space: Mapping[str, Any], spec: Any = None, *,
+                     max_trials: int, method: str = "random", seed: int = 0, max_concurrent: int = 2,
+                     early_termination: Mapping[str, Any] | None = None, eval_data: Any = None,
+                     **options: Any) -> dict[str, Any]:
+        """Start a sweep: the base job (``graph``, ``data``, ``eval_data`` and its training settings,
+        as :meth:`submit` takes them) trained with each of ``space``'s assignments
+        (``{"optimizer.lr": {"log_uniform": [1e-3, 1]}}``); returns the sweep resource."""
+        field, value = _graph_field(graph)
+        base = {field: value, "data": _tensor_map(data), **_training_body(spec, options)}
+        if eval_data is not None:
+            base["eval_data"] = _tensor_map(eval_data)
+        body = {"base": base, "space": dict(space), "method": method, "seed": seed, "max_trials": max_trials,
+                "max_concurrent": max_concurrent, "early_termination": early_termination}
+        return self._json("POST", "/v1/sweeps", content=pack(body), headers={"Content-Type": MSGPACK})
+
+    def sweep(self, sweep_id: str) -> dict[str, Any]:
+        """The sweep resource: its state, every trial launched (job id, values, state, objective), the best."""
+        return self._json("GET", f"/v1/sweeps/{sweep_id}")
+
+    def sweeps(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self._json("GET", "/v1/sweeps", params={"limit": limit})["sweeps"]
+
+    def cancel_sweep(self, sweep_id: str) -> dict[str, Any]:
+        """Launch no more trials and cancel the running ones."""
+        return self._json("POST", f"/v1/sweeps/{sweep_id}/cancel")
+
+    def wait_sweep(self, sweep_id: str, poll: float = 0.5, timeout: float | None = None) -> dict[str, Any]:
+        """Poll until the sweep has finished (succeeded or cancelled); TimeoutError after ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            sweep = self.sweep(sweep_id)
+            if sweep["state"] in ("succeeded", "cancelled"):
+                return sweep
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"sweep {sweep_id} is still {sweep['state']} after {timeout} s")
+            time.sleep(poll)
+
     def status(self, job_id: str) -> dict[str, Any]:
         """The job resource: state, step, total_steps, epoch, loss, timestamps, error..."""
         return self._json("GET", f"/v1/jobs/{job_id}")

@@ -44,6 +44,19 @@ def _finite(text: str) -> float:
     return value
 
 
+def _json_object(text: str) -> dict:
+    """An argparse type: a JSON object."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"optimizer.lr\": {\"values\": [0.1, 1]}}'")
+    return value
+
+
 def _rate(text: str) -> float:
     """An argparse type: a finite number >= 0."""
     try:
@@ -239,6 +252,27 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(.msgpack, .json or .npz)")
     p.set_defaults(func=remote.command(remote.submit))
 
+    p = sub.add_parser("sweep", parents=[remote_options, _training_options(service=True)],
+                       formatter_class=_RemoteHelp,
+                       help="run a hyperparameter sweep on the chainrule API: the job the flags describe, trained with "
+                            "each of --space's values; --watch prints trials as they finish and the best")
+    p.add_argument("graph", type=Path, help="graph document (.json or .msgpack, sent inline) or a stored 'sha256:...' id")
+    p.add_argument("--data", type=Path, required=True, help="training tensors by input name (.npz/.json/.msgpack)")
+    p.add_argument("--eval-data", type=Path, help="held-out tensors: the trials are compared by their eval loss")
+    p.add_argument("--space", type=_json_object, required=True,
+                   help='the search space as JSON, e.g. \'{"optimizer.lr": {"log_uniform": [0.001, 1]}}\' '
+                        '(values, uniform or log_uniform per setting)')
+    p.add_argument("--method", choices=("random", "grid"), default="random", help="random draws or every combination")
+    p.add_argument("--sweep-seed", type=_counting_from(0), default=0, help="the random draws' seed (default 0)")
+    p.add_argument("--max-trials", type=_positive, required=True, help="trials in all")
+    p.add_argument("--max-concurrent", type=_positive, default=2, help="trials at once (default 2)")
+    p.add_argument("--early-termination", choices=("median", "asha"),
+                   help="stop trials that fall behind: the median rule, or ASHA's successive halving")
+    p.add_argument("--grace-steps", type=_counting_from(0), default=0, help="median: steps before it applies")
+    p.add_argument("--min-steps", type=_positive, help="asha: the first rung (required with asha)")
+    p.add_argument("--watch", action="store_true", help="follow the sweep until it ends")
+    p.set_defaults(func=remote.command(remote.sweep))
+
     p = sub.add_parser("jobs", parents=[remote_options], formatter_class=_RemoteHelp,
                        help="list your jobs on the chainrule API, newest first")
     p.add_argument("--state", choices=("queued", "running", "succeeded", "failed", "cancelling", "cancelled"))
@@ -280,7 +314,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     (exit 2, the problem named by its flag)."""
     args = build_parser().parse_args(argv)
     # what argparse alone cannot say, named by flag, with the subcommand's usage
-    if args.command in ("train", "submit"):
+    if args.command in ("train", "submit", "sweep"):
         args.spec = _training_spec(args.subparser, args)
     if getattr(args, "out", None) is not None and args.command not in ("export-onnx", "import-onnx"):  # tensors: refused now, not
         # after the training they would have saved

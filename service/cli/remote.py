@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import graphspec
@@ -151,6 +152,44 @@ def submit(client, args: argparse.Namespace) -> int:
     if args.out:
         _write_params(args.out, client.result(final["id"])["params"])
     return 0
+
+
+def sweep(client, args: argparse.Namespace) -> int:
+    graph = str(args.graph) if str(args.graph).startswith("sha256:") else args.graph
+    rule = None
+    if args.early_termination == "median":
+        rule = {"rule": "median", "grace_steps": args.grace_steps}
+    elif args.early_termination == "asha":
+        rule = {"rule": "asha", "min_steps": args.min_steps}
+    found = client.submit_sweep(graph, args.data, args.space, args.spec, max_trials=args.max_trials,
+                                method=args.method, seed=args.sweep_seed, max_concurrent=args.max_concurrent,
+                                early_termination=rule, eval_data=args.eval_data)
+    print(found["id"], flush=True)
+    if not args.watch:
+        return 0
+    reported: set[int] = set()
+    while True:
+        found = client.sweep(found["id"])
+        for trial in found["trials"]:
+            if trial["index"] not in reported and trial["state"] in ("succeeded", "failed", "cancelled"):
+                reported.add(trial["index"])
+                print(_trial_line(trial, found["objective"]), flush=True)
+        if found["state"] in ("succeeded", "cancelled"):
+            break
+        time.sleep(0.5)
+    best = found["best"]
+    if best is None:
+        print(f"sweep {found['id']} {found['state']}: no trial reported its {found['objective']}", file=sys.stderr)
+        return 1
+    print(f"best: {_trial_line(best, found['objective'])} (sweep {found['id']} {found['state']})")
+    return 0
+
+
+def _trial_line(trial: dict, objective: str) -> str:
+    values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial["assignment"].items())
+    why = f", {trial['stop_reason']}" if trial.get("stop_reason") not in (None, "steps", "epochs") else ""
+    return (f"trial {trial['index']} [{values}]: {trial['state']} at step {trial['step']}, "
+            f"{objective} {_loss(trial['objective'])}{why}  ({trial['job_id']})")
 
 
 def jobs(client, args: argparse.Namespace) -> int:

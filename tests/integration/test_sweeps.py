@@ -106,3 +106,47 @@ def test_another_tenants_sweep_is_not_found(api):
     assert_problem(api.get(f"/v1/sweeps/{sweep['id']}", tenant="tenant-b"), 404)
     assert_problem(api.post(f"/v1/sweeps/{sweep['id']}/cancel", tenant="tenant-b"), 404)
     assert sweep["id"] not in [s["id"] for s in api.get("/v1/sweeps", tenant="tenant-b").json()["sweeps"]]
+
+
+@pytest.fixture(scope="module")
+def server(env, celery_worker):
+    from browser import live_server
+
+    with live_server(env) as url:
+        yield url
+
+
+@pytest.mark.parametrize("graph, data, extra", [
+    ("logistic_regression.json", "data/seed_data.json", ["--steps", "150", "--batch-size", "16"]),
+    ("small_mlp.json", "data/small_mlp_data.json", ["--epochs", "15", "--batch-size", "32"]),
+])
+def test_one_command_finds_a_good_learning_rate(server, env, graph, data, extra):
+    """The issue's promise: one `chainrule sweep ... --watch` over the learning rate, every trial
+    printed as it finishes, and the best; the best is the lowest loss any trial reached."""
+    import json
+    import subprocess
+    import sys
+
+    from service.client import Client
+
+    from .conftest import API_KEYS, EXAMPLES
+
+    space = json.dumps({"optimizer.lr": {"log_uniform": [1e-4, 2.0]}})
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "sweep", str(EXAMPLES / graph), "--data", str(EXAMPLES / data),
+         *extra, "--space", space, "--max-trials", "6", "--max-concurrent", "2", "--watch",
+         "--url", server, "--api-key", API_KEYS["tenant-a"]],
+        capture_output=True, text=True, env=env, timeout=180)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    sweep_id = lines[0]
+    assert len([line for line in lines if line.startswith("trial ")]) == 6
+    assert lines[-1].startswith("best: trial ")
+    with Client(server, api_key=API_KEYS["tenant-a"]) as client:
+        sweep = client.sweep(sweep_id)
+    assert sweep["state"] == "succeeded" and len(sweep["trials"]) == 6
+    best = sweep["best"]
+    assert best["objective"] == min(t["objective"] for t in sweep["trials"])
+    assert best["job_id"] in lines[-1] and f"optimizer.lr={best['assignment']['optimizer.lr']:.4g}" in lines[-1]
+    worst = max(sweep["trials"], key=lambda t: t["objective"])
+    assert worst["assignment"]["optimizer.lr"] < best["assignment"]["optimizer.lr"]  # tiny rates learn least
