@@ -69,6 +69,14 @@ def _tail(path: Path, lines: int) -> str:
 
 
 # -- helpers for the test modules --------------------------------------------------------
+@pytest.fixture
+def fault_env(env, settings):
+    """A training queue of the test's own, a 2 s lease and a 0.5 s recovery loop: a worker's orphaned
+    job (or sweep) is found within seconds by the next worker on that queue."""
+    queue = f"{settings.queue}.faults-{uuid.uuid4().hex[:6]}"
+    return queue, {**env, "CHAINRULE_QUEUE": queue, "CHAINRULE_LEASE_TTL_S": "2", "CHAINRULE_SWEEP_INTERVAL_S": "0.5"}
+
+
 def wait_for(predicate, *, timeout: float, interval: float = 0.02, message: str = "condition"):
     """Poll ``predicate`` until it returns something truthy; that value is returned."""
     deadline = time.monotonic() + timeout

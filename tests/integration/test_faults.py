@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
@@ -29,12 +28,6 @@ SEED = ROOT / "examples" / "logistic_regression.json"
 DATA = ROOT / "examples" / "data" / "seed_data.json"
 SPEC = {"optimizer": {"name": "sgd", "lr": 0.5}, "steps": 8000, "batch_size": 16, "report_every": 1,
         "checkpoint_every": 500, "seed": 3}
-
-
-@pytest.fixture
-def fault_env(env, settings):
-    queue = f"{settings.queue}.faults-{uuid.uuid4().hex[:6]}"
-    return queue, {**env, "CHAINRULE_QUEUE": queue, "CHAINRULE_LEASE_TTL_S": "2", "CHAINRULE_SWEEP_INTERVAL_S": "0.5"}
 
 
 def _wait(predicate, timeout: float, what: str):

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-import uuid
 
 import pytest
 
@@ -17,29 +15,13 @@ import runtime
 from worker import sweeps
 from worker.store import encode_tensors, now
 
-from .conftest import API_KEYS, ROOT, run_worker, starlette_test_client
+from .conftest import API_KEYS, ROOT, run_worker, starlette_test_client, wait_for
 from .promise import assert_as_if_uninterrupted
 
 pytestmark = pytest.mark.faults
 
 SEED = ROOT / "examples" / "logistic_regression.json"
 DATA = ROOT / "examples" / "data" / "seed_data.json"
-
-
-@pytest.fixture
-def fault_env(env, settings):
-    queue = f"{settings.queue}.sweep-faults-{uuid.uuid4().hex[:6]}"
-    return queue, {**env, "CHAINRULE_QUEUE": queue, "CHAINRULE_LEASE_TTL_S": "2", "CHAINRULE_SWEEP_INTERVAL_S": "0.5"}
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _stored_sweep(store, queue: str, rates: list[float], steps: int, max_concurrent: int = 1):
@@ -73,14 +55,15 @@ def test_a_trial_whose_worker_is_killed_resumes_and_the_sweep_finishes(store, ce
         # stored once the worker is up: any worker's recovery loop may launch its first trial
         graph, data, sweep_id, trials = _stored_sweep(store, queue, [0.5, 0.1, 0.05], steps=8000)
         sweeps.advance(store, sweep_id, _launcher(celery_app, store, queue))  # as the API does on creating it
-        first = _wait(lambda: store.sweep_jobs(sweep_id).get(0), 10, "the first trial")
-        _wait(lambda: store.get_job(first).step > 1500, 60, "the first trial to pass its first checkpoints")
+        first = wait_for(lambda: store.sweep_jobs(sweep_id).get(0), timeout=10, message="the first trial")
+        wait_for(lambda: store.get_job(first).step > 1500, timeout=60,
+                 message="the first trial to pass its first checkpoints")
         os.killpg(worker.proc.pid, signal.SIGKILL)
         worker.proc.wait(10)
     assert store.get_job(first).state == "running" and len(store.sweep_jobs(sweep_id)) == 1
     with run_worker(celery_app, env, queue=queue, hostname=f"sweep-b-{sweep_id}@localhost",
                     log_path=tmp_path / "b.log"):
-        _wait(lambda: store.get_sweep(sweep_id).state == "succeeded", 120, "the sweep to finish")
+        wait_for(lambda: store.get_sweep(sweep_id).state == "succeeded", timeout=120, message="the sweep to finish")
     jobs = store.sweep_jobs(sweep_id)
     assert sorted(jobs) == [0, 1, 2]
     assert store.get_job(first).attempts == 2
@@ -95,7 +78,8 @@ def test_a_sweep_left_between_trials_is_moved_on_by_any_workers_recovery_loop(st
     # nobody advances it here (as if the API died after storing it, or a worker after a trial's end)
     with run_worker(celery_app, env, queue=queue, hostname=f"sweep-c-{sweep_id}@localhost",
                     log_path=tmp_path / "c.log"):
-        _wait(lambda: store.get_sweep(sweep_id).state == "succeeded", 60, "the recovery loop to run the sweep")
+        wait_for(lambda: store.get_sweep(sweep_id).state == "succeeded", timeout=60,
+                 message="the recovery loop to run the sweep")
     assert all(store.get_job(j).state == "succeeded" for j in store.sweep_jobs(sweep_id).values())
     # and a restarted API reads it as it is: nothing of a sweep lives in the API process
     from service.app import create_app
