@@ -4,6 +4,7 @@
 //   #/jobs[?state=running]          pages/jobs.js
 //   #/jobs/<job id>                 pages/job.js
 //   #/compare[?ids=a,b,c]           pages/compare.js
+//   #/sweeps, #/sweeps/<sweep id>   pages/sweeps.js
 //   #/graphs/<graph id>[?job=<id>]  pages/graph.js
 //   #/submit                        pages/submit.js
 // A page module exports `async mount(root, ctx)`, returning an optional cleanup function that
@@ -17,6 +18,7 @@ const PAGES = {
   jobs: () => import("./pages/jobs.js"),
   job: () => import("./pages/job.js"),
   compare: () => import("./pages/compare.js"),
+  sweeps: () => import("./pages/sweeps.js"),
   graph: () => import("./pages/graph.js"),
   submit: () => import("./pages/submit.js"),
 };
@@ -29,6 +31,7 @@ export function route(hash) {
   if (parts[0] === "jobs" && parts[1]) return { page: "job", nav: "jobs", params: { id: parts[1] }, query };
   if (parts[0] === "graphs" && parts[1]) return { page: "graph", nav: "jobs", params: { id: parts[1] }, query };
   if (parts[0] === "compare") return { page: "compare", nav: "compare", params: {}, query };
+  if (parts[0] === "sweeps") return { page: "sweeps", nav: "sweeps", params: parts[1] ? { id: parts[1] } : {}, query };
   if (parts[0] === "submit") return { page: "submit", nav: "submit", params: {}, query };
   return { page: "jobs", nav: "jobs", params: {}, query };
 }
