@@ -150,3 +150,17 @@ def test_one_command_finds_a_good_learning_rate(server, env, graph, data, extra)
     assert best["job_id"] in lines[-1] and f"optimizer.lr={best['assignment']['optimizer.lr']:.4g}" in lines[-1]
     worst = max(sweep["trials"], key=lambda t: t["objective"])
     assert worst["assignment"]["optimizer.lr"] < best["assignment"]["optimizer.lr"]  # tiny rates learn least
+
+
+def test_asha_stops_trials_that_are_not_in_the_top_of_a_rung(api):
+    """Successive halving, one trial at a time: at the rungs (50, 100, 200... steps) a trial must be
+    in the best half of those that reached them; the slow rates are not, and stop there."""
+    sweep = start(api, base=base(steps=3000, report_every=10, eval_data=EVAL_DATA, eval_every=10),
+                  space={"optimizer.lr": {"values": [1.0, 0.8, 1e-5, 2e-5]}}, method="grid", max_trials=4,
+                  max_concurrent=1, early_termination={"rule": "asha", "min_steps": 50, "eta": 2})
+    done = wait_sweep(api, sweep["id"], timeout=120)
+    assert done["state"] == "succeeded"
+    by_lr = {t["assignment"]["optimizer.lr"]: t for t in done["trials"]}
+    assert by_lr[1.0]["stop_reason"] == "steps"  # alone at every rung: nothing to halve yet
+    for slow in (1e-5, 2e-5):
+        assert by_lr[slow]["stop_reason"] == "early_termination" and by_lr[slow]["step"] < 3000, by_lr[slow]
