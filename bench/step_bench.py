@@ -229,7 +229,7 @@ def build_controls(spec, params, x, y):
     def step():
         count[0] += 1
         engine.optimizer.lr = schedule.rate(base, count[0] % 10_000 + 1, 10_000)
-        loss = engine.run(step_fn.program, update=False)
+        loss = engine.run(step_fn.program, update=False, fold=engine.folds(step_fn.program, True))
         clip(engine.gradient_arenas(), clip_norm=1e-3, scale=engine.grad_scale)
         engine.update()
         return loss

@@ -453,7 +453,7 @@ class Trainer:
                     np.copyto(program.inputs[name], arrays[name][rows])
                 else:
                     np.take(arrays[name], rows, axis=0, out=program.inputs[name])
-        loss = engine.run(program, update=False, noise=noise)
+        loss = engine.run(program, update=False, noise=noise, fold=engine.folds(program, self.schedule.varies))
         if not math.isfinite(loss) or not engine.gradients_finite(program, noise):
             raise self.diagnose(dict(program.inputs), engine.params, number, noise)
         norm = self._clip(engine.gradient_arenas(), engine.grad_scale)

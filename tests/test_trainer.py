@@ -122,9 +122,9 @@ def spied(graph, compiled: bool, monkeypatch) -> tuple[Plan, list[dict[str, np.n
     seen: list[dict[str, np.ndarray]] = []
     real_run = runtime.compiled.step.CompiledStep.run
 
-    def run(self, program, *, update=True, noise=None):
+    def run(self, program, **options):
         seen.append({k: np.array(v, copy=True) for k, v in program.inputs.items()})
-        return real_run(self, program, update=update, noise=noise)
+        return real_run(self, program, **options)
 
     monkeypatch.setattr(runtime.compiled.step.CompiledStep, "run", run)
     return runtime.compile(graph), seen

@@ -296,3 +296,23 @@ def test_regression_has_no_accuracy_and_a_graph_s_own_scalar_outputs_are_metrics
     run = runtime.compile(graph).forward(data(), runtime.init_params(graph))
     assert reports[0].metrics == {"mean_abs_error": float(run.outputs["mean_abs_error"])}
     assert trainer.graph_hash == graphspec.content_hash(graph)
+
+
+def test_a_changing_rate_is_folded_into_the_seed_only_where_that_is_cheaper():
+    """Plain SGD folds its rate into the backward pass's seed; a schedule changes it every step, which
+    re-runs the seed tape: worth it only while that tape touches fewer elements than the update would."""
+    def engine_for(graph, batch):
+        step = runtime.CompiledStep(graph, runtime.SGD(lr=0.1))
+        step.load_params(runtime.init_params(graph, seed=0))
+        return step, step.program(batch)
+    # bce's seed tape negates a per-row array: 4,096 rows against 3 parameters
+    g = GraphBuilder("logistic", dtype="float64")
+    g.loss(g.bce(g.sigmoid(g.linear(g.input("x", ["N", 2]), 1, name="out")), g.input("y", ["N", 1])))
+    rng = np.random.default_rng(0)
+    wide_batch = {"x": rng.normal(size=(4096, 2)), "y": (rng.random((4096, 1)) > 0.5).astype(float)}
+    step, program = engine_for(g.build(), wide_batch)
+    assert program.seed_elements > 4096
+    assert step.folds(program, rate_changes=False) and not step.folds(program, rate_changes=True)
+    # mse's seed tape is one scalar division: folding stays cheaper than a pass over 41 parameters
+    step, program = engine_for(regression(), data(4096))
+    assert step.folds(program, rate_changes=True)

@@ -67,6 +67,8 @@ class Program:
 
     def __post_init__(self) -> None:
         self.tape = self.forward + self.backward
+        # about how many elements re-running the seed tape touches (what a new seed costs)
+        self.seed_elements = sum(a.size for _, args in self.seed_tape for a in args if isinstance(a, np.ndarray))
         self._run_seed_tape()
 
     def set_seed(self, value: float) -> None:

@@ -176,6 +176,13 @@ class CompiledStep:
                 self.update()
         return loss
 
+    def folds(self, program: Program, rate_changes: bool) -> bool:
+        """Whether :meth:`run` should fold the optimizer's rate into the backward pass's seed.
+        Folding saves a pass over the parameters in the update; but a rate that changes every
+        step (a schedule) re-runs the seed tape each time, which for a mean over a large batch
+        touches more elements than the update's pass would: then the rate goes in the update."""
+        return not rate_changes or program.seed_elements <= sum(a.params.size for a in self._arenas)
+
     def __call__(self, inputs: Mapping[str, Any], noise: Noise | None = None) -> float:
         """One training step on ``inputs``; the loss before the update. ``noise`` (the run's
         seed and this step's number) makes dropout drop; without it dropout is the identity."""
