@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 from fastapi import FastAPI
+from starlette.responses import Response
 
 import graphspec
 from worker.celery_app import make_celery
@@ -19,6 +20,7 @@ from worker.store import JobStore
 
 from .docs_ui import install_docs
 from .limits import BodySizeLimitMiddleware
+from .metrics import CONTENT_TYPE, ApiMetrics, MetricsMiddleware
 from .openapi import install_openapi
 from .problems import register_exception_handlers
 from .routes import graphs, health, jobs, sweeps
@@ -49,7 +51,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if metrics is not None and settings.metrics_port is not None:
+            metrics.serve(settings.metrics_host, settings.metrics_port)
         yield
+        if metrics is not None:
+            metrics.stop()
         app.state.store.close()
 
     app = FastAPI(title="chainrule", version=graphspec.__version__, description=DESCRIPTION, openapi_tags=TAGS,
@@ -60,6 +66,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     register_exception_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    metrics = ApiMetrics(lambda: app.state.store, lambda: app.state.celery) if settings.metrics else None
+    if metrics is not None:
+        app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: it sees every request's status
+        if settings.metrics_port is None:
+            app.add_route("/metrics", lambda request: Response(metrics.exposition(), media_type=CONTENT_TYPE),
+                          include_in_schema=False)
+    app.state.metrics = metrics
     app.include_router(graphs.router)
     app.include_router(jobs.router)
     app.include_router(sweeps.router)

@@ -31,6 +31,12 @@ class ApiSettings(Settings):
     # shapes): one request must not be able to fill Redis.
     max_job_history_bytes: int = 64 * 1024 * 1024
 
+    # Prometheus metrics (service/metrics.py), without auth: at GET /metrics on the API's own port,
+    # or with metrics_port set only there, on metrics_host (keep it off the public network).
+    metrics: bool = True
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+
     @model_validator(mode="after")
     def _tenant_names_are_safe_in_keys(self) -> "ApiSettings":
         # Tenant names go into Redis keys ({ns}:tenant:{t}:...): a ':' could alias another's keys.

@@ -390,6 +390,7 @@ class JobStore(SweepRecords):
         self.active_key = f"{self.ns}:active"
         self.outbox_key = f"{self.ns}:outbox"
         self.queued_key = f"{self.ns}:queued"
+        self.stats_key = f"{self.ns}:stats:jobs"  # counters: submitted, succeeded, failed, cancelled
 
     @classmethod
     def connect(cls, settings: Settings) -> "JobStore":
@@ -447,6 +448,7 @@ class JobStore(SweepRecords):
         pipe.zadd(self.tenant_key(tenant, "jobs"), {job_id: created})
         pipe.zadd(self.outbox_key, {job_id: created})
         pipe.zadd(self.queued_key, {job_id: created})
+        pipe.hincrby(self.stats_key, "submitted", 1)
         pipe.execute()
         return job_id, True
 
@@ -580,7 +582,20 @@ class JobStore(SweepRecords):
         previous = previous.decode() if isinstance(previous, bytes) else previous
         if moved and to in TERMINAL:
             self.expire_job(job_id)
+            self._r.hincrby(self.stats_key, to, 1)  # exact: only the mover counts (a crash here loses one)
         return bool(moved), previous
+
+    def job_counts(self) -> dict[str, int]:
+        """Jobs submitted and ended (succeeded, failed, cancelled) since the namespace began, and
+        queued and running now: what the API's /metrics reports."""
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hgetall(self.stats_key)
+        pipe.zcard(self.queued_key)
+        pipe.scard(self.active_key)
+        stats, queued, active = pipe.execute()
+        counts = {k.decode(): int(v) for k, v in stats.items()}
+        return {**{name: counts.get(name, 0) for name in ("submitted", "succeeded", "failed", "cancelled")},
+                "queued": int(queued), "running": int(active)}
 
     def stranded_deliveries(self, grace_s: float) -> list[str]:
         """Jobs whose message a worker took from the queue over ``grace_s`` ago but never

@@ -173,6 +173,8 @@ def env(settings: ApiSettings) -> dict[str, str]:
     """Environment for subprocesses (worker, CLI): the same configuration as ``settings``."""
     out = {k: v for k, v in os.environ.items() if not k.startswith("CHAINRULE_") and k != "REDIS_URL"}
     for name, value in settings.model_dump().items():
+        if value is None:  # unset (an optional port): the default, not the string "None"
+            continue
         out[f"CHAINRULE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     out["REDIS_URL"] = settings.redis_url
     out["PYTHONUNBUFFERED"] = "1"
