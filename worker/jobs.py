@@ -26,7 +26,7 @@ from graphspec.codec import pack
 from graphspec.tensors import encode_tensor_raw
 
 from .records import JobRecord
-from . import sweeps
+from . import metrics, sweeps
 from .step_metrics import step_metric_names, step_metrics
 from .store import TERMINAL, JobStore, LeaseLost, StepRecord, decode_tensors, encode_tensors, now
 
@@ -86,8 +86,11 @@ class _Reporter:
         self.last_poll = self.last_renew = self.last_stop_check = time.monotonic()
         self.cancelled = False
         self.last: runtime.StepReport | None = None
+        self.flushed_step: int | None = None  # the last step counted in the worker's metrics
 
     def __call__(self, report: runtime.StepReport) -> str | None:
+        if self.flushed_step is None:
+            self.flushed_step = report.step - 1  # a resumed run counts from its checkpoint on
         self.last = report
         if report.step % self.every == 0:
             self._sample(report)
@@ -131,6 +134,9 @@ class _Reporter:
             # epoch: complete epochs, as the result counts them
             progress.update(step=self.last.step, loss=repr(float(self.last.loss)), epoch=self.last.epochs)
         _, state = patiently(self.store, self.store.report_steps, self.job_id, self.token, self.buffer, progress)
+        if self.last is not None and (recorder := metrics.recorder()) is not None:  # once per batch, not per step
+            recorder.steps(self.last.step - self.flushed_step)
+            self.flushed_step = self.last.step
         self.buffer = []
         self.cancelled = self.cancelled or state in ("cancelling", "cancelled")
         self.last_flush = self.last_poll = time.monotonic()
@@ -229,8 +235,11 @@ def _checkpointing(store: JobStore, job_id: str, token: str, spec: runtime.Train
             # The history first: a checkpoint must never be ahead of the steps already written,
             # or a resumed run would skip the buffered ones.
             reporter.flush()
+            started = time.monotonic()
             patiently(store, store.put_blob, job_id, "checkpoint", checkpoint.to_bytes(), token=token)
             last[0] = time.monotonic()
+            if (recorder := metrics.recorder()) is not None:
+                recorder.observe("checkpoint_write_seconds", last[0] - started)
 
     return explicit or runtime.DEFAULT_CHECKPOINT_STEPS, save
 

@@ -24,7 +24,7 @@ import time
 
 from celery import Celery
 
-from . import dispatch, sweeps
+from . import dispatch, metrics, sweeps
 from .jobs import REDIS_DOWN
 from .records import JobRecord
 from .store import JobStore, now
@@ -121,9 +121,10 @@ class Sweeper(threading.Thread):
     that time it takes its lease back and carries on, instead of being requeued and
     resuming from its last checkpoint."""
 
-    def __init__(self, store: JobStore, celery: Celery):
+    def __init__(self, store: JobStore, celery: Celery, node: str | None = None):
         super().__init__(name="chainrule-orphan-sweep", daemon=True)
         self.store, self.celery = store, celery
+        self.metrics = metrics.configure(store, node) if node else None
         self.stopping = threading.Event()
         self.redis_was_down = False
         self.orphans_after = 0.0
@@ -135,7 +136,10 @@ class Sweeper(threading.Thread):
                     self.store.ping()
                     self.redis_was_down = False
                     self.orphans_after = time.monotonic() + self.store.settings.lease_ttl_s
-                sweep(self.store, self.celery, orphans=time.monotonic() >= self.orphans_after)
+                done = sweep(self.store, self.celery, orphans=time.monotonic() >= self.orphans_after)
+                requeued = sum(1 for _, what in done if what == "requeued")
+                if requeued and self.metrics is not None:
+                    self.metrics.event("requeued", requeued)
             except REDIS_DOWN as exc:  # the next round retries
                 self.redis_was_down = True
                 log.warning("orphan sweep skipped: redis unavailable (%s)", exc)

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     retention_s: int = 7 * 24 * 3600
     checkpoint_every_s: float = 10.0  # default checkpoint cadence when a job sets no checkpoint_every
 
+    # A worker node's Prometheus metrics (worker/metrics.py): off unless a port is given
+    worker_metrics_port: int | None = None
+    worker_metrics_host: str = "127.0.0.1"
+
     @model_validator(mode="after")
     def _time_limits_fit_the_visibility_timeout(self) -> "Settings":
         if self.max_time_limit_s + 60 >= self.visibility_timeout_s:

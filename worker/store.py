@@ -585,6 +585,18 @@ class JobStore(SweepRecords):
             self._r.hincrby(self.stats_key, to, 1)  # exact: only the mover counts (a crash here loses one)
         return bool(moved), previous
 
+    def add_stats(self, key: str, counts: dict[str, int], floats: dict[str, float] | None = None) -> None:
+        """Add to a stats hash (worker/metrics.py) in one round trip."""
+        pipe = self._r.pipeline(transaction=False)
+        for field_, n in counts.items():
+            pipe.hincrby(key, field_, n)
+        for field_, x in (floats or {}).items():
+            pipe.hincrbyfloat(key, field_, x)
+        pipe.execute()
+
+    def read_stats(self, key: str) -> dict[str, float]:
+        return {k.decode(): float(v) for k, v in self._r.hgetall(key).items()}
+
     def job_counts(self) -> dict[str, int]:
         """Jobs submitted and ended (succeeded, failed, cancelled) since the namespace began, and
         queued and running now: what the API's /metrics reports."""

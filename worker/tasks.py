@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from .celery_app import app
+from . import metrics
 from .dispatch import TRAIN_TASK
 from .jobs import run_job
 from .recovery import Sweeper, advance_sweep, send_job
@@ -24,13 +25,29 @@ def store() -> JobStore:
 @app.task(name=TRAIN_TASK, bind=True)
 def train_job(self, job_id: str) -> str:
     s = store()
-    outcome = run_job(s, job_id, worker=self.request.hostname or "worker",
-                      requeue=lambda job: send_job(app, s, job_id, job))
+    node = self.request.hostname or "worker"
+    recorder = metrics.configure(s, node)
+    outcome = run_job(s, job_id, worker=node, requeue=lambda job: send_job(app, s, job_id, job))
     job = s.get_job(job_id)
+    if recorder is not None:
+        _record(recorder, outcome, job)
     sweep_id = (job.spec.get("sweep") or {}).get("id") if job is not None else None
     if sweep_id and job.state in TERMINAL:  # a trial's end: its sweep launches the next (worker/sweeps.py)
         advance_sweep(s, app, sweep_id)
     return outcome
+
+
+def _record(recorder: metrics.WorkerMetrics, outcome: str, job) -> None:
+    event = {"succeeded": "succeeded", "failed": "failed", "cancelled": "cancelled", "handed back": "handed_back",
+             "lease lost": "lease_lost"}.get(outcome)
+    if event is None:
+        return  # a duplicate or finished delivery: nothing ran here
+    recorder.event("started")
+    recorder.event(event)
+    if job is not None and job.started is not None:
+        recorder.observe("queue_wait_seconds", job.started - (job.requeued or job.created or job.started))
+        if job.finished is not None and event in ("succeeded", "failed", "cancelled"):
+            recorder.observe("job_duration_seconds", job.finished - job.started)
 
 
 _sweeper: Sweeper | None = None
@@ -40,9 +57,11 @@ _sweeper: Sweeper | None = None
 def _start_sweeping(sender=None, **_: object) -> None:
     """Each worker sweeps for orphaned jobs at start and then periodically (worker/recovery.py)."""
     global _sweeper
-    _sweeper = Sweeper(store(), app)
+    _sweeper = Sweeper(store(), app, node=sender.hostname)
     store().flag_worker_stopping(sender.hostname, False)  # a restarted node starts fresh
     _sweeper.start()
+    if store().settings.worker_metrics_port is not None:
+        metrics.serve(store(), sender.hostname)
 
 
 @worker_shutting_down.connect

@@ -238,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", default="prefork", choices=("prefork", "solo", "threads"))
     p.add_argument("--hostname", help="Celery node name (default celery@<host>)")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--metrics-port", type=_counting_from(1),
+                   help="serve this worker's Prometheus metrics on this port (on $CHAINRULE_WORKER_METRICS_HOST, "
+                        "default 127.0.0.1; docs/deploy.md)")
     p.set_defaults(func=processes.worker)
 
     remote_options = _remote_options()

@@ -16,8 +16,14 @@ def api(args: argparse.Namespace) -> int:
 
 
 def worker(args: argparse.Namespace) -> int:
-    from worker.celery_app import app
+    import os
+
+    if args.metrics_port is not None:  # read by every process of the node, pool children included
+        os.environ["CHAINRULE_WORKER_METRICS_PORT"] = str(args.metrics_port)
     from worker.settings import get_settings
+
+    get_settings.cache_clear()
+    from worker.celery_app import app
 
     argv = ["worker", "--loglevel", args.log_level.upper(), "-Q", get_settings().queue,
             "--pool", args.pool, "--concurrency", str(args.concurrency)]

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import API_KEYS, starlette_test_client, wait_for
 import graphspec
+import runtime
 
 from .test_api import job_body, load_json
 
@@ -93,3 +94,51 @@ def test_metrics_off_or_on_a_port_of_their_own(settings, celery_worker):
         client.get("/healthz")
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         assert 'chainrule_http_requests_total{method="GET",route="/healthz",status="200"}' in text
+
+
+def test_a_prefork_workers_metrics_count_what_its_pool_processes_did(store, celery_app, fault_env, tmp_path):
+    """A worker with two prefork pool processes serves one set of counters (Redis-backed): jobs
+    that succeeded, failed and were cancelled, the steps they reported, durations."""
+    from worker.store import encode_tensors
+
+    from .conftest import ROOT, run_worker
+
+    queue, env = fault_env
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    graph = graphspec.load(ROOT / "examples" / "logistic_regression.json")
+    data = encode_tensors(runtime.load_tensors(ROOT / "examples" / "data" / "seed_data.json"))
+    graph_id = store.put_graph("tenant-a", graph)
+
+    def job(steps: int, lr: float = 0.5) -> str:
+        spec = runtime.TrainingSpec.from_dict({"optimizer": {"name": "sgd", "lr": lr}, "steps": steps,
+                                               "batch_size": 16, "report_every": 10}).to_dict()
+        job_id, _ = store.create_job("tenant-a", graph_id, {**spec, "time_limit_s": 600}, data)
+        celery_app.send_task("chainrule.train", args=[job_id], queue=queue)
+        store.mark_sent(job_id)
+        return job_id
+
+    node = f"metrics-{queue}@localhost"
+    with run_worker(celery_app, {**env, "CHAINRULE_WORKER_METRICS_PORT": str(port)}, queue=queue, hostname=node,
+                    log_path=tmp_path / "w.log", pool="prefork", concurrency=2):
+        done = [job(300), job(200)]
+        missing = store.create_job("tenant-a", "sha256:" + "0" * 64, {"steps": 5, "time_limit_s": 60}, data)[0]
+        celery_app.send_task("chainrule.train", args=[missing], queue=queue)  # its graph is gone: it fails
+        store.mark_sent(missing)
+        long = job(400_000)
+        wait_for(lambda: store.get_job(long).state == "running", timeout=30, message="the long job to start")
+        store.request_cancel(long)
+        wait_for(lambda: all(store.get_job(j).state in ("succeeded", "failed", "cancelled")
+                             for j in [*done, missing, long]), timeout=60, message="every job to end")
+
+        def scraped():
+            samples = scrape(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+            return samples if value(samples, "chainrule_worker_jobs_total", event="cancelled") >= 1 else None
+        samples = wait_for(scraped, timeout=20, message="the worker's metrics to count the cancelled job")
+    assert value(samples, "chainrule_worker_jobs_total", event="succeeded") == 2
+    assert value(samples, "chainrule_worker_jobs_total", event="failed") == 1
+    assert value(samples, "chainrule_worker_jobs_total", event="started") == 4
+    assert value(samples, "chainrule_worker_steps_total") >= 500  # 300 + 200, and the cancelled job's
+    assert value(samples, "chainrule_worker_job_duration_seconds_count") == 4
+    assert value(samples, "chainrule_worker_queue_wait_seconds_count") == 4
