@@ -37,7 +37,9 @@ def make_celery(settings: Settings) -> Celery:
         result_backend_transport_options=transport,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        # task events for Flower and any events receiver (docs/deploy.md); off with CHAINRULE_TASK_EVENTS=false
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
     )
     return app
 

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     retention_s: int = 7 * 24 * 3600
     checkpoint_every_s: float = 10.0  # default checkpoint cadence when a job sets no checkpoint_every
 
+    # Celery task events (task-sent, -received, -started, -succeeded...), what Flower shows
+    task_events: bool = True
     # A worker node's Prometheus metrics (worker/metrics.py): off unless a port is given
     worker_metrics_port: int | None = None
     worker_metrics_host: str = "127.0.0.1"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 
 import httpx
 import numpy as np
@@ -142,3 +143,49 @@ def test_a_prefork_workers_metrics_count_what_its_pool_processes_did(store, cele
     assert value(samples, "chainrule_worker_steps_total") >= 500  # 300 + 200, and the cancelled job's
     assert value(samples, "chainrule_worker_job_duration_seconds_count") == 4
     assert value(samples, "chainrule_worker_queue_wait_seconds_count") == 4
+
+
+def test_a_celery_events_receiver_sees_a_job_s_task(settings, celery_app, api_with_metrics):
+    """Task events are on (what Flower reads): a receiver on the broker sees the job's task go from
+    received to succeeded, named by the job id it carries."""
+    import threading
+
+    seen: dict[str, set] = {}
+    job_id = {}
+    ready = threading.Event()
+
+    def on_event(event):
+        args = str(event.get("args", ""))
+        uuid_ = event.get("uuid")
+        if event["type"] == "task-received" and job_id.get("id") and job_id["id"] in args:
+            job_id["task"] = uuid_
+        seen.setdefault(uuid_, set()).add(event["type"])
+
+    stop = threading.Event()
+    receivers = []
+
+    def listen():
+        with celery_app.connection() as connection:
+            receiver = celery_app.events.Receiver(connection, handlers={"*": on_event})
+            receivers.append(receiver)
+            ready.set()
+            while not stop.is_set():
+                try:
+                    receiver.capture(limit=None, timeout=0.5, wakeup=False)
+                except (TimeoutError, OSError):  # a quiet half second: look at the stop flag again
+                    continue
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    ready.wait(10)
+    time.sleep(0.5)  # the receiver's queue is bound
+    try:
+        job = api_with_metrics.post("/v1/jobs", json=job_body(steps=20)).json()
+        job_id["id"] = job["id"]
+        wait_for(lambda: job_id.get("task") and {"task-received", "task-succeeded"} <= seen.get(job_id["task"], set()),
+                 timeout=30, message=f"task events for {job['id']}")
+    finally:
+        stop.set()
+        for receiver in receivers:
+            receiver.should_stop = True  # ends capture's loop even while events keep coming
+        thread.join(10)
