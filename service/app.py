@@ -21,6 +21,7 @@ from worker.store import JobStore
 from .docs_ui import install_docs
 from .limits import BodySizeLimitMiddleware
 from .metrics import CONTENT_TYPE, ApiMetrics, MetricsMiddleware
+from .request_ids import RequestIdMiddleware
 from .openapi import install_openapi
 from .problems import register_exception_handlers
 from .routes import graphs, health, jobs, sweeps
@@ -68,11 +69,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     metrics = ApiMetrics(lambda: app.state.store, lambda: app.state.celery) if settings.metrics else None
     if metrics is not None:
-        app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: it sees every request's status
+        app.add_middleware(MetricsMiddleware, metrics=metrics)
         if settings.metrics_port is None:
             app.add_route("/metrics", lambda request: Response(metrics.exposition(), media_type=CONTENT_TYPE),
                           include_in_schema=False)
     app.state.metrics = metrics
+    app.add_middleware(RequestIdMiddleware)  # outermost: every response carries X-Request-ID
     app.include_router(graphs.router)
     app.include_router(jobs.router)
     app.include_router(sweeps.router)

@@ -13,6 +13,7 @@ from celery import Celery
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from worker import logs
 from worker.store import JobStore
 
 from .bodies import read_tree, validate_model
@@ -57,6 +58,7 @@ def get_tenant(settings: SettingsDep,
             tenant = owner
     if tenant is None:
         raise unauthorized("the API key is not valid")
+    logs.tenant.set(tenant)  # for this request's log lines
     return tenant
 
 

@@ -18,6 +18,7 @@ from celery import Celery
 import graphspec
 import runtime
 from runtime.schedules import ScheduleError
+from worker import logs
 from worker.dispatch import send_job
 from worker.records import JobRecord
 from worker.step_metrics import step_metric_names
@@ -191,11 +192,13 @@ def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Cele
     graph_id = store.put_graph(tenant, prepared.graph) if prepared.inline_graph else prepared.graph_id
     try:
         job_id, created = store.create_job(tenant, graph_id, prepared.spec, prepared.data, prepared.eval_data,
-                                           idempotency_key=idempotency_key, init=prepared.init)
+                                           idempotency_key=idempotency_key, init=prepared.init,
+                                           request_id=logs.request_id.get())
     except IdempotencyConflict as exc:
         raise ProblemError(422, str(exc), kind="idempotency-key-reused", job_id=exc.job_id) from None
     if not created:
         return _replayed(store, tenant, job_id), False
+    log.info("job %s submitted (tenant %s, graph %s)", job_id, tenant, graph_id)
     # As stored (queued): once sent, a worker may already be running it.
     job = store.get_job(job_id)
     try:

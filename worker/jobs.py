@@ -26,7 +26,7 @@ from graphspec.codec import pack
 from graphspec.tensors import encode_tensor_raw
 
 from .records import JobRecord
-from . import metrics, sweeps
+from . import logs, metrics, sweeps
 from .step_metrics import step_metric_names, step_metrics
 from .store import TERMINAL, JobStore, LeaseLost, StepRecord, decode_tensors, encode_tensors, now
 
@@ -149,11 +149,16 @@ def run_job(store: JobStore, job_id: str, *, worker: str, requeue: Callable[[Job
     When the worker begins a warm shutdown the job is checkpointed, put back to ``queued``
     and sent again with ``requeue(job)``, so a rolling deploy loses no work."""
     job = patiently(store, store.get_job, job_id)
+    # this job's log lines carry its id, its tenant and the id of the request that submitted it
+    logs.job_id.set(job_id)
+    logs.tenant.set(None if job is None else job.tenant)
+    logs.request_id.set(None if job is None else job.request_id)
     if job is None:
         log.warning("job %s no longer exists (expired?)", job_id)
         return "missing"
     if job.state in TERMINAL:
         return job.state  # a redelivery of a finished job: nothing to do
+    log.info("job %s: training (submitted by request %s)", job_id, job.request_id or "-")
     token = f"{worker}:{uuid.uuid4().hex}"
     if not patiently(store, store.acquire_lease, job_id, token):
         log.info("job %s is held by a live trainer: this delivery does nothing", job_id)

@@ -48,6 +48,7 @@ class JobRecord:
     lease: str | None = None  # the token of the trainer that last started it (the live lease is its own key)
     attempts: int = 0
     stop_reason: str | None = None  # why a succeeded job stopped (runtime.stopping.REASONS)
+    request_id: str | None = None  # the X-Request-ID of the request that submitted it (worker/logs.py)
 
     @classmethod
     def from_hash(cls, fields: Mapping[str, str]) -> "JobRecord":
@@ -70,7 +71,8 @@ class JobRecord:
             best_loss_step=_int(get("best_loss_step")), created=_float(get("created")),
             started=_float(get("started")), finished=_float(get("finished")), updated=_float(get("updated")),
             requeued=_float(get("requeued")), error=error, worker=get("worker") or None,
-            lease=get("lease") or None, attempts=_int(get("attempts")) or 0, stop_reason=get("stop_reason") or None)
+            lease=get("lease") or None, attempts=_int(get("attempts")) or 0, stop_reason=get("stop_reason") or None,
+            request_id=get("request_id") or None)
 
     @property
     def time_limit_s(self) -> int | None:

@@ -8,6 +8,7 @@ the job limits. ``REDIS_URL`` is also accepted without the prefix. What only the
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +52,8 @@ class Settings(BaseSettings):
     retention_s: int = 7 * 24 * 3600
     checkpoint_every_s: float = 10.0  # default checkpoint cadence when a job sets no checkpoint_every
 
+    # console lines, or JSON lines with request and job ids (worker/logs.py)
+    log_format: Literal["console", "json"] = "console"
     # Celery task events (task-sent, -received, -started, -succeeded...), what Flower shows
     task_events: bool = True
     # A worker node's Prometheus metrics (worker/metrics.py): off unless a port is given

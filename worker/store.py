@@ -420,7 +420,7 @@ class JobStore(SweepRecords):
     # -- jobs --------------------------------------------------------------------------
     def create_job(self, tenant: str, graph_id: str, spec: dict[str, Any], data: bytes,
                    eval_data: bytes | None = None, idempotency_key: str | None = None,
-                   init: bytes | None = None) -> tuple[str, bool]:
+                   init: bytes | None = None, request_id: str | None = None) -> tuple[str, bool]:
         """Store a queued job, in the outbox until :meth:`mark_sent` (a job whose sender died
         before sending is sent by the sweep); returns (job id, created). With an Idempotency-Key already used
         by this tenant for the same request, returns the existing job instead (created=False);
@@ -439,6 +439,7 @@ class JobStore(SweepRecords):
         pipe.hset(self.job_key(job_id), mapping={
             "id": job_id, "tenant": tenant, "state": "queued", "graph_id": graph_id, "created": repr(created),
             "step": 0, "total_steps": spec.get("steps") or 0, "attempts": 0, "spec": json.dumps(spec),
+            **({"request_id": request_id} if request_id else {}),  # the submitting request's, for the worker's logs
         })
         pipe.set(self.job_key(job_id, "data"), data)
         if eval_data is not None:

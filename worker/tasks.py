@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+import logging
+
+from celery.signals import setup_logging, worker_ready, worker_shutdown, worker_shutting_down
 
 from .celery_app import app
-from . import metrics
+from . import logs, metrics
 from .dispatch import TRAIN_TASK
 from .jobs import run_job
 from .recovery import Sweeper, advance_sweep, send_job
@@ -13,6 +15,13 @@ from .settings import get_settings
 from .store import TERMINAL, JobStore
 
 _store: JobStore | None = None
+log = logging.getLogger("chainrule.worker")
+
+
+@setup_logging.connect
+def _logging(loglevel=None, **_: object) -> None:
+    """Celery leaves logging to us: console or JSON lines (CHAINRULE_LOG_FORMAT, worker/logs.py)."""
+    logs.configure(get_settings().log_format, loglevel or "INFO")
 
 
 def store() -> JobStore:
@@ -29,6 +38,7 @@ def train_job(self, job_id: str) -> str:
     recorder = metrics.configure(s, node)
     outcome = run_job(s, job_id, worker=node, requeue=lambda job: send_job(app, s, job_id, job))
     job = s.get_job(job_id)
+    log.info("job %s: %s", job_id, outcome)
     if recorder is not None:
         _record(recorder, outcome, job)
     sweep_id = (job.spec.get("sweep") or {}).get("id") if job is not None else None

@@ -44,6 +44,12 @@ def _finite(text: str) -> float:
     return value
 
 
+def _env_log_format() -> str:
+    import os
+
+    return os.environ.get("CHAINRULE_LOG_FORMAT", "console")
+
+
 def _json_object(text: str) -> dict:
     """An argparse type: a JSON object."""
     import json
@@ -231,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", choices=("console", "json"), default=_env_log_format(),
+                   help="console lines, or JSON lines with request ids (default: $CHAINRULE_LOG_FORMAT or console)")
     p.set_defaults(func=processes.api)
 
     p = sub.add_parser("worker", help="run a Celery training worker; configuration from CHAINRULE_* / REDIS_URL")
@@ -238,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", default="prefork", choices=("prefork", "solo", "threads"))
     p.add_argument("--hostname", help="Celery node name (default celery@<host>)")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", choices=("console", "json"), default=_env_log_format(),
+                   help="console lines, or JSON lines with request and job ids (default: $CHAINRULE_LOG_FORMAT or "
+                        "console)")
     p.add_argument("--metrics-port", type=_counting_from(1),
                    help="serve this worker's Prometheus metrics on this port (on $CHAINRULE_WORKER_METRICS_HOST, "
                         "default 127.0.0.1; docs/deploy.md)")

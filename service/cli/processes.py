@@ -8,10 +8,15 @@ import argparse
 
 
 def api(args: argparse.Namespace) -> int:
+    import os
+
     import uvicorn
 
+    from worker.logs import uvicorn_config
+
+    os.environ["CHAINRULE_LOG_FORMAT"] = args.log_format  # the app's own loggers, in every uvicorn process
     uvicorn.run("service.app:app", host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level, proxy_headers=True)
+                log_level=args.log_level, proxy_headers=True, log_config=uvicorn_config(args.log_format, args.log_level))
     return 0
 
 
@@ -20,6 +25,7 @@ def worker(args: argparse.Namespace) -> int:
 
     if args.metrics_port is not None:  # read by every process of the node, pool children included
         os.environ["CHAINRULE_WORKER_METRICS_PORT"] = str(args.metrics_port)
+    os.environ["CHAINRULE_LOG_FORMAT"] = args.log_format
     from worker.settings import get_settings
 
     get_settings.cache_clear()

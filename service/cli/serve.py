@@ -51,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep Redis data (append-only file) and logs here, so jobs survive a restart "
                              "(default: a temporary directory, removed on exit)")
     parser.add_argument("--log-level", default="info", help="log level of the API and the worker (default info)")
+    parser.add_argument("--log-format", choices=("console", "json"), default="console",
+                        help="the API's and the worker's log lines: console (default) or JSON with request ids")
     parser.add_argument("--startup-timeout", type=float, default=60.0, metavar="S",
                         help="seconds to wait for the stack to be ready (default 60)")
     parser.set_defaults(func=serve)

@@ -255,9 +255,10 @@ class Stack:
         python = sys.executable
         self.worker = self.spawn("worker", [python, "-m", "service.cli", "worker", "--pool", "prefork",
                                             "--concurrency", str(args.workers_count),
-                                            "--hostname", self.worker_name, "--log-level", args.log_level], env)
+                                            "--hostname", self.worker_name, "--log-level", args.log_level,
+                                            "--log-format", args.log_format], env)
         self.api = self.spawn("api", [python, "-m", "service.cli", "api", "--host", args.host, "--port", str(port),
-                                      "--log-level", args.log_level], env)
+                                      "--log-level", args.log_level, "--log-format", args.log_format], env)
         api_url = f"http://{local_url_host(args.host)}:{port}"
         say(f"serve: started the worker (pid {self.worker.pid}) and the API (pid {self.api.pid}); "
             f"waiting for {api_url}/readyz ...")
