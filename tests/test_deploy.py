@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 from conftest import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -255,7 +256,10 @@ def test_services_are_configured_from_the_environment(config):
     from service.settings import ApiSettings
 
     api, worker = (config["services"][n]["environment"] for n in ("api", "worker"))
-    assert api == worker, "api and workers must agree on Redis, namespace and queue"
+    # the same settings, and only a worker's own beside them (where its metrics port listens)
+    assert {k: v for k, v in worker.items() if k != "CHAINRULE_WORKER_METRICS_HOST"} == api, (
+        "api and workers must agree on Redis, namespace and queue")
+    assert worker["CHAINRULE_WORKER_METRICS_HOST"] == "0.0.0.0"
     assert api["CHAINRULE_API_KEYS"] == TEST_API_KEYS
     url = urlsplit(api["REDIS_URL"])
     assert url.scheme == "redis" and url.hostname == "redis" and url.port == 6379
@@ -457,3 +461,60 @@ def test_deploy_doc_password_override_is_valid(tmp_path):
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     missing = compose("config", "-q", files=(COMPOSE_FILE, override))
     assert missing.returncode != 0 and "REDIS_PASSWORD" in missing.stderr
+
+
+# -- observability (issue #18) -------------------------------------------------------------
+@needs_compose
+def test_the_observability_profile_is_valid_and_off_by_default():
+    result = compose("--profile", "observability", "config", "-q")
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+    plain = compose("config", "--services")
+    assert "prometheus" not in plain.stdout.split() and "grafana" not in plain.stdout.split()
+    with_profile = compose("--profile", "observability", "config", "--services")
+    assert {"prometheus", "grafana"} <= set(with_profile.stdout.split())
+
+
+def exported_metric_names() -> set[str]:
+    """Every sample name the API and a worker export, from their real collectors."""
+    from service.metrics import ApiMetrics
+    from worker import metrics as worker_metrics
+
+    class Store:  # what the collectors read, without Redis
+        settings = type("S", (), {"namespace": "t"})()
+
+        def job_counts(self):
+            return {k: 0 for k in ("submitted", "succeeded", "failed", "cancelled", "queued", "running")}
+
+        def read_stats(self, key):
+            return {}
+
+    class Celery:
+        control = type("C", (), {"ping": staticmethod(lambda timeout: [])})()
+
+    api = ApiMetrics(lambda: Store(), lambda: Celery())
+    api.requests.labels("/x", "GET", "200").inc()
+    api.latency.labels("/x", "GET").observe(0.1)
+    names = {s.name for family in api.registry.collect() for s in family.samples}
+    names |= {s.name for family in worker_metrics._Collector(Store(), "n").collect() for s in family.samples}
+    return {n for n in names if not n.endswith("_created")}  # prometheus_client's creation timestamps
+
+
+def test_every_dashboard_query_and_scrape_job_names_real_metrics():
+    """The Grafana dashboard's PromQL reads only metrics the code exports (so a renamed metric fails
+    here, not on an operator's empty panel), and Prometheus scrapes where the compose file serves them."""
+    names = exported_metric_names()
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "chainrule.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(exprs) >= 10
+    for expr in exprs:
+        used = set(re.findall(r"\bchainrule_[a-z_]+", expr))
+        assert used and used <= names, (expr, used - names)
+    covered = {n for e in exprs for n in re.findall(r"\bchainrule_[a-z_]+", e)}
+    families = {re.sub(r"_(bucket|sum|count|total)$", "", n) for n in names}
+    assert {re.sub(r"_(bucket|sum|count|total)$", "", n) for n in covered} == families  # every metric has a panel
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    assert jobs["chainrule-api"]["static_configs"][0]["targets"] == ["api:8000"]
+    worker_port = jobs["chainrule-worker"]["dns_sd_configs"][0]["port"]
+    compose_file = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert compose_file["services"]["worker"]["command"][-2:] == ["--metrics-port", str(worker_port)]
