@@ -173,7 +173,8 @@ def test_every_v1_route_requires_a_key(api, settings):
 
 
 # -- API keys never reach the logs ---------------------------------------------------------
-def test_api_keys_never_reach_the_logs(env, settings, celery_worker, tmp_path):
+@pytest.mark.parametrize("log_format", ["console", "json"])
+def test_api_keys_never_reach_the_logs(env, settings, celery_worker, tmp_path, log_format):
     marker = uuid.uuid4().hex
     good = f"sk-good-{marker}"          # tenant-a
     other = f"sk-other-{marker}"        # tenant-b
@@ -187,7 +188,8 @@ def test_api_keys_never_reach_the_logs(env, settings, celery_worker, tmp_path):
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         # The production command, at uvicorn's most verbose level.
         proc = subprocess.Popen([sys.executable, "-m", "service.cli", "api", "--host", "127.0.0.1", "--port",
-                                 str(port), "--log-level", "trace"], cwd=ROOT, env=api_env, stdin=subprocess.DEVNULL,
+                                 str(port), "--log-level", "trace", "--log-format", log_format], cwd=ROOT, env=api_env,
+                                stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=err, start_new_session=True)
 
     def logs() -> str:
@@ -265,6 +267,10 @@ def test_api_keys_never_reach_the_logs(env, settings, celery_worker, tmp_path):
         stop_process(proc)
 
     text = logs()
+    if log_format == "json":  # every line is one JSON object; the checks below read their events
+        lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        assert lines and all({"time", "level", "logger", "event"} <= set(line) for line in lines)
+        text = text + "\n" + "\n".join(f'{line["level"].upper()} {line["event"]}' for line in lines)
     # The capture works: the access log has the requests, including the refused ones.
     assert '"GET /v1/jobs HTTP/1.1" 401' in text, text[-3000:]
     assert '"POST /v1/jobs HTTP/1.1" 413' in text, text[-3000:]
