@@ -40,12 +40,14 @@ sys.path.insert(0, str(ROOT))
 
 import graphspec  # noqa: E402
 import runtime  # noqa: E402
+from worker import metrics  # noqa: E402
 from worker.jobs import _Reporter  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 from worker.store import JobStore, now  # noqa: E402
 
 VARIANTS = {"bare trainer": None, "report every 10": {"report_every": 10}, "report every 1": {"report_every": 1},
-            "every 1, full grads": {"report_every": 1, "gradients": "full"}}
+            "every 1, full grads": {"report_every": 1, "gradients": "full"},
+            "every 1, worker metrics": {"report_every": 1}}  # the node's Prometheus counters on (worker/metrics.py)
 
 
 def workloads():
@@ -112,7 +114,9 @@ def main() -> int:
                     if spec is not None:
                         job_id, token = leased_job(store, {"steps": steps, **spec})
                         reporter = _Reporter(store, job_id, runtime.TrainingSpec.from_dict({"steps": steps, **spec}), token)
+                    metrics.use(metrics.WorkerMetrics(store, "bench") if "worker metrics" in variant else None)
                     times[variant].append(time_run(graph, data, batch, steps, reporter))
+                    metrics.use(None)
                     if reporter is not None:
                         written = store.step_count(job_id)
                         want = expected_rows(steps, reporter.every)

@@ -67,6 +67,12 @@ def recorder() -> WorkerMetrics | None:
     return _recorder
 
 
+def use(metrics: WorkerMetrics | None) -> None:
+    """Set (or clear) this process's recorder directly (bench/reporting_overhead.py)."""
+    global _recorder
+    _recorder = metrics
+
+
 class _Collector:
     def __init__(self, store: Any, node: str):
         self.store, self.key = store, WorkerMetrics(store, node).key
