@@ -45,7 +45,8 @@ def torch_available() -> bool:
 def check_reporting_overhead(report: dict, stdout: str, stderr: str) -> None:
     assert set(report["workloads"]) == {"seed logreg B=16", "small MLP B=32"}
     for name, rows in report["workloads"].items():
-        assert set(rows) == {"bare trainer", "report every 10", "report every 1", "every 1, full grads"}, name
+        assert set(rows) == {"bare trainer", "report every 10", "report every 1", "every 1, full grads",
+                             "every 1, worker metrics"}, name
         for variant, row in rows.items():
             assert finite_positive(row["median_us"]) and finite_positive(row["ratio"]), (name, variant, row)
             assert len(row["runs_us"]) == report["rounds"]
