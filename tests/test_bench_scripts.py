@@ -52,7 +52,7 @@ def check_reporting_overhead(report: dict, stdout: str, stderr: str) -> None:
             assert len(row["runs_us"]) == report["rounds"]
         assert rows["bare trainer"]["ratio"] == 1.0
         assert f"{name}: {report['steps']} steps" in stdout
-    assert stdout.count("us/step") == 8
+    assert stdout.count("us/step") == 10
 
 
 def check_service_bench(report: dict, stdout: str, stderr: str) -> None:
