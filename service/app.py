@@ -62,6 +62,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app = FastAPI(title="chainrule", version=graphspec.__version__, description=DESCRIPTION, openapi_tags=TAGS,
                   lifespan=lifespan, docs_url=None, redoc_url=None)  # /docs, /redoc: install_docs, no CDN
     app.state.settings = settings
+    if settings.plain_keys():
+        log.warning("CHAINRULE_API_KEYS holds %d plain API key(s): store each as sha256:<digest>:tenant instead "
+                    "(`chainrule hash-key` prints the digest; docs/security.md)", settings.plain_keys())
     app.state.store = JobStore.connect(settings)
     app.state.celery = make_celery(settings)
 

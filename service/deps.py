@@ -20,7 +20,7 @@ from .bodies import read_tree, validate_model
 from .limits import body_limits
 from .models import ExplainRequest, JobRequest, SweepRequest
 from .problems import unauthorized
-from .settings import ApiSettings
+from .settings import ApiSettings, key_digest
 
 LOCAL_TENANT = "local"
 
@@ -51,10 +51,10 @@ def get_tenant(settings: SettingsDep,
         return LOCAL_TENANT
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
-    given = credentials.credentials.encode()
+    given = key_digest(credentials.credentials).encode()  # keys are compared as their SHA-256 digests
     tenant = None
-    for key, owner in settings.tenants_by_key().items():
-        if hmac.compare_digest(key.encode(), given):  # no early exit on a match: constant-time over the keys
+    for digest, owner in settings.tenants_by_key().items():
+        if hmac.compare_digest(digest.encode(), given):  # no early exit on a match: constant-time over the keys
             tenant = owner
     if tenant is None:
         raise unauthorized("the API key is not valid")

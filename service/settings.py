@@ -7,6 +7,7 @@ case); docs/security.md lists the limits and their defaults.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from functools import lru_cache
 
@@ -16,7 +17,9 @@ from worker.settings import Settings
 
 
 class ApiSettings(Settings):
-    # API keys "key:tenant" pairs, comma-separated. Empty + auth_disabled=False refuses all.
+    # API keys, comma-separated: "sha256:<hex of the key's SHA-256>:tenant" (keys at rest: what a
+    # deployment should store; `chainrule hash-key` prints it) or "key:tenant" (the plain key: local
+    # use, warned about). Empty + auth_disabled=False refuses all.
     api_keys: str = ""
     auth_disabled: bool = False
 
@@ -47,11 +50,29 @@ class ApiSettings(Settings):
         return self
 
     def tenants_by_key(self) -> dict[str, str]:
+        """Each configured key's SHA-256 (hex) -> its tenant: a plain key is hashed here, so only
+        digests are compared (service/deps.py: get_tenant)."""
         pairs = {}
         for item in filter(None, (p.strip() for p in self.api_keys.split(","))):
-            key, _, tenant = item.partition(":")
-            pairs[key] = tenant or "default"
+            if HASHED.match(item):
+                digest, _, tenant = item.removeprefix("sha256:").partition(":")
+                pairs[digest.lower()] = tenant or "default"
+            else:
+                key, _, tenant = item.partition(":")
+                pairs[key_digest(key)] = tenant or "default"
         return pairs
+
+    def plain_keys(self) -> int:
+        """How many keys are configured in plain text (each a warning at startup)."""
+        return sum(1 for p in (p.strip() for p in self.api_keys.split(",")) if p and not HASHED.match(p))
+
+
+HASHED = re.compile(r"sha256:[0-9a-fA-F]{64}(:|$)")
+
+
+def key_digest(key: str) -> str:
+    """What CHAINRULE_API_KEYS stores for ``key``: the hex SHA-256 of its UTF-8 bytes."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 @lru_cache

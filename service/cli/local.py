@@ -228,3 +228,15 @@ def import_onnx(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {len(graph.nodes)} nodes, parameters {', '.join(graph.parameters)}; loss {args.loss} "
           f"on output {next(iter(graph.outputs))!r} against the input 'target'")
     return 0
+
+
+def hash_key(args: argparse.Namespace) -> int:
+    """``sha256:<digest>`` of the API key read from stdin: CHAINRULE_API_KEYS=sha256:<digest>:tenant."""
+    from ..settings import key_digest
+
+    key = sys.stdin.readline().strip()
+    if not key:
+        print("error: give the API key on stdin, e.g. `printf %s \"$KEY\" | chainrule hash-key`", file=sys.stderr)
+        return 1
+    print(f"sha256:{key_digest(key)}")
+    return 0

@@ -315,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="the whole stack locally: embedded Redis (unless REDIS_URL is set), a worker and the API, "
                       "until Ctrl-C"))
 
+    p = sub.add_parser("hash-key", help="print what CHAINRULE_API_KEYS stores for an API key: sha256:<digest> "
+                                        "(the key from stdin, so it stays out of the shell's history)")
+    p.set_defaults(func=local.hash_key)
+
     p = sub.add_parser("demo", help="train and explain the seed example")
     p.add_argument("--steps", type=_positive, default=200)
     p.set_defaults(func=local.demo)

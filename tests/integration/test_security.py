@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 import graphspec
-from service.settings import ApiSettings
+from service.settings import ApiSettings, key_digest
 
 from .conftest import API_KEYS, EXAMPLES, ROOT, stop_process, wait_for
 from .redis_server import free_port
@@ -446,5 +446,35 @@ def test_tenant_names_that_could_alias_redis_keys_are_refused():
         ApiSettings(api_keys="key-1:team:a")
     with pytest.raises(ValueError, match="tenant name"):
         ApiSettings(api_keys="key-1:a b")
-    assert ApiSettings(api_keys="key-1:team-a,key-2:team_b.eu").tenants_by_key() == {"key-1": "team-a",
-                                                                                     "key-2": "team_b.eu"}
+    assert ApiSettings(api_keys="key-1:team-a,key-2:team_b.eu").tenants_by_key() == {
+        key_digest("key-1"): "team-a", key_digest("key-2"): "team_b.eu"}  # plain keys are compared as digests
+
+
+def test_api_keys_can_be_stored_as_their_sha256_and_plain_ones_are_warned_about(settings, celery_worker, caplog):
+    """Keys at rest (issue #19): CHAINRULE_API_KEYS may hold sha256:<digest>:tenant, so the key itself is
+    nowhere in the configuration; the key still authenticates, a wrong one does not, and a deployment
+    that still lists plain keys is told at startup."""
+    import logging
+    import subprocess
+
+    from service.app import create_app
+
+    from .conftest import starlette_test_client
+
+    key = f"sk-{uuid.uuid4().hex}"
+    printed = subprocess.run([sys.executable, "-m", "service.cli", "hash-key"], input=key + "\n", capture_output=True,
+                             text=True, cwd=ROOT, timeout=60)
+    assert printed.returncode == 0 and printed.stdout.strip() == f"sha256:{key_digest(key)}"
+    hashed = settings.model_copy(update={"api_keys": f"{printed.stdout.strip()}:tenant-a,plain-key:tenant-b"})
+    assert hashed.tenants_by_key()[key_digest(key)] == "tenant-a" and hashed.plain_keys() == 1
+    with caplog.at_level(logging.WARNING, logger="service"):
+        app = create_app(hashed)
+    assert "holds 1 plain API key" in caplog.text and key not in caplog.text and "plain-key" not in caplog.text
+    with starlette_test_client()(app) as client:
+        assert client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        assert client.get("/v1/jobs", headers={"Authorization": f"Bearer {key_digest(key)}"}).status_code == 401
+        assert client.get("/v1/jobs", headers={"Authorization": "Bearer plain-key"}).status_code == 200
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="service"):
+        create_app(settings.model_copy(update={"api_keys": f"sha256:{key_digest(key)}:tenant-a"}))
+    assert "plain API key" not in caplog.text
