@@ -67,6 +67,8 @@ class Plan:
         if missing:
             raise MissingKernelError(f"no runtime kernel for op(s) {', '.join(missing)}")
         self.steps: tuple[Step, ...] = tuple(self._step(i) for i in graph.analysis.order)
+        # whether a training step draws random numbers (the graph has dropout): read every step
+        self.random = any(step.kernel.draws is not None for step in self.steps)
         self.loss_node = graph.outputs[graph.loss]
         self.param_names = tuple(graph.parameters)
         self.input_names = tuple(graph.inputs)
@@ -120,11 +122,6 @@ class Plan:
         return bound
 
     # -- running -------------------------------------------------------------------------
-    @property
-    def random(self) -> bool:
-        """Whether a training step draws random numbers (the graph has dropout)."""
-        return any(step.kernel.draws is not None for step in self.steps)
-
     def forward(self, inputs: Mapping[str, Any], params: Mapping[str, Any], *, keep_values: bool = False,
                 with_grad: bool = True, grad_inputs: bool = False, noise: Noise | None = None) -> "Run":
         """Evaluate every output. ``keep_values`` keeps every node's value (for explanations);
