@@ -33,12 +33,16 @@ def _counting_from(low: int):
     return parse
 
 
-def _finite(text: str) -> float:
-    """An argparse type: a finite number (the training spec checks its bounds, naming the flag)."""
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _finite(text: str) -> float:
+    """An argparse type: a finite number (the training spec checks its bounds, naming the flag)."""
+    value = _number(text)
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
@@ -65,10 +69,7 @@ def _json_object(text: str) -> dict:
 
 def _rate(text: str) -> float:
     """An argparse type: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = _number(text)
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
