@@ -9,7 +9,6 @@ from celery import Celery
 
 import runtime
 from runtime.sweeps import SearchSpace, apply
-from worker.dispatch import send_job
 from worker.store import JobStore, now
 from worker.sweeps import advance, summary
 
@@ -71,11 +70,7 @@ def create_sweep(req: SweepRequest, tenant: str, store: JobStore, celery: Celery
               "queue": settings.queue}  # its trials go to the queue the API sends jobs to
     graph_id = store.put_graph(tenant, graph) if base.inline_graph else base.graph_id
     sweep_id = store.create_sweep(tenant, graph_id, config, trials, base.data, base.eval_data, now())
-
-    def send(job_id: str, spec: dict) -> None:
-        send_job(celery, store.settings, job_id, spec["time_limit_s"], settings.queue)
-        store.mark_sent(job_id)
-    advance(store, sweep_id, send)  # the first trials; the workers launch the rest as trials finish
+    advance(store, sweep_id, celery)  # the first trials; the workers launch the rest as trials finish
     return sweep_id
 
 
@@ -92,10 +87,10 @@ def sweep_resource(store: JobStore, sweep_id: str) -> SweepResource:
         created=_time(sweep.created), finished=_time(sweep.finished))
 
 
-def cancel_sweep(store: JobStore, sweep_id: str) -> None:
+def cancel_sweep(store: JobStore, celery: Celery, sweep_id: str) -> None:
     """Stop launching trials and cancel the running ones (the sweep is cancelled once they stop)."""
     store.set_sweep_state(sweep_id, ("running",), "cancelling")
-    advance(store, sweep_id, lambda job_id, spec: None)
+    advance(store, sweep_id, celery)  # cancelling: it launches nothing
 
 
 def _time(value: float | None) -> datetime | None:

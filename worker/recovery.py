@@ -40,15 +40,8 @@ def send_job(celery: Celery, store: JobStore, job_id: str, job: JobRecord) -> No
 def advance_sweep(store: JobStore, celery: Celery, sweep_id: str) -> str | None:
     """Advance a hyperparameter sweep (worker/sweeps.py), sending the trials it launches; errors
     are logged, never raised: the next trial's end or recovery round advances it again."""
-    sweep = store.get_sweep(sweep_id)
-    queue = None if sweep is None else sweep.config.get("queue")
-
-    def send(job_id: str, spec: dict) -> None:
-        dispatch.send_job(celery, store.settings, job_id, spec.get("time_limit_s") or store.settings.default_time_limit_s,
-                          queue)
-        store.mark_sent(job_id)
     try:
-        return sweeps.advance(store, sweep_id, send)
+        return sweeps.advance(store, sweep_id, celery)
     except REDIS_DOWN:
         raise
     except Exception:  # noqa: BLE001 - a bug here must not stop the job that called it

@@ -16,10 +16,13 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from typing import Any, Callable
+from typing import Any
+
+from celery import Celery
 
 from runtime.sweeps import asha, median_stopping
 
+from .dispatch import send_job
 from .store import TERMINAL, JobStore, now
 
 log = logging.getLogger("chainrule.sweeps")
@@ -27,9 +30,10 @@ log = logging.getLogger("chainrule.sweeps")
 CHECK_INTERVAL_S = 0.1  # how often a trial reads the others' histories for the rule
 
 
-def advance(store: JobStore, sweep_id: str, send: Callable[[str, dict], None]) -> str | None:
+def advance(store: JobStore, sweep_id: str, celery: Celery) -> str | None:
     """Launch trials up to the sweep's max_concurrent, cancel a cancelling sweep's trials, finish
-    the sweep when every trial has run. ``send(job_id, spec)`` queues a job. Returns the sweep's
+    the sweep when every trial has run. Trials are sent through ``celery`` to the queue the sweep was
+    started on (its config's ``queue``). Returns the sweep's
     state (None when it does not exist, or another process is advancing it)."""
     sweep = store.get_sweep(sweep_id)
     if sweep is None or sweep.state in ("succeeded", "cancelled"):
@@ -57,8 +61,10 @@ def advance(store: JobStore, sweep_id: str, send: Callable[[str, dict], None]) -
             job_id, created = store.create_job(sweep.tenant, sweep.graph_id, spec, data or b"\x80", eval_data,
                                                idempotency_key=f"sweep:{sweep_id}:{index}")
             store.record_trial(sweep_id, index, job_id)
-            if created:
-                send(job_id, spec)
+            if created:  # else a launch that died after storing it: in the outbox, the recovery loop sends it
+                send_job(celery, store.settings, job_id, spec.get("time_limit_s") or store.settings.default_time_limit_s,
+                         config.get("queue"))
+                store.mark_sent(job_id)
             jobs[index] = job_id
             active.append(index)
         if len(jobs) == len(trials) and not active:

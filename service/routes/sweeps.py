@@ -70,6 +70,6 @@ def get_sweep(sweep_id: TenantSweep, store: StoreDep, request: Request) -> Respo
              description="No more trials are launched and the running ones are cancelled (they keep their "
                          "history); the sweep is `cancelled` once they have stopped.",
              responses={202: MSGPACK_TOO, **problem_responses(401, 404, 503)})
-def cancel(sweep_id: TenantSweep, store: StoreDep, request: Request) -> Response:
-    cancel_sweep(store, sweep_id)
+def cancel(sweep_id: TenantSweep, store: StoreDep, celery: CeleryDep, request: Request) -> Response:
+    cancel_sweep(store, celery, sweep_id)
     return negotiated(request, sweep_resource(store, sweep_id), status_code=202)

@@ -41,20 +41,13 @@ def _stored_sweep(store, queue: str, rates: list[float], steps: int, max_concurr
     return graph, data, sweep_id, trials
 
 
-def _launcher(celery_app, store, queue):
-    def send(job_id, spec):  # as the API does, onto this test's queue
-        celery_app.send_task("chainrule.train", args=[job_id], queue=queue)
-        store.mark_sent(job_id)
-    return send
-
-
 def test_a_trial_whose_worker_is_killed_resumes_and_the_sweep_finishes(store, celery_app, fault_env, tmp_path):
     queue, env = fault_env
     with run_worker(celery_app, env, queue=queue, hostname=f"sweep-a-{queue}@localhost",
                     log_path=tmp_path / "a.log") as worker:
         # stored once the worker is up: any worker's recovery loop may launch its first trial
         graph, data, sweep_id, trials = _stored_sweep(store, queue, [0.5, 0.1, 0.05], steps=8000)
-        sweeps.advance(store, sweep_id, _launcher(celery_app, store, queue))  # as the API does on creating it
+        sweeps.advance(store, sweep_id, celery_app)  # as the API does on creating it (onto the sweep's queue)
         first = wait_for(lambda: store.sweep_jobs(sweep_id).get(0), timeout=10, message="the first trial")
         wait_for(lambda: store.get_job(first).step > 1500, timeout=60,
                  message="the first trial to pass its first checkpoints")
