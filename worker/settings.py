@@ -51,6 +51,17 @@ class Settings(BaseSettings):
     stream_maxlen: int = 100_000
     retention_s: int = 7 * 24 * 3600
     checkpoint_every_s: float = 10.0  # default checkpoint cadence when a job sets no checkpoint_every
+    # Memory (docs/runtime.md, "Memory"). The API refuses a job whose estimated peak
+    # (runtime.memory: data, parameters, optimizer state, every node's value and gradient for a
+    # batch, the compiled engine's buffers) is over this: 2 GiB keeps several pool children
+    # within a common 8-16 GiB worker machine, and the estimate is an upper bound (1.6-3x).
+    max_job_memory_bytes: int = Field(2 * 2**30, ge=1)
+    # The address space (RLIMIT_AS) each prefork pool child may add to what it had mapped when
+    # it started (measured then: interpreter, numpy, OpenBLAS's buffers; ~200 MiB on 2 cores),
+    # so a job over it fails with OutOfMemory and the worker lives on (worker/memory.py).
+    # None: max_job_memory_bytes + 1 GiB (an over-estimated job still fits; the rest is the
+    # allocator's and the Redis replies' room). 0: no cap. Not applied with --pool solo.
+    worker_memory_limit_bytes: int | None = Field(None, ge=0)
 
     # console lines, or JSON lines with request and job ids (worker/logs.py)
     log_format: Literal["console", "json"] = "console"
@@ -67,6 +78,12 @@ class Settings(BaseSettings):
                              f"CHAINRULE_MAX_TIME_LIMIT_S ({self.max_time_limit_s}) by more than a minute: "
                              "otherwise Celery redelivers jobs that are still running")
         return self
+
+    def worker_memory_allowance(self) -> int | None:
+        """The bytes a pool child may map beyond its baseline (None: no cap)."""
+        if self.worker_memory_limit_bytes is None:
+            return self.max_job_memory_bytes + 2**30
+        return self.worker_memory_limit_bytes or None
 
 
 @lru_cache
