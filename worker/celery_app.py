@@ -10,7 +10,9 @@ backend is used and nothing is ever pickled.
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import worker_process_init
 
+from . import memory
 from .settings import Settings, get_settings
 
 
@@ -45,3 +47,7 @@ def make_celery(settings: Settings) -> Celery:
 
 
 app = make_celery(get_settings())
+
+# Each prefork pool child caps its own address space (RLIMIT_AS), so a job over it fails with
+# OutOfMemory instead of taking the machine or the worker down (worker/memory.py).
+worker_process_init.connect(memory.cap_pool_child, weak=False)

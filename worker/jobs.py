@@ -197,6 +197,9 @@ def _run_leased(store: JobStore, job_id: str, job: JobRecord, token: str, worker
         state = _fail(store, job_id, token, "ExecutionError", str(exc), node=exc.node)
     except (runtime.ChainruleRuntimeError, graphspec.GraphSpecError, ValueError, TypeError) as exc:
         state = _fail(store, job_id, token, type(exc).__name__, str(exc))
+    except MemoryError as exc:  # over the pool child's cap (worker/memory.py): the job fails, the worker lives on
+        from .memory import out_of_memory_message
+        state = _fail(store, job_id, token, "OutOfMemory", out_of_memory_message(exc))
     except Exception as exc:  # a bug must fail the job visibly, not leave it "running" forever
         log.exception("job %s crashed", job_id)
         state = _fail(store, job_id, token, "InternalError", f"{type(exc).__name__}: {exc}")
