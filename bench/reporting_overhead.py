@@ -2,8 +2,11 @@
 
     python bench/reporting_overhead.py [--redis-url redis://127.0.0.1:6379/0] [--steps 2000] [--rounds 5]
     python bench/reporting_overhead.py --quick          # a few-second smoke run (100 steps x 2 rounds)
+    python bench/reporting_overhead.py --workloads W2   # issue #19's W2-sized job (784-256-256-10, B=128)
 
-Runs the seed logistic regression (batch 16) and the small MLP (batch 32) with
+Runs the seed logistic regression (batch 16) and the small MLP (batch 32) (``--workloads``:
+``seed``, ``mlp``, ``W2``; W2 is ../shared/workloads.md's W2_mlp, float32, batch 128, over
+1,024 examples) with
 runtime.Trainer alone (the compiled engine, as the worker runs it), then through
 worker.jobs' reporter writing to a real Redis (report_every 1 and 10, gradient norms;
 and gradients "full"), interleaved over rounds; prints median microseconds per step and
@@ -37,6 +40,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "bench"))  # step_bench's workload definitions (W2)
 
 import graphspec  # noqa: E402
 import runtime  # noqa: E402
@@ -50,13 +54,37 @@ VARIANTS = {"bare trainer": None, "report every 10": {"report_every": 10}, "repo
             "every 1, worker metrics": {"report_every": 1}}  # the node's Prometheus counters on (worker/metrics.py)
 
 
-def workloads():
+def seed_workload():
     seed = graphspec.load(ROOT / "examples" / "logistic_regression.json")
-    yield "seed logreg B=16", seed, runtime.load_tensors(ROOT / "examples" / "data" / "seed_data.json"), 16
+    return "seed logreg B=16", seed, runtime.load_tensors(ROOT / "examples" / "data" / "seed_data.json"), 16
+
+
+def mlp_workload():
     mlp = graphspec.load(ROOT / "examples" / "small_mlp.json")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((512, 4)).astype(np.float32)
-    yield "small MLP B=32", mlp, {"x": x, "labels": (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1)}, 32
+    return "small MLP B=32", mlp, {"x": x, "labels": (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1)}, 32
+
+
+def w2_workload(examples: int = 1024):
+    """../shared/workloads.md's W2_mlp (784-256-256-10, ReLU, softmax cross-entropy, float32) as
+    step_bench.py builds it, trained in batches of 128 over ``examples`` random rows."""
+    from step_bench import WORKLOADS, build_graph
+
+    spec = WORKLOADS["W2_mlp"]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((examples, spec["sizes"][0])).astype(np.float32)
+    y = rng.integers(0, spec["sizes"][-1], size=examples).astype(np.int64)
+    return "W2 MLP B=128", build_graph(spec), {"x": x, "y": y}, spec["batch"]
+
+
+WORKLOADS = {"seed": seed_workload, "mlp": mlp_workload, "W2": w2_workload}
+DEFAULT_WORKLOADS = ("seed", "mlp")
+
+
+def workloads(names=DEFAULT_WORKLOADS):
+    for name in names:
+        yield WORKLOADS[name]()
 
 
 def leased_job(store: JobStore, spec: dict) -> tuple[str, str]:
@@ -87,11 +115,45 @@ def expected_rows(steps: int, every: int) -> int:
     return steps // every + (steps % every != 0)
 
 
+def measure(store: JobStore, graph, data, batch: int, steps: int, rounds: int,
+            variants: dict[str, dict | None] = VARIANTS) -> dict[str, dict]:
+    """Each variant's µs per step over ``rounds`` interleaved rounds (``variants`` must hold
+    ``"bare trainer"``): per variant the median, its ratio to the bare trainer's median, the
+    rounds' times, and the median and range of the ratios paired within each round."""
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(rounds):
+        for variant, spec in variants.items():
+            reporter = job_id = token = None
+            if spec is not None:
+                job_id, token = leased_job(store, {"steps": steps, **spec})
+                reporter = _Reporter(store, job_id, runtime.TrainingSpec.from_dict({"steps": steps, **spec}), token)
+            metrics.use(metrics.WorkerMetrics(store, "bench") if "worker metrics" in variant else None)
+            times[variant].append(time_run(graph, data, batch, steps, reporter))
+            metrics.use(None)
+            if reporter is not None:
+                written = store.step_count(job_id)
+                want = expected_rows(steps, reporter.every)
+                if written != want:
+                    raise SystemExit(f"{variant}: {written} steps reached Redis, expected {want}")
+                store.transition(job_id, ["running"], "succeeded", token=token, finished=repr(now()), step=steps)
+                store.release_lease(job_id, token)
+    base = statistics.median(times["bare trainer"])
+    rows = {}
+    for variant, values in times.items():
+        paired = [v / b for v, b in zip(values, times["bare trainer"])]
+        rows[variant] = {"median_us": statistics.median(values), "ratio": statistics.median(values) / base,
+                         "runs_us": values, "paired_ratio_median": statistics.median(paired),
+                         "paired_ratio_range": [min(paired), max(paired)]}
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default 2000; --quick 100)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick 2)")
+    parser.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
+                        help=f"comma-separated, of {', '.join(WORKLOADS)} (default {','.join(DEFAULT_WORKLOADS)})")
     parser.add_argument("--quick", action="store_true", help="smoke run: 100 steps x 2 rounds")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
@@ -106,32 +168,11 @@ def main() -> int:
                                 "redis": store.redis_version()},
                     "steps": steps, "rounds": rounds, "workloads": {}}
     try:
-        for name, graph, data, batch in workloads():
-            times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-            for _ in range(rounds):
-                for variant, spec in VARIANTS.items():
-                    reporter = job_id = token = None
-                    if spec is not None:
-                        job_id, token = leased_job(store, {"steps": steps, **spec})
-                        reporter = _Reporter(store, job_id, runtime.TrainingSpec.from_dict({"steps": steps, **spec}), token)
-                    metrics.use(metrics.WorkerMetrics(store, "bench") if "worker metrics" in variant else None)
-                    times[variant].append(time_run(graph, data, batch, steps, reporter))
-                    metrics.use(None)
-                    if reporter is not None:
-                        written = store.step_count(job_id)
-                        want = expected_rows(steps, reporter.every)
-                        if written != want:
-                            raise SystemExit(f"{name}, {variant}: {written} steps reached Redis, expected {want}")
-                        store.transition(job_id, ["running"], "succeeded", token=token, finished=repr(now()),
-                                         step=steps)
-                        store.release_lease(job_id, token)
-            base = statistics.median(times["bare trainer"])
+        for name, graph, data, batch in workloads(args.workloads.split(",")):
+            rows = report["workloads"][name] = measure(store, graph, data, batch, steps, rounds)
             print(f"\n{name}: {steps} steps x {rounds} rounds")
-            rows = report["workloads"][name] = {}
-            for variant, values in times.items():
-                med = statistics.median(values)
-                rows[variant] = {"median_us": med, "ratio": med / base, "runs_us": values}
-                print(f"  {variant:<22} {med:9.1f} us/step   ratio {med / base:5.2f}")
+            for variant, row in rows.items():
+                print(f"  {variant:<22} {row['median_us']:9.1f} us/step   ratio {row['ratio']:5.2f}")
     finally:
         store.delete_namespace()
         store.close()

@@ -56,12 +56,26 @@ def check_reporting_overhead(report: dict, stdout: str, stderr: str) -> None:
 
 
 def check_service_bench(report: dict, stdout: str, stderr: str) -> None:
+    # the four figures of issue #19 item 6, each with its goal and a verdict (figures, not assertions)
     latency, submissions = report["latency_ms"], report["submissions"]
     assert latency["jobs"] == 3 and len(latency["all"]) == 3
-    assert all(finite_positive(v) for v in (latency["median"], latency["p90"], *latency["all"]))
+    assert all(finite_positive(v) for v in (latency["p50"], latency["p90"], *latency["all"]))
     assert submissions["count"] == 20
     assert finite_positive(submissions["per_s"]) and finite_positive(submissions["ms_per_post"])
-    assert "submit -> first step visible: median" in stdout and "jobs/s from one client" in stdout
+    throughput = report["throughput"]
+    assert throughput["jobs"] == 10
+    assert all(finite_positive(throughput[k]) for k in ("jobs_per_s", "elapsed_s", "submitted_per_s"))
+    assert finite_positive(throughput["run_ms"]["median"])
+    overhead = report["reporting_overhead"]
+    assert overhead["workload"] == "W2 MLP B=128" and overhead["rounds"] == 2
+    assert finite_positive(overhead["bare_us"]) and finite_positive(overhead["reporting_us"])
+    assert math.isfinite(overhead["overhead"])
+    for part in (latency, submissions, throughput, overhead):
+        assert isinstance(part["met"], bool)
+    assert report["api_processes"] == 2 and report["worker_processes"] == 2
+    for line in ("d. submit -> first step visible: p50", "b. 10 jobs", "jobs/s end to end",
+                 "a. submissions:", "c. reporting every step"):
+        assert line in stdout, line
 
 
 def check_chaos(report: dict, stdout: str, stderr: str) -> None:
