@@ -20,6 +20,7 @@ from .bodies import read_tree, validate_model
 from .limits import body_limits
 from .models import ExplainRequest, JobRequest, SweepRequest
 from .problems import unauthorized
+from .quotas import check_request_rate
 from .settings import ApiSettings, key_digest
 
 LOCAL_TENANT = "local"
@@ -44,11 +45,17 @@ StoreDep = Annotated[JobStore, Depends(get_store)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 
 
-def get_tenant(settings: SettingsDep,
+def get_tenant(settings: SettingsDep, store: StoreDep,
                credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
-    """The caller's tenant: one per API key (``ApiSettings.api_keys``), or ``local`` with auth disabled."""
-    if settings.auth_disabled:
-        return LOCAL_TENANT
+    """The caller's tenant: one per API key (``ApiSettings.api_keys``), or ``local`` with auth
+    disabled; each request takes one from the tenant's request rate (a 429 when none is left)."""
+    tenant = LOCAL_TENANT if settings.auth_disabled else _authenticated(settings, credentials)
+    logs.tenant.set(tenant)  # for this request's log lines
+    check_request_rate(store, settings, tenant)
+    return tenant
+
+
+def _authenticated(settings: ApiSettings, credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
     given = key_digest(credentials.credentials).encode()  # keys are compared as their SHA-256 digests
@@ -58,7 +65,6 @@ def get_tenant(settings: SettingsDep,
             tenant = owner
     if tenant is None:
         raise unauthorized("the API key is not valid")
-    logs.tenant.set(tenant)  # for this request's log lines
     return tenant
 
 

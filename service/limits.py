@@ -61,18 +61,18 @@ def _mib(n: int) -> str:
 
 
 def check_history_budget(graph: graphspec.Graph, total_steps: int, report_every: int, gradients: str,
-                         settings: ApiSettings, metric_names: tuple[str, ...] = ()) -> None:
+                         settings: ApiSettings, metric_names: tuple[str, ...] = ()) -> int:
     """Refuse (422) a job whose step history would not fit: more entries than a job's stream
     keeps (``stream_maxlen``: trimming would lose steps) or more bytes than
     ``max_job_history_bytes``, bounded from the parameters' static shapes before anything runs.
     The problem says how to fit: the smallest ``report_every`` that does, or norms instead of
-    full gradients."""
+    full gradients. Returns the bound, in bytes (it counts toward the tenant's max_job_bytes)."""
     entries = -(-total_steps // report_every)  # every report_every-th step, and always the last
     params = {name: (numpy_dtype(spec.dtype), tuple(spec.shape)) for name, spec in graph.parameters.items()}
     per_entry = StepRecord.size_bound(params, gradients, metric_names)
     fits = min(settings.stream_maxlen, settings.max_job_history_bytes // per_entry)
     if entries <= fits:
-        return
+        return entries * per_entry
     ways = []
     if fits >= 1:
         ways.append(f"set report_every to {-(-total_steps // fits)} or more")

@@ -9,6 +9,7 @@ HTTP responses. Graph and data problems carry ``errors``: located issues whose
 from __future__ import annotations
 
 import logging
+import math
 from http import HTTPStatus
 from typing import Any, Iterable, Sequence
 
@@ -23,6 +24,7 @@ from starlette.routing import Match
 
 from graphspec import GraphSpecError, Issue
 from graphspec.errors import pointer
+from worker.quota_store import QuotaExceeded
 
 log = logging.getLogger("service")
 
@@ -80,6 +82,37 @@ def too_large(detail: str, *, location: str | None = None, **extra: Any) -> Prob
 
 def unavailable(detail: str, *, kind: str = "unavailable", **extra: Any) -> ProblemError:
     return ProblemError(503, detail, kind=kind, headers={"Retry-After": str(RETRY_AFTER_S)}, **extra)
+
+
+# When nothing stored is due to expire, a client over a storage limit is told to come back after
+# this long (it frees space itself by deleting finished jobs or graphs).
+STORAGE_RETRY_S = 60
+# A job leaves the queue when a worker starts it: soon, on a deployment that keeps up.
+QUEUE_RETRY_S = 5
+_LIMITS = {  # what each per-tenant limit counts, and how to get under it
+    "requests_per_second": ("request rate", "slow down: wait Retry-After seconds before the next request"),
+    "max_queued_jobs": ("queued jobs", "wait for some of your queued jobs to start (or cancel some) before "
+                                       "submitting more"),
+    "max_job_bytes": ("bytes of stored jobs (data and step history)",
+                      "delete finished jobs you no longer need (DELETE /v1/jobs/{job_id}), or wait for them to expire"),
+    "max_graph_bytes": ("bytes of stored graphs", "delete stored graphs you no longer need "
+                                                  "(DELETE /v1/graphs/{graph_id}), or wait for them to expire"),
+}
+
+
+def over_limit(exc: QuotaExceeded) -> ProblemError:
+    """A per-tenant limit refused the request: a 429 naming the limit, its value and the usage,
+    saying how to get under it, with Retry-After."""
+    retry = exc.retry_after_s
+    if retry is None:
+        retry = QUEUE_RETRY_S if exc.limit == "max_queued_jobs" else STORAGE_RETRY_S
+    value = exc.value if isinstance(exc.value, float) and not exc.value.is_integer() else int(exc.value)
+    what, how = _LIMITS[exc.limit]
+    used = "" if exc.limit == "requests_per_second" else f", {int(exc.used)} in use"
+    return ProblemError(429, f"over this tenant's limit on {what}: {exc.limit} is {value}{used}; {how}",
+                        kind="limit-exceeded", title="Too Many Requests",
+                        headers={"Retry-After": str(max(1, math.ceil(retry)))},
+                        limit=exc.limit, limit_value=value, used=exc.used)
 
 
 def unauthorized(detail: str) -> ProblemError:
@@ -178,6 +211,15 @@ def register_exception_handlers(app: FastAPI) -> None:
         return problem_response(unavailable("the job store (Redis) is not reachable; retry later",
                                             kind="store-unavailable"), request.url.path)
 
+    async def on_redis_full(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("redis is at its maxmemory on %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(unavailable(
+            "the job store (Redis) is full: nothing was stored; retry later (finished jobs expire and free "
+            "memory; an operator can raise Redis's maxmemory)", kind="store-full"), request.url.path)
+
+    async def on_over_limit(request: Request, exc: QuotaExceeded) -> JSONResponse:
+        return problem_response(over_limit(exc), request.url.path)
+
     async def on_disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:
         return problem_response(ProblemError(400, "the client disconnected before sending the whole body",
                                              kind="client-disconnect"), request.url.path)
@@ -192,6 +234,8 @@ def register_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_request_validation)
     app.add_exception_handler(redis.exceptions.ConnectionError, on_redis_down)
     app.add_exception_handler(redis.exceptions.TimeoutError, on_redis_down)
+    app.add_exception_handler(redis.exceptions.OutOfMemoryError, on_redis_full)
+    app.add_exception_handler(QuotaExceeded, on_over_limit)
     app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(Exception, on_unexpected)
 
@@ -207,7 +251,8 @@ _DESCRIPTIONS = {
     413: "Body or data over a configured limit",
     415: "Unsupported Content-Type",
     422: "Invalid request: located `errors` (JSON pointers into the body)",
-    503: "Redis or the task queue is unavailable (see Retry-After)",
+    429: "Over a per-tenant limit, named in `limit` (see Retry-After)",
+    503: "Redis or the task queue is unavailable, or Redis is full (see Retry-After)",
 }
 
 

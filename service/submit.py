@@ -30,6 +30,7 @@ from .datarows import per_example
 from .limits import check_history_budget, declared_totals, graph_limits
 from .models import DryRun, JobRequest
 from .problems import ProblemError, conflict, graph_problem, too_large, unavailable, unprocessable
+from .quotas import job_quota
 from .views import job_settings, result_params
 
 log = logging.getLogger("service.jobs")
@@ -132,13 +133,14 @@ def stored_spec(training: runtime.TrainingSpec, graph: graphspec.Graph, trainer:
         training.lr_schedule().check(optimizer["lr"], total_steps)
     except ScheduleError as exc:
         raise unprocessable(str(exc), _issue("invalid_value", f"/{exc.setting}", str(exc))) from None
-    check_history_budget(graph, total_steps, training.report_every, training.gradients, settings,
-                         tuple(step_metric_names(graph, training, eval_summary is not None)))
+    history_bytes = check_history_budget(graph, total_steps, training.report_every, training.gradients, settings,
+                                         tuple(step_metric_names(graph, training, eval_summary is not None)))
     time_limit = min(training.time_limit_s or settings.default_time_limit_s, settings.max_time_limit_s)
     return {
         **training.to_dict(), "optimizer": optimizer, "time_limit_s": time_limit,
         # not read by the worker; kept for the job resource and for operators
         "total_steps": total_steps, "examples": examples, "data_summary": summary, "eval_data_summary": eval_summary,
+        "history_bytes": history_bytes,  # the step history's bound: counts toward the tenant's max_job_bytes
     }
 
 
@@ -189,11 +191,13 @@ def dry_run(prepared: PreparedJob) -> DryRun:
 def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Celery, settings: ApiSettings,
                idempotency_key: str | None) -> tuple[JobRecord, bool]:
     """Store and enqueue; returns (job hash, created). A repeated Idempotency-Key returns the first job."""
-    graph_id = store.put_graph(tenant, prepared.graph) if prepared.inline_graph else prepared.graph_id
+    limits = settings.limits_for(tenant)
+    graph_id = keep_job_graph(store, settings, tenant, prepared.graph, prepared.graph_id, prepared.inline_graph)
     try:
         job_id, created = store.create_job(tenant, graph_id, prepared.spec, prepared.data, prepared.eval_data,
                                            idempotency_key=idempotency_key, init=prepared.init,
-                                           request_id=logs.request_id.get())
+                                           request_id=logs.request_id.get(), quota=job_quota(limits),
+                                           history_bytes=prepared.spec["history_bytes"])
     except IdempotencyConflict as exc:
         raise ProblemError(422, str(exc), kind="idempotency-key-reused", job_id=exc.job_id) from None
     if not created:
@@ -215,6 +219,17 @@ def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Cele
         # here would make a client without an Idempotency-Key submit a second job.
         log.warning("job %s sent; could not clear its outbox entry: %s", job_id, exc)
     return job, True
+
+
+def keep_job_graph(store: JobStore, settings: ApiSettings, tenant: str, graph: graphspec.Graph, graph_id: str,
+                   inline: bool) -> str:
+    """Store an inline graph, or keep a stored one: either way for at least ``graph_retention_s``
+    more, so it outlives the job's wait in the queue (its end keeps it for the job's retention)."""
+    if inline or not store.keep_graph(tenant, graph_id, settings.graph_retention_s):
+        # stored again if it expired since the request was checked: the job needs it
+        graph_id = store.put_graph(tenant, graph, ttl_s=settings.graph_retention_s,
+                                   max_bytes=settings.limits_for(tenant).max_graph_bytes)
+    return graph_id
 
 
 def _replayed(store: JobStore, tenant: str, job_id: str) -> JobRecord:

@@ -15,7 +15,7 @@ from worker.sweeps import advance, summary
 from .models import SweepRequest, SweepResource, SweepTrial
 from .problems import ProblemError, unprocessable
 from .settings import ApiSettings
-from .submit import prepare_job, stored_spec
+from .submit import keep_job_graph, prepare_job, stored_spec
 
 MAX_TRIALS = 1000  # trials in one sweep, at most
 
@@ -68,7 +68,7 @@ def create_sweep(req: SweepRequest, tenant: str, store: JobStore, celery: Celery
               "space": req.space, "early_termination": None if rule is None else rule.model_dump(),
               "objective": "eval_loss" if base.eval_data is not None else "loss", "max_steps": max_steps,
               "queue": settings.queue}  # its trials go to the queue the API sends jobs to
-    graph_id = store.put_graph(tenant, graph) if base.inline_graph else base.graph_id
+    graph_id = keep_job_graph(store, settings, tenant, graph, base.graph_id, base.inline_graph)
     sweep_id = store.create_sweep(tenant, graph_id, config, trials, base.data, base.eval_data, now())
     advance(store, sweep_id, celery)  # the first trials; the workers launch the rest as trials finish
     return sweep_id

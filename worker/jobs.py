@@ -38,8 +38,10 @@ FLUSH_INTERVAL_S = 0.05
 # Between writes the worker still looks at the cancel flag this often.
 CANCEL_POLL_S = 0.25
 
-# BusyLoadingError (Redis restarting, loading its AOF) is a ConnectionError.
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# BusyLoadingError (Redis restarting, loading its AOF) is a ConnectionError. A Redis at its
+# maxmemory (noeviction) refuses writes until retention or deletions free memory: for a trainer
+# that is an outage too (it waits, then leaves the job to the sweep), never the job's failure.
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.OutOfMemoryError)
 T = TypeVar("T")
 
 
@@ -177,6 +179,10 @@ def _run_leased(store: JobStore, job_id: str, job: JobRecord, token: str, worker
     ok, previous = store.transition(job_id, ["queued", "running"], "running", token=token, attempt=True,
                                     started=repr(now()), worker=worker, lease=token)
     if not ok:
+        if previous == "tenant_busy":  # its tenant runs max_running_jobs already: it waits, queued
+            store.defer_job(job_id)
+            log.info("job %s: its tenant is at max_running_jobs; deferred", job_id)
+            return "deferred"
         if previous == "cancelling":  # cancelled while its worker was lost: nobody else will finish it
             store.transition(job_id, ["cancelling"], "cancelled", token=token, finished=repr(now()))
             return "cancelled"

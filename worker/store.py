@@ -16,6 +16,8 @@ Keys (``{ns}`` is Settings.namespace):
     {ns}:tenant:{t}:jobs           zset    job ids by creation time (listing, pagination)
     {ns}:tenant:{t}:graph:{hash}   string  a graph document, canonical msgpack
     {ns}:tenant:{t}:idem:{key}     string  job id submitted with that Idempotency-Key
+    {ns}:tenant:{t}:queued|running set     the tenant's queued / running jobs (per-tenant limits)
+    {ns}:tenant:{t}:usage:...      zset, hash  what the tenant stores, in bytes (worker/quota_store.py)
 
 Stream entry ids carry the step number, so a step written twice (a redelivered task
 replaying from its checkpoint) is refused by Redis itself instead of duplicated.
@@ -45,6 +47,7 @@ from graphspec.tensors import encode_tensor_raw
 from .dispatch import TRAIN_TASK
 from .records import JobRecord
 from .settings import Settings
+from .quota_store import _CREATE_JOB, JobQuota, QuotaExceeded, TenantQuotas, _seconds
 from .sweep_store import SweepRecords
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
@@ -86,9 +89,16 @@ end
 local state = redis.call('HGET', KEYS[2], 'state')
 if not state then return {0, ''} end
 local n = tonumber(ARGV[6])
+-- the tenant's queued and running sets, next to the namespace's (KEYS[3] is '{ns}:active')
+local tenant = redis.call('HGET', KEYS[2], 'tenant') or ''
+local tenant_key = string.sub(KEYS[3], 1, -8) .. ':tenant:' .. tenant
 for i = 1, n do
   if ARGV[6 + i] == state then
     local to = ARGV[7 + n]
+    if to == 'running' and state == 'queued' then  -- the tenant's max_running_jobs, recorded at submit
+      local cap = tonumber(redis.call('HGET', KEYS[2], 'max_running') or '') or 0
+      if cap > 0 and redis.call('SCARD', tenant_key .. ':running') >= cap then return {0, 'tenant_busy'} end
+    end
     local last = #ARGV
     if #KEYS == 6 then
       last = last - 1
@@ -97,13 +107,17 @@ for i = 1, n do
     redis.call('HSET', KEYS[2], 'state', to, unpack(ARGV, 8 + n, last))
     if to == 'running' or to == 'cancelling' then
       redis.call('SADD', KEYS[3], ARGV[3])
+      redis.call('SADD', tenant_key .. ':running', ARGV[3])
     else
       redis.call('SREM', KEYS[3], ARGV[3])
+      redis.call('SREM', tenant_key .. ':running', ARGV[3])
     end
     if to == 'queued' then
       redis.call('ZADD', KEYS[5], ARGV[4], ARGV[3])
+      redis.call('SADD', tenant_key .. ':queued', ARGV[3])
     else
       redis.call('ZREM', KEYS[5], ARGV[3])
+      redis.call('SREM', tenant_key .. ':queued', ARGV[3])
     end
     if string.find(ARGV[5], 'a', 1, true) then
       redis.call('HINCRBY', KEYS[2], 'attempts', 1)
@@ -202,6 +216,11 @@ return 0
 
 
 JOB_ID = re.compile(r"job_[0-9a-f]{32}")
+# A job deferred by its tenant's max_running_jobs is sent again after about this long (and the
+# sweep's interval): a slot freed by a finishing job is taken within seconds.
+DEFER_S = 2.0
+# a job's keys besides its hash ({ns}:job:{id}:{part})
+JOB_PARTS = ("steps", "series", "series:columns", "data", "eval_data", "checkpoint", "result", "init", "lease")
 
 
 def now() -> float:
@@ -372,7 +391,7 @@ class StepRecord:
                    grads=get.get("grads"), metrics=metrics)
 
 
-class JobStore(SweepRecords):
+class JobStore(SweepRecords, TenantQuotas):
     """Every Redis read and write of the job model goes through here (sweeps' records: the
     SweepRecords mixin, worker/sweep_store.py)."""
 
@@ -387,6 +406,8 @@ class JobStore(SweepRecords):
         self._release = client.register_script(_RELEASE)
         self._claim_unsent = client.register_script(_CLAIM_UNSENT)
         self._sent = client.register_script(_SENT)
+        self._create_job = client.register_script(_CREATE_JOB)
+        self._quota_scripts()
         self.active_key = f"{self.ns}:active"
         self.outbox_key = f"{self.ns}:outbox"
         self.queued_key = f"{self.ns}:queued"
@@ -405,10 +426,46 @@ class JobStore(SweepRecords):
         return f"{self.ns}:tenant:{tenant}:{part}"
 
     # -- graphs ------------------------------------------------------------------------
-    def put_graph(self, tenant: str, graph: graphspec.Graph) -> str:
+    def put_graph(self, tenant: str, graph: graphspec.Graph, *, ttl_s: int | None = None, max_bytes: int = 0) -> str:
+        """Store a graph for ``ttl_s`` seconds (default ``retention_s``) or refresh a stored one;
+        its bytes count toward the tenant's ``max_bytes`` (0 = off): over it, :class:`QuotaExceeded`."""
         graph_id = graphspec.content_hash(graph)
-        self._r.set(self.tenant_key(tenant, f"graph:{graph_id}"), graphspec.dumps(graph, "msgpack"))
+        ttl = ttl_s or self.settings.retention_s
+        ok, *refused = self._put_graph_script(
+            keys=[self.tenant_key(tenant, f"graph:{graph_id}"), *self.usage_keys(tenant, "graphs")],
+            args=[graphspec.dumps(graph, "msgpack"), ttl, repr(now()), max_bytes, graph_id])
+        if not ok:
+            raise QuotaExceeded("max_graph_bytes", max_bytes, int(refused[0]), _seconds(refused[1]))
         return graph_id
+
+    def keep_graph(self, tenant: str, graph_id: str, ttl_s: int) -> bool:
+        """Keep a stored graph at least ``ttl_s`` more seconds (a job uses it); False if it is gone."""
+        return bool(self._touch_graph(keys=[self.tenant_key(tenant, f"graph:{graph_id}"),
+                                            self.usage_keys(tenant, "graphs")[0]],
+                                      args=[int(ttl_s), repr(now()), graph_id]))
+
+    def graph_users(self, tenant: str, graph_id: str, *, limit: int = 5) -> list[str]:
+        """Up to ``limit`` of the tenant's stored jobs that train ``graph_id`` (one pipelined read
+        of the tenant's job index: deleting a graph is rare)."""
+        ids = [raw.decode() for raw in self._r.zrange(self.tenant_key(tenant, "jobs"), 0, -1)]
+        pipe = self._r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(self.job_key(job_id), "graph_id")
+        users = [job_id for job_id, used in zip(ids, pipe.execute()) if used is not None and used.decode() == graph_id]
+        return users[:limit]
+
+    def delete_graph(self, tenant: str, graph_id: str) -> bool:
+        return bool(self._delete_graph(keys=[self.tenant_key(tenant, f"graph:{graph_id}"),
+                                             *self.usage_keys(tenant, "graphs")], args=[graph_id]))
+
+    def delete_job(self, tenant: str, job_id: str) -> tuple[bool, str | None]:
+        """Delete a finished job and everything it stored; (deleted, its state): a job that is not
+        finished is left alone (False, its state); (False, None) when there is no such job."""
+        deleted, state = self._delete_job(
+            keys=[self.job_key(job_id), self.tenant_key(tenant, "jobs"), *self.usage_keys(tenant, "jobs"),
+                  *(self.job_key(job_id, part) for part in JOB_PARTS)], args=[job_id])
+        state = state.decode() if isinstance(state, bytes) else state
+        return bool(deleted), state or None
 
     def get_graph(self, tenant: str, graph_id: str) -> graphspec.Graph | None:
         blob = self._r.get(self.tenant_key(tenant, f"graph:{graph_id}"))
@@ -420,11 +477,14 @@ class JobStore(SweepRecords):
     # -- jobs --------------------------------------------------------------------------
     def create_job(self, tenant: str, graph_id: str, spec: dict[str, Any], data: bytes,
                    eval_data: bytes | None = None, idempotency_key: str | None = None,
-                   init: bytes | None = None, request_id: str | None = None) -> tuple[str, bool]:
+                   init: bytes | None = None, request_id: str | None = None, quota: JobQuota = JobQuota(),
+                   history_bytes: int = 0) -> tuple[str, bool]:
         """Store a queued job, in the outbox until :meth:`mark_sent` (a job whose sender died
         before sending is sent by the sweep); returns (job id, created). With an Idempotency-Key already used
         by this tenant for the same request, returns the existing job instead (created=False);
-        the same key with a different request raises :class:`IdempotencyConflict`."""
+        the same key with a different request raises :class:`IdempotencyConflict`. Over one of
+        ``quota``'s limits nothing is stored and :class:`QuotaExceeded` says which; the job's bytes
+        (its blobs and ``history_bytes``, its step history's bound) count toward ``max_job_bytes``."""
         job_id = "job_" + uuid.uuid4().hex  # JOB_ID
         if idempotency_key is not None:
             idem = self.tenant_key(tenant, f"idem:{idempotency_key}")
@@ -435,22 +495,26 @@ class JobStore(SweepRecords):
                     raise IdempotencyConflict(existing_id)
                 return existing_id, False
         created = now()
-        pipe = self._r.pipeline(transaction=True)
-        pipe.hset(self.job_key(job_id), mapping={
+        fields = {
             "id": job_id, "tenant": tenant, "state": "queued", "graph_id": graph_id, "created": repr(created),
             "step": 0, "total_steps": spec.get("steps") or 0, "attempts": 0, "spec": json.dumps(spec),
+            "max_running": quota.max_running_jobs,  # read by the move to running (the tenant's cap)
             **({"request_id": request_id} if request_id else {}),  # the submitting request's, for the worker's logs
-        })
-        pipe.set(self.job_key(job_id, "data"), data)
-        if eval_data is not None:
-            pipe.set(self.job_key(job_id, "eval_data"), eval_data)
-        if init is not None:  # the starting parameters (a warm start), copied: the source may expire first
-            pipe.set(self.job_key(job_id, "init"), init)
-        pipe.zadd(self.tenant_key(tenant, "jobs"), {job_id: created})
-        pipe.zadd(self.outbox_key, {job_id: created})
-        pipe.zadd(self.queued_key, {job_id: created})
-        pipe.hincrby(self.stats_key, "submitted", 1)
-        pipe.execute()
+        }
+        # What the job holds in Redis: its blobs, and the most its step history may take.
+        size = len(data) + len(eval_data or b"") + len(init or b"") + history_bytes
+        keys = [self.job_key(job_id), self.job_key(job_id, "data"), self.job_key(job_id, "eval_data"),
+                self.job_key(job_id, "init"), self.tenant_key(tenant, "jobs"), self.outbox_key, self.queued_key,
+                self.stats_key, self.tenant_key(tenant, "queued"), *self.usage_keys(tenant, "jobs")]
+        # init: the starting parameters (a warm start), copied: the source may expire first
+        args = [job_id, repr(created), quota.max_queued_jobs, quota.max_job_bytes, size, data, eval_data or b"",
+                init or b"", *(item for pair in fields.items() for item in pair)]
+        ok, *refused = self._create_job(keys=keys, args=args)
+        if not ok:
+            if idempotency_key is not None:  # nothing was stored: a retry with the key submits afresh
+                self.release_idempotency_key(tenant, idempotency_key)
+            limit = refused[0].decode()
+            raise QuotaExceeded(limit, getattr(quota, limit), int(refused[1]), _seconds(refused[2]))
         return job_id, True
 
     def release_idempotency_key(self, tenant: str, key: str) -> None:
@@ -669,6 +733,11 @@ class JobStore(SweepRecords):
         if score is not None:
             self._sent(keys=[self.outbox_key], args=[job_id, repr(score)])
 
+    def defer_job(self, job_id: str, after_s: float = DEFER_S) -> None:
+        """Leave a queued job for the sweep to send again in about ``after_s`` (an outbox entry
+        that looks ``unsent_grace_s - after_s`` old): a job its tenant may not start yet."""
+        self._r.zadd(self.outbox_key, {job_id: now() - self.settings.unsent_grace_s + after_s})
+
     def outbox_entry(self, job_id: str) -> float | None:
         return self._r.zscore(self.outbox_key, job_id)
 
@@ -719,11 +788,21 @@ class JobStore(SweepRecords):
         return int(self.settings.lease_ttl_s * 1000)
 
     def expire_job(self, job_id: str) -> None:
+        """A finished job's keys expire after ``retention_s``; its graph is kept at least as long,
+        and its bytes stop counting for its tenant then."""
         ttl = self.settings.retention_s
+        tenant, graph_id = (None if raw is None else raw.decode()
+                            for raw in self._r.hmget(self.job_key(job_id), "tenant", "graph_id"))
         pipe = self._r.pipeline(transaction=False)
-        for part in (None, "steps", "series", "series:columns", "data", "eval_data", "checkpoint", "result", "init"):
+        for part in (None, *JOB_PARTS):
+            if part == "lease":
+                continue  # the lease keeps its own short life
             pipe.expire(self.job_key(job_id, part), ttl)
         pipe.execute()
+        if tenant is not None:
+            self._expires_at(keys=[self.usage_keys(tenant, "jobs")[0]], args=[repr(now() + ttl), job_id])
+            if graph_id is not None:
+                self.keep_graph(tenant, graph_id, ttl)
 
     # -- progress (worker side) ---------------------------------------------------------
     def report_steps(self, job_id: str, token: str, records: list[StepRecord],

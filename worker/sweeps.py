@@ -59,7 +59,8 @@ def advance(store: JobStore, sweep_id: str, celery: Celery) -> str | None:
             index = len(jobs)
             spec = {**trials[index]["spec"], "sweep": {"id": sweep_id, "index": index}}
             job_id, created = store.create_job(sweep.tenant, sweep.graph_id, spec, data or b"\x80", eval_data,
-                                               idempotency_key=f"sweep:{sweep_id}:{index}")
+                                               idempotency_key=f"sweep:{sweep_id}:{index}",
+                                               history_bytes=spec.get("history_bytes") or 0)
             store.record_trial(sweep_id, index, job_id)
             if created:  # else a launch that died after storing it: in the outbox, the recovery loop sends it
                 send_job(celery, store.settings, job_id, spec.get("time_limit_s") or store.settings.default_time_limit_s,

@@ -19,10 +19,11 @@ from ..explaining import explain_graph
 from ..limits import graph_limits
 from ..models import ExplainResponse, GraphAnalysis, GraphCreated
 from ..openapi import MSGPACK_TOO, request_body
-from ..problems import graph_problem, not_found, problem_responses
+from ..problems import conflict, graph_problem, not_found, problem_responses
 from ..views import graph_analysis
 
-router = APIRouter(prefix="/v1", tags=["graphs"], dependencies=[Depends(get_tenant)])
+router = APIRouter(prefix="/v1", tags=["graphs"], dependencies=[Depends(get_tenant)],
+                   responses=problem_responses(429))  # every route: the tenant's request rate
 
 GraphId = Annotated[str, Path(description="a graph id as returned by POST /v1/graphs, 'sha256:...'",
                               examples=["sha256:6ca77061b38115e0c39b70303e22d7aa579b989998cb1477899da21f8e6bfab5"])]
@@ -54,14 +55,19 @@ StoredGraph = Annotated[graphspec.Graph, Depends(stored_graph)]
     summary="Store a graph document",
     description="Validates a graph document (JSON or msgpack by Content-Type) within the server's limits "
                 "(max_nodes, max_tensor_elements) and stores it for this tenant under its content hash. "
-                "Storing the same document again returns the same id. An invalid document is a 422 whose "
+                "Storing the same document again returns the same id and keeps it for another `graph_retention_s` "
+                "(a graph expires that long after it was last stored or used by a job, and lives at least as "
+                "long as the jobs that train it); its bytes count toward the tenant's `max_graph_bytes` (429). "
+                "An invalid document is a 422 whose "
                 "`errors` list every problem with its JSON-pointer location in the document.",
     responses={201: {"description": "Stored; Location is the graph's URL"},
                **problem_responses(400, 401, 413, 415, 422, 503)},
     openapi_extra=request_body("GraphDocument", SEED_GRAPH, "a chainrule graph document (see GET /v1/schema)"),
 )
-def create_graph(graph: GraphBody, tenant: TenantDep, store: StoreDep, response: Response) -> GraphCreated:
-    graph_id = store.put_graph(tenant, graph)
+def create_graph(graph: GraphBody, tenant: TenantDep, store: StoreDep, settings: SettingsDep,
+                 response: Response) -> GraphCreated:
+    graph_id = store.put_graph(tenant, graph, ttl_s=settings.graph_retention_s,
+                               max_bytes=settings.limits_for(tenant).max_graph_bytes)
     response.headers["Location"] = f"/v1/graphs/{graph_id}"
     return GraphCreated(id=graph_id, summary=graph.summary())
 
@@ -81,6 +87,24 @@ def read_graph(graph_id: GraphId, graph: StoredGraph, request: Request) -> Respo
     if wants_msgpack(request):
         return MsgpackResponse(graphspec.dumps(graph, "msgpack"), headers=headers)
     return JSONBytesResponse(graphspec.dumps(graph, "json", indent=None), headers=headers)
+
+
+@router.delete(
+    "/graphs/{graph_id}", status_code=204,
+    summary="Delete a stored graph",
+    description="Deletes a stored graph no stored job trains (its bytes stop counting toward the tenant's "
+                "`max_graph_bytes`). A graph that jobs still use is a 409 naming some of them: delete those "
+                "jobs first (DELETE /v1/jobs/{job_id}), or wait for them to expire.",
+    responses={204: {"description": "Deleted"}, **problem_responses(401, 404, 409, 503)},
+)
+def delete_graph(graph_id: GraphId, tenant: TenantDep, store: StoreDep) -> Response:
+    users = store.graph_users(tenant, graph_id)
+    if users:
+        raise conflict(f"graph {graph_id} is used by stored jobs ({', '.join(users)}); delete them first "
+                       "(DELETE /v1/jobs/{job_id}) or wait for them to expire", jobs=users)
+    if not store.delete_graph(tenant, graph_id):
+        raise not_found("graph", graph_id)
+    return Response(status_code=204)
 
 
 @router.get(

@@ -26,7 +26,8 @@ from ..streaming import MAX_STEP, job_events, resume_point
 from ..submit import check_idempotency_key, dry_run, prepare_job, submit_job
 from ..views import job_resource, result_params, result_resource, step_entry, step_tree_msgpack
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_tenant)])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_tenant)],
+                   responses=problem_responses(429))  # every route: the tenant's request rate
 
 JobId = Annotated[str, Path(description="a job id as returned by POST /v1/jobs, 'job_...'")]
 assert set(STATES) == set(JobState.__args__)  # type: ignore[attr-defined]
@@ -241,6 +242,25 @@ def cancel_job(job: TenantJob, store: StoreDep, request: Request) -> Response:
     if state in TERMINAL and state != "cancelled":
         raise conflict(f"job {job.id} finished ({state}) before it could be cancelled", state=state)
     return negotiated(request, job_resource(current), status_code=202)
+
+
+@router.delete(
+    "/{job_id}", status_code=204,
+    summary="Delete a finished job",
+    description="Deletes a succeeded, failed or cancelled job and everything it stored (its data, step "
+                "history, checkpoint and result), and stops counting its bytes toward the tenant's "
+                "`max_job_bytes`. A queued or running job is a 409: cancel it first. Finished jobs are "
+                "deleted by themselves `retention_s` after they end.",
+    responses={204: {"description": "Deleted"}, **problem_responses(401, 404, 409, 503)},
+)
+def delete_job(job: TenantJob, tenant: TenantDep, store: StoreDep) -> Response:
+    deleted, state = store.delete_job(tenant, job.id)
+    if not deleted:
+        if state is None:
+            raise not_found("job", job.id)
+        raise conflict(f"job {job.id} is {state}: only a finished job can be deleted; cancel it first "
+                       f"(POST /v1/jobs/{job.id}/cancel)", state=state)
+    return Response(status_code=204)
 
 
 @router.get(

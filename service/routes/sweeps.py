@@ -14,7 +14,8 @@ from ..openapi import MSGPACK_TOO, request_body
 from ..problems import not_found, problem_responses
 from ..sweeps import cancel_sweep, create_sweep, sweep_resource
 
-router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], dependencies=[Depends(get_tenant)])
+router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], dependencies=[Depends(get_tenant)],
+                   responses=problem_responses(429))  # every route: the tenant's request rate
 
 SweepId = Annotated[str, Path(description="a sweep id as returned by POST /v1/sweeps, 'sweep_...'")]
 SWEEP_EXAMPLE = {"base": {"graph_id": "sha256:6ca7...", "data": {"...": "..."}, "optimizer": {"name": "sgd"},
