@@ -240,8 +240,6 @@ def estimate_training(trainer, data: Mapping[str, Any], eval_data: Mapping[str, 
     read). ``batch_size``: the trainer's unless given (None: the whole data set). ``engine``:
     ``"compiled"`` or ``"interpreter"``, the trainer's unless given. ``gradients``: what a
     worker reports per step (``"full"`` copies every gradient into its report too)."""
-    from .trainer import Trainer  # noqa: F401 - the type, for readers
-
     plan = trainer.plan
     engine = engine or ("compiled" if trainer.compiled else "interpreter")
     if engine not in ("compiled", "interpreter"):

@@ -68,7 +68,8 @@ def _wired(original):
         limits = graph_limits(settings)
         eval_data = None if req.eval_data is None else decode_map(req.eval_data, "/eval_data", limits)
         check_memory(trainer, decode_map(req.data, "/data", limits), eval_data, settings,
-                     gradients=prepared.spec["gradients"], graph_location="/graph" if prepared.inline_graph else "/graph_id")
+                     gradients=prepared.spec["gradients"],
+                     graph_location="/graph" if prepared.inline_graph else "/graph_id")
         return prepared
     return prepare_job
 
@@ -106,8 +107,8 @@ def test_the_api_refuses_a_job_over_the_memory_cap_at_its_batch_size(capped_api,
     assert "max_job_memory_bytes" in problem["detail"] and "tanh" in problem["detail"]
     assert len(store.list_jobs("tenant-a", limit=1000)[0]) == before  # nothing stored
     # the batch size it names is accepted (checked without storing: a dry run)
-    ok = _post(capped_api, {"graph": json.loads(graphspec.dumps(wide_graph())), "data": {"x": tensor(x)}, "optimizer": {"name": "sgd"}, "steps": 10,
-                            "batch_size": fits}, "?dry_run=true")
+    ok = _post(capped_api, {"graph": json.loads(graphspec.dumps(wide_graph())), "data": {"x": tensor(x)},
+                            "optimizer": {"name": "sgd"}, "steps": 10, "batch_size": fits}, "?dry_run=true")
     assert ok.status_code == 200, ok.text
 
 
