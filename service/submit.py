@@ -28,6 +28,7 @@ from worker.store import IdempotencyConflict, JobStore, encode_tensors, now
 from .data import check_fits, decode_map
 from .datarows import per_example
 from .limits import check_history_budget, declared_totals, graph_limits
+from .memory_limit import check_memory
 from .models import DryRun, JobRequest
 from .problems import ProblemError, conflict, graph_problem, too_large, unavailable, unprocessable
 from .quotas import job_quota
@@ -109,6 +110,8 @@ def prepare_job(req: JobRequest, tenant: str, store: JobStore, settings: ApiSett
         eval_data = decode_map(req.eval_data, "/eval_data", limits)
         eval_examples = check_fits(trainer, eval_data, "/eval_data")
 
+    check_memory(trainer, data, eval_data, settings, gradients=training.gradients,
+                 graph_location="/graph" if inline else "/graph_id")
     spec = stored_spec(training, graph, trainer, settings, examples, data_summary(graph, data, examples),
                        None if eval_data is None else data_summary(graph, eval_data, eval_examples))
     init = None if training.init_from is None else warm_start(store, tenant, training.init_from, graph)
@@ -208,6 +211,11 @@ def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Cele
     try:
         send_job(celery, settings, job_id, prepared.time_limit_s)
     except Exception as exc:  # noqa: BLE001 - any broker failure: the job must not stay queued forever
+        if _redis_full(exc):
+            # Stored whole and in the outbox: the recovery loop sends it once Redis has room. A 503
+            # here would make a client without an Idempotency-Key submit it a second time.
+            log.warning("job %s stored; Redis is full, so the recovery loop will send it: %s", job_id, exc)
+            return job, True
         log.error("could not enqueue job %s: %s", job_id, exc)
         _mark_enqueue_failed(store, tenant, job_id, idempotency_key, exc)
         raise unavailable("the job could not be queued (task broker unavailable); retry later",
@@ -230,6 +238,15 @@ def keep_job_graph(store: JobStore, settings: ApiSettings, tenant: str, graph: g
         graph_id = store.put_graph(tenant, graph, ttl_s=settings.graph_retention_s,
                                    max_bytes=settings.limits_for(tenant).max_graph_bytes)
     return graph_id
+
+
+def _redis_full(exc: BaseException | None) -> bool:
+    """Whether a broker error is Redis at its maxmemory (kombu wraps Redis's OOM refusal)."""
+    while exc is not None:
+        if isinstance(exc, redis.exceptions.OutOfMemoryError) or "used memory > 'maxmemory'" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _replayed(store: JobStore, tenant: str, job_id: str) -> JobRecord:

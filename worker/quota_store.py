@@ -19,9 +19,14 @@ expiry time) has passed, so the total never counts an expired job or graph.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import redis.exceptions
+
+# A full Redis (maxmemory, noeviction) refuses a script's commands that may grow memory (HSET,
+# HINCRBY, ZADD, SET...) and runs the ones that free it (DEL, HDEL, ZREM, EXPIRE): so every script
+# here issues a growing write before any freeing one, and a refusal leaves nothing half done.
 
 # Drop the ledger's entries whose keys have expired, and keep the total.
 # Used with: KEYS[z] ledger zset, KEYS[h] its bytes hash; now.
@@ -33,8 +38,8 @@ local function purge(z, h, now)
   for _, member in ipairs(gone) do
     freed = freed + (tonumber(redis.call('HGET', h, member)) or 0)
   end
-  redis.call('HDEL', h, unpack(gone))
   redis.call('HINCRBY', h, '=', -freed)
+  redis.call('HDEL', h, unpack(gone))
   redis.call('ZREM', z, unpack(gone))
 end
 local function used(h)
@@ -84,8 +89,8 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HINCRBY', KEYS[3], '=', size - old)
 end
 if redis.call('TTL', KEYS[1]) < ttl then
-  redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('ZADD', KEYS[2], now + ttl, ARGV[5])
+  redis.call('EXPIRE', KEYS[1], ttl)
 end
 return {1, ''}
 """
@@ -97,8 +102,8 @@ local ttl, now = tonumber(ARGV[1]), tonumber(ARGV[2])
 local left = redis.call('TTL', KEYS[1])
 if left == -2 then return 0 end
 if left >= 0 and left < ttl then
-  redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('ZADD', KEYS[2], 'XX', now + ttl, ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ttl)
 end
 return 1
 """
@@ -140,34 +145,55 @@ _EXPIRES_AT = """
 redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[2])
 """
 
-# Delete a finished job: every key, its index entry, its ledger entry.
+# Take a member out of a ledger. On a full Redis the total cannot be written: the entry then
+# stays, counted until the time its keys would have expired (its score), when purge drops it.
+_RELEASE = """
+local function release(z, h, member)
+  local size = tonumber(redis.call('HGET', h, member))
+  if not size then return end
+  local done = redis.pcall('HINCRBY', h, '=', -size)
+  if type(done) == 'table' and done['err'] then return end
+  redis.call('HDEL', h, member)
+  redis.call('ZREM', z, member)
+end
+"""
+
+# Delete a finished job: every key, its index entry, its ledger entry. It works on a full Redis
+# (deleting is how a tenant frees memory).
 # KEYS: job hash, tenant job index, ledger zset, ledger hash, then the job's other keys.
 # ARGV: job id. Returns {1, state} when deleted, {0, state} when the job is not finished.
-_DELETE_JOB = """
+_DELETE_JOB = _RELEASE + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {0, ''} end
 if state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled' then return {0, state} end
 redis.call('DEL', KEYS[1], unpack(KEYS, 5))
 redis.call('ZREM', KEYS[2], ARGV[1])
-local size = tonumber(redis.call('HGET', KEYS[4], ARGV[1]))
-if size then
-  redis.call('HDEL', KEYS[4], ARGV[1])
-  redis.call('HINCRBY', KEYS[4], '=', -size)
-end
-redis.call('ZREM', KEYS[3], ARGV[1])
+release(KEYS[3], KEYS[4], ARGV[1])
 return {1, state}
 """
 
 # Delete a stored graph and its ledger entry. KEYS: graph key, ledger zset, ledger hash. ARGV: member.
-_DELETE_GRAPH = """
+_DELETE_GRAPH = _RELEASE + """
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
-local size = tonumber(redis.call('HGET', KEYS[3], ARGV[1]))
-if size then
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  redis.call('HINCRBY', KEYS[3], '=', -size)
-end
-redis.call('ZREM', KEYS[2], ARGV[1])
+release(KEYS[2], KEYS[3], ARGV[1])
 return 1
+"""
+
+
+# Drop expired entries from a tenant's ledgers and job index (for tenants that write nothing new).
+# KEYS: job index, jobs ledger zset, its hash, graphs ledger zset, its hash; ARGV: now, index cutoff,
+# then the job hash keys of the index entries older than the cutoff (to see which are gone).
+_PRUNE = _PURGE + """
+purge(KEYS[2], KEYS[3], tonumber(ARGV[1]))
+purge(KEYS[4], KEYS[5], tonumber(ARGV[1]))
+local gone = {}
+for i = 3, #ARGV do
+  if redis.call('EXISTS', ARGV[i]) == 0 then
+    gone[#gone + 1] = string.match(ARGV[i], '[^:]+$')
+  end
+end
+if #gone > 0 then redis.call('ZREM', KEYS[1], unpack(gone)) end
+return #gone
 """
 
 
@@ -206,6 +232,7 @@ class TenantQuotas:
         self._expires_at = r.register_script(_EXPIRES_AT)
         self._delete_job = r.register_script(_DELETE_JOB)
         self._delete_graph = r.register_script(_DELETE_GRAPH)
+        self._prune = r.register_script(_PRUNE)
 
     def usage_keys(self, tenant: str, kind: str) -> list[str]:
         return [self.tenant_key(tenant, f"usage:{kind}"), self.tenant_key(tenant, f"usage:{kind}:bytes")]
@@ -223,6 +250,25 @@ class TenantQuotas:
         """Bytes the tenant's stored ``kind`` ("jobs", "graphs") counts for now (expired ones may
         still count until the next write of that kind drops them)."""
         return int(self._r.hget(self.usage_keys(tenant, kind)[1], "=") or 0)
+
+    def prune_tenants(self) -> int:
+        """Drop what expired from every tenant's job index and ledgers: their keys expire by
+        themselves, these entries would not. Returns how many index entries went."""
+        cutoff = time.time() - self.settings.retention_s  # a job expires at least retention_s after it was made
+        prefix = f"{self.ns}:tenant:"
+        tenants = set()
+        for raw in self._r.scan_iter(prefix + "*", count=1000):  # tenants with a job index or a ledger
+            key = raw.decode()[len(prefix):]
+            for suffix in (":jobs", ":usage:jobs", ":usage:graphs"):
+                if key.endswith(suffix) and ":" not in key[:-len(suffix)]:
+                    tenants.add(key[:-len(suffix)])
+        pruned = 0
+        for tenant in tenants:
+            index = self.tenant_key(tenant, "jobs")
+            old = [m.decode() for m in self._r.zrangebyscore(index, "-inf", cutoff, start=0, num=5000)]
+            pruned += self._prune(keys=[index, *self.usage_keys(tenant, "jobs"), *self.usage_keys(tenant, "graphs")],
+                                  args=[repr(time.time()), cutoff, *(self.job_key(job_id) for job_id in old)])
+        return pruned
 
     def running_jobs(self, tenant: str) -> int:
         return self._r.scard(self.tenant_key(tenant, "running"))

@@ -96,6 +96,9 @@ def sweep(store: JobStore, celery: Celery, *, orphans: bool = True) -> list[tupl
             send_job(celery, store, job_id, job)
             done.append((job_id, "sent"))
         store.mark_sent(job_id, claimed_at)
+    # Index and ledger entries of jobs and graphs that expired: one worker, every so often.
+    if store.claim_once("prune-tenants", max(store.settings.sweep_interval_s, min(60.0, store.settings.retention_s / 4))):
+        store.prune_tenants()
     for sweep_id in store.active_sweeps():  # hyperparameter sweeps a dead worker left between trials
         advance_sweep(store, celery, sweep_id)
     for job_id, what in done:

@@ -1,0 +1,59 @@
+"""Issue #19: retention. A finished job's keys expire retention_s after it ends, and its graph
+lives at least as long; an unused graph expires graph_retention_s after it was last stored; the
+tenant's job index and byte counts let go of what expired (the recovery loop prunes them), so
+Redis holds nothing of them afterwards."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from .conftest import run_worker, starlette_test_client, wait_for
+from .test_api import SEED_DOC, job_body
+
+pytestmark = pytest.mark.integration
+
+RETENTION_S = 2
+GRAPH_RETENTION_S = 3
+
+
+def test_finished_jobs_and_unused_graphs_expire_and_nothing_of_them_stays(settings, env, celery_app, fault_env,
+                                                                           store, tmp_path):
+    from service.app import create_app
+
+    queue, worker_env = fault_env
+    short = {"retention_s": RETENTION_S, "graph_retention_s": GRAPH_RETENTION_S, "queue": queue}
+    api_settings = settings.model_copy(update=short)
+    worker_env = {**worker_env, "CHAINRULE_RETENTION_S": str(RETENTION_S)}
+    tenant = "tenant-a"
+    with run_worker(celery_app, worker_env, queue=queue, hostname=f"retention-{queue}@localhost",
+                    log_path=tmp_path / "worker.log"), \
+            starlette_test_client()(create_app(api_settings)) as client:
+        headers = {"Authorization": "Bearer key-a"}
+        before = set(store._r.scan_iter(f"{store.ns}:tenant:{tenant}:*"))
+        used = client.post("/v1/graphs", json={**SEED_DOC, "name": "kept-by-its-job"}, headers=headers).json()["id"]
+        unused = client.post("/v1/graphs", json={**SEED_DOC, "name": "unused"}, headers=headers).json()["id"]
+        job = client.post("/v1/jobs", json=job_body(graph=None, graph_id=used, steps=20), headers=headers).json()
+        wait_for(lambda: client.get(f"/v1/jobs/{job['id']}", headers=headers).json()["state"] == "succeeded",
+                 timeout=30, message="the job to succeed")
+        ended = time.time()
+        assert store.graph_users(tenant, used) == [job["id"]]
+        # the unused graph goes graph_retention_s after it was stored
+        wait_for(lambda: client.get(f"/v1/graphs/{unused}", headers=headers).status_code == 404,
+                 timeout=GRAPH_RETENTION_S + 5, message="the unused graph to expire")
+        # the job, and then its graph, retention_s after the job ended
+        wait_for(lambda: client.get(f"/v1/jobs/{job['id']}", headers=headers).status_code == 404,
+                 timeout=RETENTION_S + 5, message="the finished job to expire")
+        assert time.time() - ended >= RETENTION_S - 1
+        assert not list(store._r.scan_iter(f"{store.ns}:job:{job['id']}*"))
+        wait_for(lambda: client.get(f"/v1/graphs/{used}", headers=headers).status_code == 404,
+                 timeout=RETENTION_S + 5, message="its graph to expire after it")
+        # the recovery loop prunes the index and the byte counts: nothing is left of either
+        wait_for(lambda: store.usage(tenant, "jobs") == 0 and store.usage(tenant, "graphs") == 0
+                 and not store._r.zscore(store.tenant_key(tenant, "jobs"), job["id"]),
+                 timeout=10, message="the tenant's index and byte counts to let go")
+        after = set(store._r.scan_iter(f"{store.ns}:tenant:{tenant}:*"))
+        leftover = {k.decode() for k in after - before if not k.decode().endswith(("usage:jobs:bytes",
+                                                                                     "usage:graphs:bytes", ":bucket"))}
+        assert not leftover, leftover
