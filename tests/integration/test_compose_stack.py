@@ -41,6 +41,7 @@ from typing import Iterator
 import httpx
 import numpy as np
 import pytest
+import yaml
 
 import graphspec
 import runtime
@@ -300,6 +301,9 @@ def test_a_killed_worker_container_hands_its_job_to_the_other_replica(docker, ba
 
     api_key = f"compose-{uuid.uuid4().hex}"
     stack = Stack(docker, api_key)
+    images_before = set(_run([docker, "images", "-aq", "--no-trunc"], timeout=30).stdout.split())
+    image = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["api"]["image"]  # chainrule:local
+    previous_build = _run([docker, "image", "inspect", "-f", "{{.Id}}", image], timeout=30, check=False).stdout.split()
     stack.compose("build", timeout=900)
     lap("build")
     try:
@@ -314,6 +318,13 @@ def test_a_killed_worker_container_hands_its_job_to_the_other_replica(docker, ba
         down = stack.compose("down", "-v", "--remove-orphans", "--timeout", "20", timeout=180, check=False)
         lap("down")
         print(f"timings (s): {timings}")
+        # chainrule:local stays (the next build starts from it); what this build left untagged (the
+        # image it replaced, the second service's twin) goes, and nothing else
+        dangling = set(_run([docker, "images", "-q", "--no-trunc", "--filter", "dangling=true"], timeout=30,
+                            check=False).stdout.split())
+        ours = (dangling - images_before) | (dangling & set(previous_build))
+        if ours:
+            _run([docker, "image", "rm", *sorted(ours)], timeout=120, check=False)
     assert down.returncode == 0, down.stderr
     label = f"label=com.docker.compose.project={stack.project}"
     leftovers = [name for what in (["ps", "-a"], ["volume", "ls"], ["network", "ls"])
