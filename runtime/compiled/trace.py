@@ -293,22 +293,24 @@ class Tracer:
         """(refs, values, base slots) of an argument structure: traced arrays replaced by
         their slot refs and by their stand-in values."""
         bases: list[int] = []
-
-        def walk(x):
-            if isinstance(x, Traced):
-                if x.tracer is not self:
-                    raise TraceError(f"{self.label}: an array from another trace")
-                bases.append(x.ref.slot if isinstance(x.ref, SlotRef) else x.ref.base)
-                return x.ref, x.value
-            if isinstance(x, (tuple, list)) and any(isinstance(v, (Traced, tuple, list, dict)) for v in x):
-                pairs = [walk(v) for v in x]
-                return type(x)(p[0] for p in pairs), type(x)(p[1] for p in pairs)
-            if isinstance(x, dict):
-                pairs = {k: walk(v) for k, v in x.items()}
-                return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
-            return x, x
-        refs, values = walk(obj)
+        refs, values = self._walk(obj, bases)
         return refs, values, bases
+
+    def _walk(self, x, bases: list[int]):
+        # A method, not a closure that calls itself: that closure was a reference cycle holding
+        # the tracer, and with it every stand-in array of the trace, until the next gc pass.
+        if isinstance(x, Traced):
+            if x.tracer is not self:
+                raise TraceError(f"{self.label}: an array from another trace")
+            bases.append(x.ref.slot if isinstance(x.ref, SlotRef) else x.ref.base)
+            return x.ref, x.value
+        if isinstance(x, (tuple, list)) and any(isinstance(v, (Traced, tuple, list, dict)) for v in x):
+            pairs = [self._walk(v, bases) for v in x]
+            return type(x)(p[0] for p in pairs), type(x)(p[1] for p in pairs)
+        if isinstance(x, dict):
+            pairs = {k: self._walk(v, bases) for k, v in x.items()}
+            return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
+        return x, x
 
     def _check_promotion(self, name: str, operands, value) -> None:
         """Float32 stays float32: a result wider than every traced float operand means a numpy
