@@ -111,11 +111,20 @@ def check_step_bench(report: dict, stdout: str, stderr: str) -> None:
     assert report["verdicts"]["W5_cnn"]["vs"] == "torch"
 
 
+def check_soak(report: dict, stdout: str, stderr: str) -> None:
+    assert report["clean"] is True, report
+    assert report["accepted"] == report["succeeded"] == report["jobs"] > 0
+    assert report["lost"] == report["bad_steps"] == report["duplicates"] == 0
+    assert report["back_to_baseline"] is True, report["memory"]
+    assert "lost 0" in stdout and "back to the baseline" in stdout
+
+
 # script -> (arguments of its smallest run, needs Redis, the check of its --json report)
 SMOKE: dict[str, tuple[list[str], bool, Callable[[dict, str, str], None]]] = {
     "reporting_overhead.py": (["--quick"], True, check_reporting_overhead),
     "service_bench.py": (["--quick"], True, check_service_bench),
     "chaos.py": (["--quick"], True, check_chaos),
+    "soak.py": (["--quick"], True, check_soak),
     # every implementation, torch included: without the bench extra it must skip that column
     # (tests/test_step_bench.py runs it with an explicit implementation list)
     "step_bench.py": (["--quick", "--workloads", "W1_b1,W5_cnn"], False, check_step_bench),
