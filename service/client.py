@@ -54,10 +54,18 @@ class ClientError(Exception):
           /graph/nodes/0/op: unknown op 'matmull' (hint: did you mean 'matmul' or 'mul'?)
     """
 
-    def __init__(self, status: int, problem: Mapping[str, Any]):
+    def __init__(self, status: int, problem: Mapping[str, Any], retry_after: float | None = None):
         self.status = status
         self.problem = dict(problem)
+        # seconds the server asks to wait before retrying (429 over a limit, 503 unavailable)
+        self.retry_after = retry_after
         super().__init__(self._message())
+
+    @property
+    def limit(self) -> str | None:
+        """The per-tenant limit a 429 names (``max_queued_jobs``, ``requests_per_second``...)."""
+        limit = self.problem.get("limit")
+        return None if limit is None else str(limit)
 
     @property
     def title(self) -> str:
@@ -106,7 +114,11 @@ def _problem_from(response: httpx.Response) -> ClientError:
         text = response.text.strip()
         body = {"title": response.reason_phrase or "Error", "status": response.status_code,
                 "detail": text[:500] or None}
-    return ClientError(response.status_code, body)
+    try:
+        retry_after = float(response.headers["retry-after"])
+    except (KeyError, ValueError):
+        retry_after = None
+    return ClientError(response.status_code, body, retry_after)
 
 
 # -- request bodies ---------------------------------------------------------------------------
@@ -374,6 +386,10 @@ class Client:
             raise TypeError(f"graph must be a graphspec.Graph, a file path or a document, not {type(graph).__name__}")
         return self._json("POST", "/v1/graphs", content=content, headers={"Content-Type": media})
 
+    def delete_graph(self, graph_id: str) -> None:
+        """Delete a stored graph that no stored job uses (409 names the jobs that still do)."""
+        self.request("DELETE", f"/v1/graphs/{graph_id}")
+
     def graph(self, graph_id: str) -> graphspec.Graph:
         """A stored graph, read back and validated."""
         response = self.request("GET", f"/v1/graphs/{graph_id}", headers={"Accept": MSGPACK})
@@ -488,6 +504,10 @@ class Client:
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel a job (queued: at once; running: ``cancelling`` until the worker stops). 409 once finished."""
         return self._json("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def delete(self, job_id: str) -> None:
+        """Delete a finished job and everything it stored (409 while it is queued or running)."""
+        self.request("DELETE", f"/v1/jobs/{job_id}")
 
     def result(self, job_id: str) -> dict[str, Any]:
         """``{"loss", "steps", "epochs", "eval_loss", "params": {name: np.ndarray}}`` of a succeeded job."""

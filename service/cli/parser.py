@@ -306,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.set_defaults(func=remote.command(remote.cancel))
 
+    p = sub.add_parser("delete", parents=[remote_options], formatter_class=_RemoteHelp,
+                       help="delete finished jobs and everything they stored (their bytes stop counting "
+                            "toward your max_job_bytes)")
+    p.add_argument("job_ids", nargs="+", metavar="job_id")
+    p.set_defaults(func=remote.command(remote.delete))
+
     p = sub.add_parser("result", parents=[remote_options], formatter_class=_RemoteHelp,
                        help="show a succeeded job's loss and trained parameters")
     p.add_argument("job_id")

@@ -231,6 +231,13 @@ def cancel(client, args: argparse.Namespace) -> int:
     return 0
 
 
+def delete(client, args: argparse.Namespace) -> int:
+    for job_id in args.job_ids:
+        client.delete(job_id)
+        print(f"{job_id} deleted")
+    return 0
+
+
 def result(client, args: argparse.Namespace) -> int:
     found = client.result(args.job_id)
     line = f"loss {_loss(found.get('loss'))} after {found['steps']} steps ({found['epochs']} epochs)"

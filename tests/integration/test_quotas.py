@@ -20,11 +20,11 @@ import graphspec
 
 from .conftest import ROOT, run_worker, stop_process, wait_for
 from .redis_server import free_port
-from .test_api import SEED_DOC, job_body
+from .test_api import SEED_DATA, SEED_DOC, job_body
 
 pytestmark = pytest.mark.integration
 
-KEYS = {tenant: f"key-{tenant}" for tenant in ("rate", "queued", "graphs", "jobs", "running", "free")}
+KEYS = {tenant: f"key-{tenant}" for tenant in ("rate", "queued", "graphs", "jobs", "running", "free", "client")}
 
 
 def variant(i: int) -> dict:
@@ -68,7 +68,8 @@ def stack(env, settings, celery_app, tmp_path_factory):
                   rate={"requests_per_second": 0.01, "request_burst": 10},
                   queued={"max_queued_jobs": 5},
                   graphs={"max_graph_bytes": 2 * stored_size(variant(0)) + stored_size(variant(0)) // 2},
-                  running={"max_running_jobs": 1})}
+                  running={"max_running_jobs": 1},
+                  client={"requests_per_second": 0.01, "request_burst": 4})}
     with running_api(common, tmp / "api.log") as url:
         with run_worker(celery_app, common, queue=queue, hostname=f"quotas-{queue}@localhost", pool="prefork",
                         concurrency=2, log_path=tmp / "worker.log") as worker:
@@ -217,3 +218,29 @@ def test_running_jobs_are_capped_and_the_rest_wait_queued(stack, store):
         assert all(c.get(f"/v1/jobs/{job_id}").json()["state"] == "succeeded" for job_id in ids)
     assert most == 1
     assert "deferred" in stack["worker"].log()
+
+
+def test_the_client_and_the_cli_delete_jobs_and_see_the_limit(stack, env):
+    from service.client import Client, ClientError
+
+    with Client(stack["url"], api_key=KEYS["client"]) as c:
+        job = c.submit(SEED_DOC, SEED_DATA, optimizer="sgd", lr=0.5, steps=20)  # request 1
+        c.wait(job["id"], poll=0.5)  # a request per poll: most likely 1 or 2 here
+        with pytest.raises(ClientError) as refused:
+            for _ in range(5):
+                c.jobs()
+        assert refused.value.status == 429 and refused.value.limit == "requests_per_second"
+        assert refused.value.retry_after is not None and refused.value.retry_after > 10
+        assert "requests_per_second" in str(refused.value)
+    run = subprocess.run([sys.executable, "-m", "service.cli", "delete", job["id"], "--url", stack["url"],
+                          "--api-key", KEYS["free"]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "404" in run.stderr  # another tenant's job: as if it did not exist
+    with Client(stack["url"], api_key=KEYS["free"]) as c:
+        mine = c.submit(SEED_DOC, SEED_DATA, optimizer="sgd", lr=0.5, steps=20)
+        c.wait(mine["id"], poll=0.1)
+    run = subprocess.run([sys.executable, "-m", "service.cli", "delete", mine["id"], "--url", stack["url"],
+                          "--api-key", KEYS["free"]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and f"{mine['id']} deleted" in run.stdout, run.stderr
+    with Client(stack["url"], api_key=KEYS["free"]) as c, pytest.raises(ClientError) as gone:
+        c.status(mine["id"])
+    assert gone.value.status == 404
