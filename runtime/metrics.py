@@ -12,6 +12,7 @@ Metrics are values, not gradients: they do not change what the loss trains.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
 import graphspec
@@ -23,10 +24,38 @@ CLASSIFICATION = {"softmax_cross_entropy": None, "bce": 0.5, "bce_with_logits": 
 ACCURACY = "accuracy"
 
 
+# content hash -> (the graph with its accuracy output, or None when none is added; metric names).
+# Adding the output re-validates the whole graph (~0.3 ms for the seed graph), and a worker asks
+# for every job (step_metric_names and the Trainer), the API for every submission: the same few
+# graphs each time (issue #19's profile: two of the three validations per job). Bounded: cleared
+# when full.
+_CACHE: dict[str, tuple[Graph | None, tuple[str, ...]]] = {}
+_CACHE_SIZE = 256
+_CACHE_LOCK = threading.Lock()
+
+
 def with_metrics(graph: Graph) -> tuple[Graph, list[str]]:
-    """``graph`` (with an accuracy output added when its loss classifies) and the names of its metric outputs."""
+    """``graph`` (with an accuracy output added when its loss classifies) and the names of its metric outputs.
+
+    Remembered per graph content: graphs with the same content get the same graph object back
+    (a validated graph is a value: it is never modified)."""
     if graph.analysis is None:
         graph = graphspec.validate(graph)
+    key = graphspec.content_hash(graph)
+    with _CACHE_LOCK:
+        known = _CACHE.get(key)
+    if known is None:
+        augmented, names = _with_metrics(graph)
+        known = (None if augmented is graph else augmented, tuple(names))
+        with _CACHE_LOCK:
+            if len(_CACHE) >= _CACHE_SIZE:
+                _CACHE.clear()
+            _CACHE[key] = known
+    augmented, names = known
+    return (graph if augmented is None else augmented), list(names)
+
+
+def _with_metrics(graph: Graph) -> tuple[Graph, list[str]]:
     loss_node = graph.node(graph.outputs[graph.loss]) if graph.outputs[graph.loss] in {n.id for n in graph.nodes} \
         else None
     if loss_node is not None and loss_node.op in CLASSIFICATION and ACCURACY not in graph.outputs \

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
@@ -92,8 +93,30 @@ class TrainResult:
                 f"params={{{params}}})")
 
 
+# float32 gradients at least this large get their norm from one float32 dot product (BLAS,
+# no copy) instead of a float64 copy: the copy cost ~160 us per 200k values, about a tenth of
+# a W2-sized step (bench/README.md, issue #19), the dot product ~15 us.
+FLOAT32_DOT_MIN = 4096
+# Inside these bounds a float32 sum of squares has neither overflowed nor lost its small
+# terms to underflow; outside them the norm is recomputed in float64.
+_F32_SAFE = (1e-30, 1e30)
+
+
+def grad_norm(g: np.ndarray) -> float:
+    """The L2 norm of one gradient: in float64, except a large float32 gradient's, whose sum
+    of squares is one float32 dot product (relative error of the order of float32 rounding,
+    like the gradient's own values) unless it overflowed or underflowed."""
+    a = np.asarray(g)
+    if a.dtype == np.float32 and a.size >= FLOAT32_DOT_MIN:
+        flat = a.ravel()
+        squares = float(np.dot(flat, flat))
+        if _F32_SAFE[0] < squares < _F32_SAFE[1]:
+            return math.sqrt(squares)
+    return float(np.linalg.norm(np.asarray(a, dtype=np.float64).ravel()))
+
+
 class GradNorms(Mapping[str, float]):
-    """The L2 norm of each gradient, computed (in float64) the first time any is read:
+    """The L2 norm of each gradient (:func:`grad_norm`), computed the first time any is read:
     most steps of a long run are never looked at."""
 
     def __init__(self, grads: Arrays):
@@ -103,8 +126,7 @@ class GradNorms(Mapping[str, float]):
     def _computed(self) -> dict[str, float]:
         if self._norms is None:
             with np.errstate(all="ignore"):
-                self._norms = {n: float(np.linalg.norm(np.asarray(g, dtype=np.float64).ravel()))
-                               for n, g in self._grads.items()}
+                self._norms = {n: grad_norm(g) for n, g in self._grads.items()}
         return self._norms
 
     def __getitem__(self, name: str) -> float:
