@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
 
@@ -20,7 +19,6 @@ import pytest
 
 import graphspec
 import runtime
-import service.submit
 from graphspec import GraphBuilder
 from worker.store import encode_tensors
 
@@ -56,32 +54,11 @@ def tensor(array: np.ndarray) -> dict:
     return {"dtype": array.dtype.name, "shape": list(array.shape), "data": array.tolist()}
 
 
-def _wired(original):
-    """prepare_job with the check as the lead wires it into service/submit.py (used only until then)."""
-    from service.data import decode_map
-    from service.limits import graph_limits
-    from service.memory_limit import check_memory
-
-    def prepare_job(req, tenant, store, settings):
-        prepared = original(req, tenant, store, settings)
-        trainer = runtime.Trainer.from_spec(prepared.graph, runtime.TrainingSpec.from_dict(req.training()))
-        limits = graph_limits(settings)
-        eval_data = None if req.eval_data is None else decode_map(req.eval_data, "/eval_data", limits)
-        check_memory(trainer, decode_map(req.data, "/data", limits), eval_data, settings,
-                     gradients=prepared.spec["gradients"],
-                     graph_location="/graph" if prepared.inline_graph else "/graph_id")
-        return prepared
-    return prepare_job
-
-
 @pytest.fixture
-def capped_api(settings, store, monkeypatch):
+def capped_api(settings, store):
     """The real app and Redis with max_job_memory_bytes = 64 MiB (no worker: nothing is accepted)."""
     from service.app import create_app
-    import service.routes.jobs as routes
 
-    if "check_memory" not in inspect.getsource(service.submit.prepare_job):
-        monkeypatch.setattr(routes, "prepare_job", _wired(routes.prepare_job))
     capped = settings.model_copy(update={"max_job_memory_bytes": CAP, "max_body_bytes": 8 * 2**20,
                                          "max_job_data_bytes": 8 * 2**20, "max_tensor_elements": 2**20})
     with starlette_test_client()(create_app(capped)) as client:
