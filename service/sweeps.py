@@ -9,9 +9,10 @@ from celery import Celery
 
 import runtime
 from runtime.sweeps import SearchSpace, apply
-from worker.store import JobStore, now
+from worker.store import JobStore, decode_tensors, now
 from worker.sweeps import advance, summary
 
+from .memory_limit import check_memory
 from .models import SweepRequest, SweepResource, SweepTrial
 from .problems import ProblemError, unprocessable
 from .settings import ApiSettings
@@ -52,10 +53,14 @@ def create_sweep(req: SweepRequest, tenant: str, store: JobStore, celery: Celery
     graph = base.graph
     trials, max_steps = [], 0
     body = req.base.training()
+    data = decode_tensors(base.data)  # for each trial's memory estimate (its batch size may differ)
+    eval_data = None if base.eval_data is None else decode_tensors(base.eval_data)
     for index, assignment in enumerate(assignments):
         try:
             training = apply(body, assignment)
             trainer = runtime.Trainer.from_spec(graph, training)
+            check_memory(trainer, data, eval_data, settings, gradients=training.gradients,
+                         graph_location="/base/graph" if base.inline_graph else "/base/graph_id")
             spec = stored_spec(training, graph, trainer, settings, base.spec["examples"], base.spec["data_summary"],
                                base.spec["eval_data_summary"])
         except runtime.SpecError as exc:
