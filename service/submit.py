@@ -197,17 +197,17 @@ def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Cele
     limits = settings.limits_for(tenant)
     graph_id = keep_job_graph(store, settings, tenant, prepared.graph, prepared.graph_id, prepared.inline_graph)
     try:
-        job_id, created = store.create_job(tenant, graph_id, prepared.spec, prepared.data, prepared.eval_data,
-                                           idempotency_key=idempotency_key, init=prepared.init,
-                                           request_id=logs.request_id.get(), quota=job_quota(limits),
-                                           history_bytes=prepared.spec["history_bytes"])
+        job, created = store.store_job(tenant, graph_id, prepared.spec, prepared.data, prepared.eval_data,
+                                       idempotency_key=idempotency_key, init=prepared.init,
+                                       request_id=logs.request_id.get(), quota=job_quota(limits),
+                                       history_bytes=prepared.spec["history_bytes"])
     except IdempotencyConflict as exc:
         raise ProblemError(422, str(exc), kind="idempotency-key-reused", job_id=exc.job_id) from None
+    job_id = job.id
     if not created:
         return _replayed(store, tenant, job_id), False
     log.info("job %s submitted (tenant %s, graph %s)", job_id, tenant, graph_id)
-    # As stored (queued): once sent, a worker may already be running it.
-    job = store.get_job(job_id)
+    # `job` is as stored (queued): once sent, a worker may already be running it.
     try:
         send_job(celery, settings, job_id, prepared.time_limit_s)
     except Exception as exc:  # noqa: BLE001 - any broker failure: the job must not stay queued forever
@@ -221,7 +221,7 @@ def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Cele
         raise unavailable("the job could not be queued (task broker unavailable); retry later",
                           kind="queue-unavailable", job_id=job_id) from None
     try:
-        store.mark_sent(job_id)  # if this process dies before here, the sweep sends the job
+        store.mark_sent(job_id, job.created)  # if this process dies before here, the sweep sends the job
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         # Sent but still in the outbox: the sweep sends it again, which is harmless; a 503
         # here would make a client without an Idempotency-Key submit a second job.

@@ -144,13 +144,15 @@ class _Reporter:
         self.last_flush = self.last_poll = time.monotonic()
 
 
-def run_job(store: JobStore, job_id: str, *, worker: str, requeue: Callable[[JobRecord], None] | None = None) -> str:
+def run_job(store: JobStore, job_id: str, *, worker: str, requeue: Callable[[JobRecord], None] | None = None,
+            job: JobRecord | None = None) -> str:
     """Train job ``job_id`` to its end; returns the final state. Never raises for a job's own
     failure (bad data, NaN, time limit): that is recorded on the job as ``failed``.
 
     When the worker begins a warm shutdown the job is checkpointed, put back to ``queued``
-    and sent again with ``requeue(job)``, so a rolling deploy loses no work."""
-    job = patiently(store, store.get_job, job_id)
+    and sent again with ``requeue(job)``, so a rolling deploy loses no work. ``job``: the job as
+    the caller just read it (else it is read here)."""
+    job = job if job is not None else patiently(store, store.get_job, job_id)
     # this job's log lines carry its id, its tenant and the id of the request that submitted it
     logs.job_id.set(job_id)
     logs.tenant.set(None if job is None else job.tenant)
@@ -264,14 +266,15 @@ def _train(store: JobStore, job_id: str, job: JobRecord, token: str, worker: str
     graph = store.get_graph(job.tenant, job.graph_id)
     if graph is None:
         return _fail(store, job_id, token, "MissingGraph", f"graph {job.graph_id} is no longer stored")
-    data = decode_tensors(store.get_blob(job_id, "data") or b"\x80")
-    eval_blob = store.get_blob(job_id, "eval_data")
+    # one round trip for everything the job starts from (init: a warm start's parameters)
+    data_blob, eval_blob, checkpoint_blob, init_blob = store.get_blobs(job_id, "data", "eval_data", "checkpoint",
+                                                                       "init")
+    data = decode_tensors(data_blob or b"\x80")
     eval_data = decode_tensors(eval_blob) if eval_blob else None
     # compiled: the fast engine (docs/performance.md); the interpreter stays the reference
     trainer = runtime.Trainer.from_spec(graph, spec, compiled=True)
-    checkpoint_blob = store.get_blob(job_id, "checkpoint")
     resume = runtime.Checkpoint.from_bytes(checkpoint_blob) if checkpoint_blob else None
-    init_blob = None if resume else store.get_blob(job_id, "init")  # a warm start's parameters
+    init_blob = None if resume else init_blob
     params = None if resume else decode_tensors(init_blob) if init_blob else runtime.init_params(graph, seed=spec.seed)
     reporter = _Reporter(store, job_id, spec, token, store.worker_stopping_key(worker) if requeue else None,
                          step_metric_names(graph, spec, eval_data is not None), (job.spec.get("sweep") or {}).get("id"))

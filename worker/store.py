@@ -475,12 +475,18 @@ class JobStore(SweepRecords, TenantQuotas):
                                                                                 max_tensor_elements=2**40))
 
     # -- jobs --------------------------------------------------------------------------
-    def create_job(self, tenant: str, graph_id: str, spec: dict[str, Any], data: bytes,
-                   eval_data: bytes | None = None, idempotency_key: str | None = None,
-                   init: bytes | None = None, request_id: str | None = None, quota: JobQuota = JobQuota(),
-                   history_bytes: int = 0) -> tuple[str, bool]:
+    def create_job(self, *args: Any, **kwargs: Any) -> tuple[str, bool]:
+        """:meth:`store_job`'s (job id, created)."""
+        record, created = self.store_job(*args, **kwargs)
+        return record.id, created
+
+    def store_job(self, tenant: str, graph_id: str, spec: dict[str, Any], data: bytes,
+                  eval_data: bytes | None = None, idempotency_key: str | None = None,
+                  init: bytes | None = None, request_id: str | None = None, quota: JobQuota = JobQuota(),
+                  history_bytes: int = 0) -> tuple[JobRecord, bool]:
         """Store a queued job, in the outbox until :meth:`mark_sent` (a job whose sender died
-        before sending is sent by the sweep); returns (job id, created). With an Idempotency-Key already used
+        before sending is sent by the sweep); returns (the job as stored, created): its ``created`` is
+        its outbox entry's score, for :meth:`mark_sent`. With an Idempotency-Key already used
         by this tenant for the same request, returns the existing job instead (created=False);
         the same key with a different request raises :class:`IdempotencyConflict`. Over one of
         ``quota``'s limits nothing is stored and :class:`QuotaExceeded` says which; the job's bytes
@@ -493,7 +499,7 @@ class JobStore(SweepRecords, TenantQuotas):
                 existing_id, _, existing_print = (self._r.get(idem) or b"").decode().partition(" ")
                 if existing_print != fingerprint:
                     raise IdempotencyConflict(existing_id)
-                return existing_id, False
+                return JobRecord.from_hash({"id": existing_id, "tenant": tenant}), False
         created = now()
         fields = {
             "id": job_id, "tenant": tenant, "state": "queued", "graph_id": graph_id, "created": repr(created),
@@ -515,7 +521,7 @@ class JobStore(SweepRecords, TenantQuotas):
                 self.release_idempotency_key(tenant, idempotency_key)
             limit = refused[0].decode()
             raise QuotaExceeded(limit, getattr(quota, limit), int(refused[1]), _seconds(refused[2]))
-        return job_id, True
+        return JobRecord.from_hash({k: str(v) for k, v in fields.items()}), True
 
     def release_idempotency_key(self, tenant: str, key: str) -> None:
         """Forget a key (its job could not be queued), so a retry submits afresh."""
@@ -889,6 +895,10 @@ class JobStore(SweepRecords, TenantQuotas):
 
     def get_blob(self, job_id: str, part: str) -> bytes | None:
         return self._r.get(self.job_key(job_id, part))
+
+    def get_blobs(self, job_id: str, *parts: str) -> list[bytes | None]:
+        """Several of a job's blobs in one round trip (MGET), in the order asked."""
+        return self._r.mget([self.job_key(job_id, part) for part in parts])
 
     def put_blob(self, job_id: str, part: str, blob: bytes, *, token: str) -> None:
         """A trainer's write of a checkpoint or result, fenced by its lease token."""

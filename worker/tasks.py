@@ -9,7 +9,7 @@ from celery.signals import setup_logging, worker_ready, worker_shutdown, worker_
 from .celery_app import app
 from . import logs, metrics
 from .dispatch import TRAIN_TASK
-from .jobs import run_job
+from .jobs import patiently, run_job
 from .recovery import Sweeper, advance_sweep, send_job
 from .settings import get_settings
 from .store import TERMINAL, JobStore
@@ -36,13 +36,13 @@ def train_job(self, job_id: str) -> str:
     s = store()
     node = self.request.hostname or "worker"
     recorder = metrics.configure(s, node)
-    outcome = run_job(s, job_id, worker=node, requeue=lambda job: send_job(app, s, job_id, job))
-    job = s.get_job(job_id)
+    job = patiently(s, s.get_job, job_id)  # read once: run_job starts from it, its spec names its sweep
+    outcome = run_job(s, job_id, worker=node, requeue=lambda job: send_job(app, s, job_id, job), job=job)
     log.info("job %s: %s", job_id, outcome)
     if recorder is not None:
-        _record(recorder, outcome, job)
+        _record(recorder, outcome, s.get_job(job_id))  # as it ended: its timestamps
     sweep_id = (job.spec.get("sweep") or {}).get("id") if job is not None else None
-    if sweep_id and job.state in TERMINAL:  # a trial's end: its sweep launches the next (worker/sweeps.py)
+    if sweep_id and outcome in TERMINAL:  # a trial's end: its sweep launches the next (worker/sweeps.py)
         advance_sweep(s, app, sweep_id)
     return outcome
 
