@@ -140,11 +140,6 @@ redis.call('HINCRBY', KEYS[11], '=', size)
 return {1, ''}
 """
 
-# When a finished job's keys expire, its ledger entry may go. KEYS: ledger zset. ARGV: at, member.
-_EXPIRES_AT = """
-redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[2])
-"""
-
 # Take a member out of a ledger. On a full Redis the total cannot be written: the entry then
 # stays, counted until the time its keys would have expired (its score), when purge drops it.
 _RELEASE = """
@@ -228,7 +223,6 @@ class TenantQuotas:
         self._take_token = r.register_script(_TAKE_TOKEN)
         self._put_graph_script = r.register_script(_PUT_GRAPH)
         self._touch_graph = r.register_script(_TOUCH_GRAPH)
-        self._expires_at = r.register_script(_EXPIRES_AT)
         self._delete_job = r.register_script(_DELETE_JOB)
         self._delete_graph = r.register_script(_DELETE_GRAPH)
         self._prune = r.register_script(_PRUNE)

@@ -53,6 +53,10 @@ from .sweep_store import SweepRecords
 STATES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
+# a job's keys besides its hash ({ns}:job:{id}:{part})
+JOB_PARTS = ("steps", "series", "series:columns", "data", "eval_data", "checkpoint", "result", "init", "lease")
+_EXPIRING_PARTS = tuple(part for part in JOB_PARTS if part != "lease")  # the lease keeps its own short life
+
 # The fence: a trainer may write only while it holds the job's lease. A lease that lapsed
 # while nobody took over (Redis restarted, a long pause) is taken back, so an outage costs
 # a pause, not a rollback to the last checkpoint; once the sweep has requeued the job
@@ -78,8 +82,8 @@ end
 # ARGV: token ('' = unfenced, '!' = only while no lease exists: the sweep), lease TTL (ms),
 #       job id, now, flags ('e': the job's message must be (re)sent; 'a': the move starts an attempt,
 #       counted in the same step so a trainer killed right after it is never left uncounted),
-#       n, allowed x n, to, field, value... [, the blob]
-_TRANSITION = _FENCE + """
+#       retention (s: a finished job's keys expire after it), n, allowed x n, to, field, value... [, the blob]
+_TRANSITION = _FENCE + ("""
 local token = ARGV[1]
 if token == '!' then
   if redis.call('EXISTS', KEYS[1]) == 1 then return {0, 'leased'} end
@@ -88,13 +92,13 @@ elseif token ~= '' and not fenced(token, ARGV[2]) then
 end
 local state = redis.call('HGET', KEYS[2], 'state')
 if not state then return {0, ''} end
-local n = tonumber(ARGV[6])
+local n = tonumber(ARGV[7])
 -- the tenant's queued and running sets, next to the namespace's (KEYS[3] is '{ns}:active')
 local tenant = redis.call('HGET', KEYS[2], 'tenant') or ''
 local tenant_key = string.sub(KEYS[3], 1, -8) .. ':tenant:' .. tenant
 for i = 1, n do
-  if ARGV[6 + i] == state then
-    local to = ARGV[7 + n]
+  if ARGV[7 + i] == state then
+    local to = ARGV[8 + n]
     if to == 'running' and state == 'queued' then  -- the tenant's max_running_jobs, recorded at submit
       local cap = tonumber(redis.call('HGET', KEYS[2], 'max_running') or '') or 0
       if cap > 0 and redis.call('SCARD', tenant_key .. ':running') >= cap then return {0, 'tenant_busy'} end
@@ -104,7 +108,7 @@ for i = 1, n do
       last = last - 1
       redis.call('SET', KEYS[6], ARGV[#ARGV])
     end
-    redis.call('HSET', KEYS[2], 'state', to, unpack(ARGV, 8 + n, last))
+    redis.call('HSET', KEYS[2], 'state', to, unpack(ARGV, 9 + n, last))
     if to == 'running' or to == 'cancelling' then
       redis.call('SADD', KEYS[3], ARGV[3])
       redis.call('SADD', tenant_key .. ':running', ARGV[3])
@@ -126,12 +130,32 @@ for i = 1, n do
       redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
     elseif to == 'succeeded' or to == 'failed' or to == 'cancelled' then
       redis.call('ZREM', KEYS[4], ARGV[3])
+      -- finished: in the same step, its keys expire after retention, its bytes stop counting then,
+      -- its graph is kept at least as long, and the namespace counts it (a trainer killed after
+      -- this step leaves nothing undone: no key without an expiry)
+      local ttl = tonumber(ARGV[6])
+      local ended = tonumber(ARGV[4])
+      redis.call('ZADD', tenant_key .. ':usage:jobs', 'XX', ended + ttl, ARGV[3])
+      redis.call('HINCRBY', string.sub(KEYS[3], 1, -8) .. ':stats:jobs', to, 1)
+      for _, part in ipairs({%(parts)s}) do
+        redis.call('EXPIRE', KEYS[2] .. part, ttl)
+      end
+      local graph_id = redis.call('HGET', KEYS[2], 'graph_id')
+      if graph_id then
+        local graph = tenant_key .. ':graph:' .. graph_id
+        local left = redis.call('TTL', graph)
+        if left >= 0 and left < ttl then
+          redis.call('ZADD', tenant_key .. ':usage:graphs', 'XX', ended + ttl, graph_id)
+          redis.call('EXPIRE', graph, ttl)
+        end
+      end
     end
     return {1, state}
   end
 end
 return {0, state}
-"""
+""" % {"parts": ", ".join(repr(p) for p in ["", *(f":{part}" for part in _EXPIRING_PARTS)])})
+
 
 # Step entries, progress and a read of the state in one fenced round trip.
 # KEYS: lease, job hash, steps stream, series, series columns.
@@ -219,8 +243,6 @@ JOB_ID = re.compile(r"job_[0-9a-f]{32}")
 # A job deferred by its tenant's max_running_jobs is sent again after about this long (and the
 # sweep's interval): a slot freed by a finishing job is taken within seconds.
 DEFER_S = 2.0
-# a job's keys besides its hash ({ns}:job:{id}:{part})
-JOB_PARTS = ("steps", "series", "series:columns", "data", "eval_data", "checkpoint", "result", "init", "lease")
 
 
 def now() -> float:
@@ -643,7 +665,8 @@ class JobStore(SweepRecords, TenantQuotas):
             flat += [k, v]
         keys = [self.job_key(job_id, "lease"), self.job_key(job_id), self.active_key, self.outbox_key, self.queued_key]
         flags = ("e" if enqueue else "") + ("a" if attempt else "")
-        args = [token or "", self._lease_ms(), job_id, repr(now()), flags, len(allowed), *allowed, to, *flat]
+        args = [token or "", self._lease_ms(), job_id, repr(now()), flags, self.settings.retention_s, len(allowed),
+                *allowed, to, *flat]
         if blob is not None:
             keys.append(self.job_key(job_id, blob[0]))
             args.append(blob[1])
@@ -651,9 +674,6 @@ class JobStore(SweepRecords, TenantQuotas):
         if moved == -1:
             raise LeaseLost(job_id)
         previous = previous.decode() if isinstance(previous, bytes) else previous
-        if moved and to in TERMINAL:
-            self.expire_job(job_id)
-            self._r.hincrby(self.stats_key, to, 1)  # exact: only the mover counts (a crash here loses one)
         return bool(moved), previous
 
     def add_stats(self, key: str, counts: dict[str, int], floats: dict[str, float] | None = None) -> None:
@@ -792,23 +812,6 @@ class JobStore(SweepRecords, TenantQuotas):
 
     def _lease_ms(self) -> int:
         return int(self.settings.lease_ttl_s * 1000)
-
-    def expire_job(self, job_id: str) -> None:
-        """A finished job's keys expire after ``retention_s``; its graph is kept at least as long,
-        and its bytes stop counting for its tenant then."""
-        ttl = self.settings.retention_s
-        tenant, graph_id = (None if raw is None else raw.decode()
-                            for raw in self._r.hmget(self.job_key(job_id), "tenant", "graph_id"))
-        pipe = self._r.pipeline(transaction=False)
-        for part in (None, *JOB_PARTS):
-            if part == "lease":
-                continue  # the lease keeps its own short life
-            pipe.expire(self.job_key(job_id, part), ttl)
-        pipe.execute()
-        if tenant is not None:
-            self._expires_at(keys=[self.usage_keys(tenant, "jobs")[0]], args=[repr(now() + ttl), job_id])
-            if graph_id is not None:
-                self.keep_graph(tenant, graph_id, ttl)
 
     # -- progress (worker side) ---------------------------------------------------------
     def report_steps(self, job_id: str, token: str, records: list[StepRecord],
