@@ -9,11 +9,13 @@ recovery loop) in a namespace of its own on the given Redis, with a short retent
 (20 steps, every step reported) through POST /v1/jobs from --clients concurrent clients, each
 job with an Idempotency-Key so a client retries a 429/503 without ever submitting twice; while
 they run, SIGKILLs a random worker every --kill-every seconds on average and starts a
-replacement. Then checks every job through the API: succeeded, its step history exactly
-1..20, as each job ends (before retention removes it). Then waits for retention and the recovery loop's pruning and compares the namespace's
-Redis memory (MEMORY USAGE summed over its keys) and key count with the baseline taken before
-the first job. Prints: jobs accepted / succeeded / lost / with missing or duplicated steps,
-kills, throughput, and memory before, at the peak and after retention. ``--json PATH`` also
+replacement. Then checks every job as it ends (before retention removes it): succeeded, its step
+history exactly 1..20 (its Redis stream, read in batches: checking 10,000 jobs one HTTP request at
+a time could not keep up with retention). Then waits for retention and the recovery loop's pruning and compares the namespace's
+Redis memory (MEMORY USAGE summed over its keys) with the baseline taken before the first job:
+no key of a job or graph may be left, nor an entry in an index (a tenant's counters and byte
+totals stay, a few small keys whatever it ran). Prints: jobs accepted / succeeded / lost / with
+missing or duplicated steps, kills, throughput, and memory before, at the peak and after retention. ``--json PATH`` also
 writes them. Exit status 1 when a job was lost or a history is wrong, or memory did not come
 back. Figures, not assertions: docs/reliability.md quotes a run.
 """
@@ -84,6 +86,19 @@ def namespace_memory(r: redis.Redis, namespace: str) -> tuple[int, int]:
     return total, keys
 
 
+def per_item_keys(r: redis.Redis, namespace: str) -> list[str]:
+    """Keys that belong to one job or graph, or index them: what retention must remove. (A tenant's
+    counters and byte totals stay: a few small keys per tenant, whatever it ran.)"""
+    left = []
+    for raw in r.scan_iter(f"{namespace}:*", count=1000):
+        key = raw.decode()
+        if ":job:" in key or ":graph:" in key or ":idem:" in key or (
+                key.endswith((":jobs", ":usage:jobs", ":usage:graphs", ":queued", ":running"))
+                and r.type(raw) in (b"zset", b"set") and (r.zcard(raw) if r.type(raw) == b"zset" else r.scard(raw))):
+            left.append(key)
+    return left
+
+
 def submit(client: httpx.Client, body: dict, key: str, stop: threading.Event) -> str | None:
     """POST a job, retrying 429/503 after Retry-After (and transport errors): the same
     Idempotency-Key makes every retry the same submission."""
@@ -102,14 +117,18 @@ def submit(client: httpx.Client, body: dict, key: str, stop: threading.Event) ->
     return None
 
 
-def check(client: httpx.Client, job_id: str, state: str) -> str:
-    """A job that ended: "ok" when it succeeded with its step history exactly 1..STEPS."""
-    if state != "succeeded":
-        return "lost"
-    page = client.get(f"/v1/jobs/{job_id}/steps", params={"limit": 1000})
-    if page.status_code != 200:
-        return "lost"
-    return "ok" if [e["step"] for e in page.json()["steps"]] == list(range(1, STEPS + 1)) else "bad steps"
+def check(r: redis.Redis, namespace: str, ended: list[tuple[str, str]]) -> dict[str, str]:
+    """Jobs that ended, judged in one pipelined read of their step streams (before retention
+    removes them): "ok" when succeeded with its history exactly 1..STEPS, else "failed" or "bad steps"."""
+    pipe = r.pipeline(transaction=False)
+    for job_id, _ in ended:
+        pipe.xrange(f"{namespace}:job:{job_id}:steps")
+    out = {}
+    for (job_id, state), entries in zip(ended, pipe.execute()):
+        steps = [int(entry_id.split(b"-")[0]) for entry_id, _ in entries]
+        out[job_id] = ("failed" if state != "succeeded" else
+                       "ok" if steps == list(range(1, STEPS + 1)) else "bad steps")
+    return out
 
 
 def main() -> int:
@@ -150,8 +169,7 @@ def main() -> int:
     stop = threading.Event()
     try:
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, trust_env=False,
-                              headers={"Authorization": f"Bearer {KEY}"},
-                              limits=httpx.Limits(max_connections=args.clients))
+                              headers={"Authorization": f"Bearer {KEY}"})
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -164,14 +182,20 @@ def main() -> int:
             time.sleep(0.1)
         time.sleep(2)  # the workers' start-up writes (Celery bindings) are part of the baseline
         base_bytes, base_keys = namespace_memory(r, namespace)
+        baseline = {raw for raw in r.scan_iter(f"{namespace}:*", count=1000)}
 
         body = {"graph": SEED, "data": SEED_DATA, "optimizer": {"name": "sgd", "lr": 0.5}, "steps": STEPS,
                 "batch_size": 16, "report_every": 1}
         t0 = time.monotonic()
         ids: list[str | None] = [None] * n_jobs
 
+        local = threading.local()  # a client per submitting thread: httpx clients are not shared across threads here
+
         def one(i: int) -> None:
-            ids[i] = submit(client, body, f"soak-{i}", stop)
+            if not hasattr(local, "client"):
+                local.client = httpx.Client(base_url=client.base_url, timeout=60, trust_env=False,
+                                            headers={"Authorization": f"Bearer {KEY}"})
+            ids[i] = submit(local.client, body, f"soak-{i}", stop)
         pool = ThreadPoolExecutor(max_workers=args.clients)
         futures = [pool.submit(one, i) for i in range(n_jobs)]
         next_kill = time.monotonic() + rng.expovariate(1 / kill_every)
@@ -186,11 +210,13 @@ def main() -> int:
             pipe = r.pipeline(transaction=False)
             for job_id in pending:
                 pipe.hget(f"{namespace}:job:{job_id}", "state")
+            ended = []
             for job_id, state in zip(pending, pipe.execute()):
                 if state is None:
-                    checked[job_id] = "lost"  # gone before it was seen to end
+                    checked[job_id] = "vanished"  # gone before it was seen to end
                 elif state.decode() in TERMINAL:
-                    checked[job_id] = check(client, job_id, state.decode())
+                    ended.append((job_id, state.decode()))
+            checked.update(check(r, namespace, ended))
             if time.monotonic() >= next_kill:
                 victim = rng.randrange(len(workers))
                 kill(workers[victim])
@@ -209,28 +235,38 @@ def main() -> int:
             f.result()  # a submission that failed for good raises here
 
         accepted = [j for j in ids if j is not None]
-        verdicts = [checked.get(j, "lost") for j in accepted]  # not ended within the timeout: lost
-        succeeded, lost, bad_steps = verdicts.count("ok"), verdicts.count("lost"), verdicts.count("bad steps")
+        verdicts = [checked.get(j, "unfinished") for j in accepted]
+        succeeded, bad_steps = verdicts.count("ok"), verdicts.count("bad steps")
+        lost = len(verdicts) - succeeded - bad_steps  # failed, vanished or never finished
+        reasons = {v: verdicts.count(v) for v in ("failed", "vanished", "unfinished") if v in verdicts}
         duplicates = len(accepted) - len(set(accepted))
         print(f"soak: {n_jobs} jobs through the API ({args.clients} clients), {args.workers} workers, "
               f"{kills} SIGKILLs in {elapsed:.0f} s ({len(accepted) / elapsed:.1f} jobs/s end to end)")
         print(f"  accepted {len(accepted)} (the same job twice: {duplicates}), succeeded {succeeded}, "
-              f"lost {lost}, with missing or duplicated steps {bad_steps}")
+              f"lost {lost}{f' {reasons}' if reasons else ''}, with missing or duplicated steps {bad_steps}")
 
         # Retention: every job finished; its keys expire retention_s after it ended, and the
         # recovery loop prunes the index and byte counts.
         t1 = time.monotonic()
         after = namespace_memory(r, namespace)
-        while time.monotonic() - t1 < retention + 120:
-            after = namespace_memory(r, namespace)
-            if after[1] <= base_keys + 2:
-                break
+        left = per_item_keys(r, namespace)
+        while time.monotonic() - t1 < retention + 120 and left:
             time.sleep(1)
-        back = after[1] <= base_keys + 2 and after[0] <= base_bytes + 16 * 1024
+            left = per_item_keys(r, namespace)
+        after = namespace_memory(r, namespace)
+        # back: nothing per job or graph is left. What may stay is a few keys whatever the load: the
+        # tenant's totals and counters, and the recovery loop's short-lived markers (listed below)
+        back = not left
         print(f"  namespace memory: {base_bytes / 1024:.0f} KiB in {base_keys} keys before, "
               f"{peak[0] / 2**20:.1f} MiB in {peak[1]} keys at the peak seen, "
               f"{after[0] / 1024:.0f} KiB in {after[1]} keys {time.monotonic() - t1:.0f} s after the last job "
               f"(retention {retention} s): {'back to the baseline' if back else 'NOT back to the baseline'}")
+        if left:
+            print(f"  left after retention: {len(left)} keys of jobs or graphs, e.g. {left[:5]}")
+        added = sorted((r.memory_usage(k, samples=0) or 0, k.decode()[len(namespace) + 1:])
+                       for k in set(r.scan_iter(f"{namespace}:*", count=1000)) - baseline)
+        print(f"  keys added since the baseline: {len(added)}, "
+              + ", ".join(f"{name} ({size} B)" for size, name in reversed(added[-12:])))
         clean = lost == bad_steps == duplicates == 0 and back and len(accepted) == n_jobs
         if args.json:
             Path(args.json).write_text(json.dumps({
@@ -239,7 +275,7 @@ def main() -> int:
                             "platform": platform.platform()},
                 "jobs": n_jobs, "workers": args.workers, "clients": args.clients, "kills": kills,
                 "elapsed_s": elapsed, "accepted": len(accepted), "duplicates": duplicates,
-                "succeeded": succeeded, "lost": lost, "bad_steps": bad_steps, "retention_s": retention,
+                "succeeded": succeeded, "lost": lost, "lost_reasons": reasons, "bad_steps": bad_steps, "retention_s": retention,
                 "memory": {"baseline": {"bytes": base_bytes, "keys": base_keys},
                            "peak_seen": {"bytes": peak[0], "keys": peak[1]},
                            "after_retention": {"bytes": after[0], "keys": after[1]}},
