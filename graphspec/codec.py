@@ -108,30 +108,43 @@ def _check_plain(tree: Any, max_depth: int) -> None:
     """Refuse what no graph document holds, before anything looks at it: nesting deeper than
     ``max_depth``, non-string keys, strings that are not valid Unicode (lone surrogates from
     JSON escapes), and foreign values such as msgpack timestamps."""
-    stack: list[tuple[Any, int, str]] = [(tree, 0, "")]
+    # Each entry's path is (parent's path, key): a JSON pointer is built only for an error, since
+    # building one per value cost more than the whole check (a job's data is thousands of values).
+    stack: list[tuple[Any, int, tuple | None]] = [(tree, 0, None)]
     while stack:
-        value, depth, loc = stack.pop()
+        value, depth, path = stack.pop()
         if depth > max_depth:
-            raise GraphSpecError([Issue("too_deep", loc, f"document nesting exceeds {max_depth} levels")])
+            raise GraphSpecError([Issue("too_deep", _pointer_of(path), f"document nesting exceeds {max_depth} levels")])
         if isinstance(value, dict):
             for key, item in value.items():
                 if not isinstance(key, str):
-                    raise GraphSpecError([Issue("parse_error", loc, f"object keys must be strings, got {key!r}"[:200])])
-                _check_text(key, loc)
-                stack.append((item, depth + 1, loc + pointer(key)))
+                    raise GraphSpecError([Issue("parse_error", _pointer_of(path),
+                                                f"object keys must be strings, got {key!r}"[:200])])
+                _check_text(key, path)
+                stack.append((item, depth + 1, (path, key)))
         elif isinstance(value, list):
-            stack.extend((item, depth + 1, loc + pointer(i)) for i, item in enumerate(value))
+            stack.extend((item, depth + 1, (path, i)) for i, item in enumerate(value))
         elif isinstance(value, str):
-            _check_text(value, loc)
+            _check_text(value, path)
         elif not isinstance(value, _SCALARS):
-            raise GraphSpecError([Issue("parse_error", loc, f"unsupported value of type {type(value).__name__}")])
+            raise GraphSpecError([Issue("parse_error", _pointer_of(path),
+                                        f"unsupported value of type {type(value).__name__}")])
 
 
-def _check_text(text: str, loc: str) -> None:
+def _pointer_of(path: tuple | None) -> str:
+    parts = []
+    while path is not None:
+        path, part = path
+        parts.append(part)
+    return pointer(*reversed(parts))
+
+
+def _check_text(text: str, path: tuple | None) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise GraphSpecError([Issue("parse_error", loc, "string is not valid Unicode (lone surrogate)")]) from None
+        raise GraphSpecError([Issue("parse_error", _pointer_of(path),
+                                    "string is not valid Unicode (lone surrogate)")]) from None
 
 
 def from_data(tree: Any, limits: Limits = DEFAULT_LIMITS, migrations: MigrationRegistry = MIGRATIONS) -> Graph:

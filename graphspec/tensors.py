@@ -171,6 +171,12 @@ def _check_nested(data: Any, dtype: str, shape: tuple[int, ...], loc: str) -> No
     if len(data) != shape[0]:
         _fail("invalid_shape", loc, f"expected {shape[0]} item(s) here, got {len(data)}")
     inner = shape[1:]
+    if not inner:  # the last level: elements, checked without a pointer each (built only for an error)
+        for i, item in enumerate(data):
+            if not _element_ok(item, dtype):
+                _fail("wrong_type", loc + pointer(i), f"expected a {dtype} element, got {type(item).__name__} "
+                                                      f"{item!r}"[:200])
+        return
     for i, item in enumerate(data):
         _check_nested(item, dtype, inner, loc + pointer(i))
 

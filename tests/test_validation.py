@@ -6,6 +6,7 @@ import pytest
 from helpers import by_location, doc, issues_of
 
 import graphspec
+import graphspec.jsonschema  # a submodule: imported here, not only by whichever test ran first
 from graphspec.types import TensorType
 
 F32 = "float32"
