@@ -195,7 +195,7 @@ def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Cele
                idempotency_key: str | None) -> tuple[JobRecord, bool]:
     """Store and enqueue; returns (job hash, created). A repeated Idempotency-Key returns the first job."""
     limits = settings.limits_for(tenant)
-    graph_id = keep_job_graph(store, settings, tenant, prepared.graph, prepared.graph_id, prepared.inline_graph)
+    graph_id = keep_job_graph(store, settings, tenant, prepared.graph, prepared.graph_id)
     try:
         job, created = store.store_job(tenant, graph_id, prepared.spec, prepared.data, prepared.eval_data,
                                        idempotency_key=idempotency_key, init=prepared.init,
@@ -229,14 +229,14 @@ def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Cele
     return job, True
 
 
-def keep_job_graph(store: JobStore, settings: ApiSettings, tenant: str, graph: graphspec.Graph, graph_id: str,
-                   inline: bool) -> str:
-    """Store an inline graph, or keep a stored one: either way for at least ``graph_retention_s``
-    more, so it outlives the job's wait in the queue (its end keeps it for the job's retention)."""
-    if inline or not store.keep_graph(tenant, graph_id, settings.graph_retention_s):
-        # stored again if it expired since the request was checked: the job needs it
-        graph_id = store.put_graph(tenant, graph, ttl_s=settings.graph_retention_s,
-                                   max_bytes=settings.limits_for(tenant).max_graph_bytes)
+def keep_job_graph(store: JobStore, settings: ApiSettings, tenant: str, graph: graphspec.Graph, graph_id: str) -> str:
+    """Keep the job's graph stored for at least ``graph_retention_s`` more, so it outlives the
+    job's wait in the queue (its end keeps it for the job's retention): a graph the tenant already
+    stores (by id, or the same document sent inline again) is only kept longer; any other is stored
+    (counted toward max_graph_bytes), as is one that expired since the request was checked."""
+    if not store.keep_graph(tenant, graph_id, settings.graph_retention_s):
+        store.put_graph(tenant, graph, ttl_s=settings.graph_retention_s,
+                        max_bytes=settings.limits_for(tenant).max_graph_bytes, graph_id=graph_id)
     return graph_id
 
 

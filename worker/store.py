@@ -448,10 +448,12 @@ class JobStore(SweepRecords, TenantQuotas):
         return f"{self.ns}:tenant:{tenant}:{part}"
 
     # -- graphs ------------------------------------------------------------------------
-    def put_graph(self, tenant: str, graph: graphspec.Graph, *, ttl_s: int | None = None, max_bytes: int = 0) -> str:
+    def put_graph(self, tenant: str, graph: graphspec.Graph, *, ttl_s: int | None = None, max_bytes: int = 0,
+                  graph_id: str | None = None) -> str:
         """Store a graph for ``ttl_s`` seconds (default ``retention_s``) or refresh a stored one;
-        its bytes count toward the tenant's ``max_bytes`` (0 = off): over it, :class:`QuotaExceeded`."""
-        graph_id = graphspec.content_hash(graph)
+        its bytes count toward the tenant's ``max_bytes`` (0 = off): over it, :class:`QuotaExceeded`.
+        ``graph_id``: its content hash, when the caller has it already."""
+        graph_id = graph_id or graphspec.content_hash(graph)
         ttl = ttl_s or self.settings.retention_s
         ok, *refused = self._put_graph_script(
             keys=[self.tenant_key(tenant, f"graph:{graph_id}"), *self.usage_keys(tenant, "graphs")],

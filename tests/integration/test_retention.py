@@ -18,42 +18,53 @@ RETENTION_S = 2
 GRAPH_RETENTION_S = 3
 
 
-def test_finished_jobs_and_unused_graphs_expire_and_nothing_of_them_stays(settings, env, celery_app, fault_env,
-                                                                           store, tmp_path):
+def test_finished_jobs_and_unused_graphs_expire_and_nothing_of_them_stays(settings, env, tmp_path):
     from service.app import create_app
+    from worker.celery_app import make_celery
+    from worker.store import JobStore
 
-    queue, worker_env = fault_env
-    short = {"retention_s": RETENTION_S, "graph_retention_s": GRAPH_RETENTION_S, "queue": queue}
+    # A namespace of its own: the session's worker (a 1 h retention, a 10 s recovery loop) must not
+    # be the one that prunes this test's tenant, nor claim the pruning for a minute.
+    ns = f"{settings.namespace}-retention"
+    short = {"namespace": ns, "queue": f"{ns}.train", "retention_s": RETENTION_S,
+             "graph_retention_s": GRAPH_RETENTION_S}
     api_settings = settings.model_copy(update=short)
-    worker_env = {**worker_env, "CHAINRULE_RETENTION_S": str(RETENTION_S)}
+    worker_env = {**env, **{f"CHAINRULE_{k.upper()}": str(v) for k, v in short.items()},
+                  "CHAINRULE_LEASE_TTL_S": "2", "CHAINRULE_SWEEP_INTERVAL_S": "0.5"}
+    store, celery_app = JobStore.connect(api_settings), make_celery(api_settings)
     tenant = "tenant-a"
-    with run_worker(celery_app, worker_env, queue=queue, hostname=f"retention-{queue}@localhost",
-                    log_path=tmp_path / "worker.log"), \
-            starlette_test_client()(create_app(api_settings)) as client:
-        headers = {"Authorization": "Bearer key-a"}
-        before = set(store._r.scan_iter(f"{store.ns}:tenant:{tenant}:*"))
-        used = client.post("/v1/graphs", json={**SEED_DOC, "name": "kept-by-its-job"}, headers=headers).json()["id"]
-        unused = client.post("/v1/graphs", json={**SEED_DOC, "name": "unused"}, headers=headers).json()["id"]
-        job = client.post("/v1/jobs", json=job_body(graph=None, graph_id=used, steps=20), headers=headers).json()
-        wait_for(lambda: client.get(f"/v1/jobs/{job['id']}", headers=headers).json()["state"] == "succeeded",
-                 timeout=30, message="the job to succeed")
-        ended = time.time()
-        assert store.graph_users(tenant, used) == [job["id"]]
-        # the unused graph goes graph_retention_s after it was stored
-        wait_for(lambda: client.get(f"/v1/graphs/{unused}", headers=headers).status_code == 404,
-                 timeout=GRAPH_RETENTION_S + 5, message="the unused graph to expire")
-        # the job, and then its graph, retention_s after the job ended
-        wait_for(lambda: client.get(f"/v1/jobs/{job['id']}", headers=headers).status_code == 404,
-                 timeout=RETENTION_S + 5, message="the finished job to expire")
-        assert time.time() - ended >= RETENTION_S - 1
-        assert not list(store._r.scan_iter(f"{store.ns}:job:{job['id']}*"))
-        wait_for(lambda: client.get(f"/v1/graphs/{used}", headers=headers).status_code == 404,
-                 timeout=RETENTION_S + 5, message="its graph to expire after it")
-        # the recovery loop prunes the index and the byte counts: nothing is left of either
-        wait_for(lambda: store.usage(tenant, "jobs") == 0 and store.usage(tenant, "graphs") == 0
-                 and not store._r.zscore(store.tenant_key(tenant, "jobs"), job["id"]),
-                 timeout=10, message="the tenant's index and byte counts to let go")
-        after = set(store._r.scan_iter(f"{store.ns}:tenant:{tenant}:*"))
-        leftover = {k.decode() for k in after - before if not k.decode().endswith(("usage:jobs:bytes",
-                                                                                     "usage:graphs:bytes", ":bucket"))}
-        assert not leftover, leftover
+    try:
+        with run_worker(celery_app, worker_env, queue=short["queue"], hostname=f"retention-{ns}@localhost",
+                        log_path=tmp_path / "worker.log"), \
+                starlette_test_client()(create_app(api_settings)) as client:
+            headers = {"Authorization": "Bearer key-a"}
+            before = set(store._r.scan_iter(f"{store.ns}:tenant:{tenant}:*"))
+            used = client.post("/v1/graphs", json={**SEED_DOC, "name": "kept-by-its-job"}, headers=headers).json()["id"]
+            unused = client.post("/v1/graphs", json={**SEED_DOC, "name": "unused"}, headers=headers).json()["id"]
+            job = client.post("/v1/jobs", json=job_body(graph=None, graph_id=used, steps=20), headers=headers).json()
+            wait_for(lambda: client.get(f"/v1/jobs/{job['id']}", headers=headers).json()["state"] == "succeeded",
+                     timeout=30, message="the job to succeed")
+            ended = time.time()
+            assert store.graph_users(tenant, used) == [job["id"]]
+            # the unused graph goes graph_retention_s after it was stored
+            wait_for(lambda: client.get(f"/v1/graphs/{unused}", headers=headers).status_code == 404,
+                     timeout=GRAPH_RETENTION_S + 5, message="the unused graph to expire")
+            # the job, and then its graph, retention_s after the job ended
+            wait_for(lambda: client.get(f"/v1/jobs/{job['id']}", headers=headers).status_code == 404,
+                     timeout=RETENTION_S + 5, message="the finished job to expire")
+            assert time.time() - ended >= RETENTION_S - 1
+            assert not list(store._r.scan_iter(f"{store.ns}:job:{job['id']}*"))
+            wait_for(lambda: client.get(f"/v1/graphs/{used}", headers=headers).status_code == 404,
+                     timeout=RETENTION_S + 5, message="its graph to expire after it")
+            # the recovery loop prunes the index and the byte counts: nothing is left of either
+            wait_for(lambda: store.usage(tenant, "jobs") == 0 and store.usage(tenant, "graphs") == 0
+                     and not store._r.zscore(store.tenant_key(tenant, "jobs"), job["id"]),
+                     timeout=10, message="the tenant's index and byte counts to let go")
+            after = set(store._r.scan_iter(f"{store.ns}:tenant:{tenant}:*"))
+            leftover = {k.decode() for k in after - before if not k.decode().endswith(("usage:jobs:bytes",
+                                                                                         "usage:graphs:bytes", ":bucket"))}
+            assert not leftover, leftover
+    finally:
+        store.delete_namespace()
+        store.close()
+        celery_app.close()
