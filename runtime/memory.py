@@ -20,9 +20,9 @@ What is counted (docs/runtime.md, "Memory"):
   what its VJP keeps from the forward pass (conv2d's im2col matrix, max-pooling's window
   blocks, a loss's residuals) and the temporaries its kernel's numpy expressions make;
 * the compiled engine: a tape's buffers for the batch size (and another for a shorter last
-  batch), plus the zero-filled stand-ins the lowering traces kernels with, which stay
-  allocated until the garbage collector frees them (as much again); the interpreter: the
-  values and gradients alive at once, and the batch's gathered inputs;
+  batch), and while it lowers, the zero-filled stand-ins it traces a kernel with (one kernel's
+  at a time: they go with the trace); the interpreter: the values and gradients alive at once,
+  and the batch's gathered inputs;
 * the evaluation pass: one forward pass over the whole ``eval_data`` (values freed after
   their last use, as the interpreter does);
 * the engine's Python bookkeeping per node (plans, tapes, traces).
@@ -289,22 +289,25 @@ def estimate_training(trainer, data: Mapping[str, Any], eval_data: Mapping[str, 
     per_node: dict[str, int] = {}
     for _, p in tapes:
         for node, (v, g, r, t) in p.nodes.items():
-            # compiled: the tape's buffers (value, gradient, residual, the kernel's scratch) and the
-            # trace's stand-ins of the same; interpreter: what is alive at once (temporaries: below)
-            own = 2 * (v + g + r) + t if engine == "compiled" else v + g + r
+            # compiled: the tape's buffers (value, gradient, residual, the kernel's scratch);
+            # interpreter: what is alive at once (temporaries: below)
+            own = v + g + r + t if engine == "compiled" else v + g + r
             per_node[node] = per_node.get(node, 0) + own
     inputs_bytes = sum(_nbytes(t) for name, t in leaves_for(types, batch).items() if name in types)
     if engine == "interpreter":
         transient.append(Part("step temporaries", "the largest node's kernel temporaries", step_pass.temporaries()))
         what = "the batch gathered from the data"
     else:
+        # the lowering traces one kernel at a time on zero-filled stand-ins, freed with its trace
+        traced = max((v + g + r for p in (pass_ for _, pass_ in tapes) for v, g, r, _ in p.nodes.values()), default=0)
+        transient.append(Part("lowering", "the stand-ins the lowering traces the largest kernel with", traced))
         what = "the tape's input buffers"
     parts.append(Part("batch", f"{what} ({batch} examples)", inputs_bytes * len(tapes)))
     for node, nbytes in per_node.items():
         v, g, r, _ = step_pass.nodes[node]
         pieces = ["value"] + (["gradient"] if g else []) + ([_RESIDUAL.get(step_pass.ops[node], "saved values")]
                                                             if r else [])
-        where = "compiled tape buffers and trace stand-ins" if engine == "compiled" else "interpreter"
+        where = "compiled tape buffers" if engine == "compiled" else "interpreter"
         parts.append(Part(node, f"{step_pass.ops[node]}: {' + '.join(pieces)} for a batch of {batch} ({where}"
                           + (f"; with the last batch's tape of {remainder}" if len(tapes) > 1 else "") + ")", nbytes))
     if eval_types:
