@@ -31,8 +31,10 @@ import hashlib
 import json
 import math
 import re
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -243,6 +245,13 @@ JOB_ID = re.compile(r"job_[0-9a-f]{32}")
 # A job deferred by its tenant's max_running_jobs is sent again after about this long (and the
 # sweep's interval): a slot freed by a finishing job is taken within seconds.
 DEFER_S = 2.0
+
+
+# Validated graphs by the SHA-256 of their stored bytes (JobStore.get_graph), least recently used
+# out first: a worker trains the same few graphs over and over.
+_GRAPHS: "OrderedDict[bytes, graphspec.Graph]" = OrderedDict()
+_GRAPHS_LOCK = threading.Lock()
+_GRAPHS_KEPT = 256
 
 
 def now() -> float:
@@ -492,11 +501,25 @@ class JobStore(SweepRecords, TenantQuotas):
         return bool(deleted), state or None
 
     def get_graph(self, tenant: str, graph_id: str) -> graphspec.Graph | None:
+        """The tenant's stored graph, validated (a graph is a value, never modified: the same stored
+        bytes give the same object back, from a per-process cache, instead of a parse and a full
+        validation per job)."""
         blob = self._r.get(self.tenant_key(tenant, f"graph:{graph_id}"))
-        return None if blob is None else graphspec.loads(blob, "msgpack",
-                                                        limits=graphspec.Limits(max_bytes=len(blob) + 1,
-                                                                                max_nodes=10**6,
-                                                                                max_tensor_elements=2**40))
+        if blob is None:
+            return None
+        key = hashlib.sha256(blob).digest()
+        with _GRAPHS_LOCK:
+            graph = _GRAPHS.get(key)
+            if graph is not None:
+                _GRAPHS.move_to_end(key)
+                return graph
+        graph = graphspec.loads(blob, "msgpack", limits=graphspec.Limits(max_bytes=len(blob) + 1, max_nodes=10**6,
+                                                                         max_tensor_elements=2**40))
+        with _GRAPHS_LOCK:
+            _GRAPHS[key] = graph
+            if len(_GRAPHS) > _GRAPHS_KEPT:
+                _GRAPHS.popitem(last=False)
+        return graph
 
     # -- jobs --------------------------------------------------------------------------
     def create_job(self, *args: Any, **kwargs: Any) -> tuple[str, bool]:
