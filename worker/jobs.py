@@ -274,7 +274,6 @@ def _train(store: JobStore, job_id: str, job: JobRecord, token: str, worker: str
     # compiled: the fast engine (docs/performance.md); the interpreter stays the reference
     trainer = runtime.Trainer.from_spec(graph, spec, compiled=True)
     resume = runtime.Checkpoint.from_bytes(checkpoint_blob) if checkpoint_blob else None
-    init_blob = None if resume else init_blob
     params = None if resume else decode_tensors(init_blob) if init_blob else runtime.init_params(graph, seed=spec.seed)
     reporter = _Reporter(store, job_id, spec, token, store.worker_stopping_key(worker) if requeue else None,
                          step_metric_names(graph, spec, eval_data is not None), (job.spec.get("sweep") or {}).get("id"))

@@ -95,17 +95,23 @@ end
 return {1, ''}
 """
 
-# Keep a graph at least ``ttl`` more seconds (a job uses it). KEYS: graph key, ledger zset.
-# ARGV: ttl (s), now, the member. Returns 1 if the graph is stored.
-_TOUCH_GRAPH = """
-local ttl, now = tonumber(ARGV[1]), tonumber(ARGV[2])
-local left = redis.call('TTL', KEYS[1])
-if left == -2 then return 0 end
-if left >= 0 and left < ttl then
-  redis.call('ZADD', KEYS[2], 'XX', now + ttl, ARGV[3])
-  redis.call('EXPIRE', KEYS[1], ttl)
+# Keep a stored graph at least ``ttl`` more seconds, and date its ledger entry to match; 0 when it
+# is not stored. Also part of the move that finishes a job (worker/store.py: _TRANSITION).
+KEEP_GRAPH = """
+local function keep_graph(graph, ledger, member, ttl, now)
+  local left = redis.call('TTL', graph)
+  if left == -2 then return 0 end
+  if left >= 0 and left < ttl then
+    redis.call('ZADD', ledger, 'XX', now + ttl, member)
+    redis.call('EXPIRE', graph, ttl)
+  end
+  return 1
 end
-return 1
+"""
+
+# A job uses a graph. KEYS: graph key, ledger zset. ARGV: ttl (s), now, the member.
+_TOUCH_GRAPH = KEEP_GRAPH + """
+return keep_graph(KEYS[1], KEYS[2], ARGV[3], tonumber(ARGV[1]), tonumber(ARGV[2]))
 """
 
 # Create a queued job within the tenant's queued-jobs and job-bytes limits, in one step.

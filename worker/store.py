@@ -49,7 +49,7 @@ from graphspec.tensors import encode_tensor_raw
 from .dispatch import TRAIN_TASK
 from .records import JobRecord
 from .settings import Settings
-from .quota_store import _CREATE_JOB, JobQuota, QuotaExceeded, TenantQuotas, _seconds
+from .quota_store import _CREATE_JOB, KEEP_GRAPH, JobQuota, QuotaExceeded, TenantQuotas, _seconds
 from .sweep_store import SweepRecords
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
@@ -85,7 +85,7 @@ end
 #       job id, now, flags ('e': the job's message must be (re)sent; 'a': the move starts an attempt,
 #       counted in the same step so a trainer killed right after it is never left uncounted),
 #       retention (s: a finished job's keys expire after it), n, allowed x n, to, field, value... [, the blob]
-_TRANSITION = _FENCE + ("""
+_TRANSITION = _FENCE + KEEP_GRAPH + ("""
 local token = ARGV[1]
 if token == '!' then
   if redis.call('EXISTS', KEYS[1]) == 1 then return {0, 'leased'} end
@@ -144,12 +144,7 @@ for i = 1, n do
       end
       local graph_id = redis.call('HGET', KEYS[2], 'graph_id')
       if graph_id then
-        local graph = tenant_key .. ':graph:' .. graph_id
-        local left = redis.call('TTL', graph)
-        if left >= 0 and left < ttl then
-          redis.call('ZADD', tenant_key .. ':usage:graphs', 'XX', ended + ttl, graph_id)
-          redis.call('EXPIRE', graph, ttl)
-        end
+        keep_graph(tenant_key .. ':graph:' .. graph_id, tenant_key .. ':usage:graphs', graph_id, ttl, ended)
       end
     end
     return {1, state}
@@ -534,8 +529,8 @@ class JobStore(SweepRecords, TenantQuotas):
         """Store a queued job, in the outbox until :meth:`mark_sent` (a job whose sender died
         before sending is sent by the sweep); returns (the job as stored, created): its ``created`` is
         its outbox entry's score, for :meth:`mark_sent`. With an Idempotency-Key already used
-        by this tenant for the same request, returns the existing job instead (created=False);
-        the same key with a different request raises :class:`IdempotencyConflict`. Over one of
+        by this tenant for the same request, returns the existing job's id instead (a record holding
+        only its id and tenant; created=False); the same key with a different request raises :class:`IdempotencyConflict`. Over one of
         ``quota``'s limits nothing is stored and :class:`QuotaExceeded` says which; the job's bytes
         (its blobs and ``history_bytes``, its step history's bound) count toward ``max_job_bytes``."""
         job_id = "job_" + uuid.uuid4().hex  # JOB_ID
