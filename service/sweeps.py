@@ -9,7 +9,7 @@ from celery import Celery
 
 import runtime
 from runtime.sweeps import SearchSpace, apply
-from worker.store import JobStore, decode_tensors, now
+from worker.store import JobStore, now
 from worker.sweeps import advance, summary
 
 from .memory_limit import check_memory
@@ -53,8 +53,11 @@ def create_sweep(req: SweepRequest, tenant: str, store: JobStore, celery: Celery
     graph = base.graph
     trials, max_steps = [], 0
     body = req.base.training()
-    data = decode_tensors(base.data)  # for each trial's memory estimate (its batch size may differ)
-    eval_data = None if base.eval_data is None else decode_tensors(base.eval_data)
+    # each trial's memory estimate (its batch size may differ) from the data's dtypes and shapes,
+    # as the base job's checks summarised them: nothing to decode again
+    data, eval_data = (None if summary is None else {name: (i["dtype"], tuple(i["shape"]))
+                                                     for name, i in summary["inputs"].items()}
+                       for summary in (base.spec["data_summary"], base.spec["eval_data_summary"]))
     for index, assignment in enumerate(assignments):
         try:
             training = apply(body, assignment)
