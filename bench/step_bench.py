@@ -145,7 +145,9 @@ def build_graph(spec):
         y = g.input("y", ["N", s[-1]])
     L = len(s) - 1
     for i in range(L):
-        w = g.param(f"W{i}", [s[i], s[i + 1]], init="zeros")
+        # glorot, not zeros: reporting_overhead.py trains this graph from its own initial values
+        # (step_bench loads make_data's), and zero weights would leave every hidden gradient 0
+        w = g.param(f"W{i}", [s[i], s[i + 1]], init="glorot")
         b = g.param(f"b{i}", [s[i + 1]], init="zeros")
         h = h @ w + b
         if i < L - 1:

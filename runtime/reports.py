@@ -23,7 +23,8 @@ class StepReport:
     passes over the data after this step (the count :attr:`TrainResult.epochs` gives and the
     service shows as a job's ``epoch``: the last batch of the first epoch reports ``epoch`` 0
     and ``epochs`` 1); ``loss`` is that batch's loss
-    before the update, ``grads`` the gradients the update used (the report's own copies) and
+    before the update, ``grads`` the gradients the update used (the report's own copies; with
+    ``fit(copy_grads=False)`` the engine's arrays, valid only during the callback) and
     ``grad_norms`` their L2 norms (computed when first read); ``eval_loss`` is the held-out loss after the update when an evaluation ran
     at this step, else None. ``lr`` is the learning rate of this update (the schedule's), and
     :attr:`grad_norm` the global L2 norm of the gradients before any clipping. ``metrics`` are the
@@ -34,7 +35,7 @@ class StepReport:
     step: int
     epoch: int
     loss: float
-    grads: Arrays
+    grads: Mapping[str, np.ndarray]
     grad_norms: Mapping[str, float]
     eval_loss: float | None = None
     batch_index: int = 0
@@ -115,18 +116,41 @@ def grad_norm(g: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(a, dtype=np.float64).ravel()))
 
 
+class ScaledGrads(Mapping[str, np.ndarray]):
+    """Gradients held multiplied by ``scale`` (the compiled engine's, when it folds the
+    learning rate into the backward pass), read back divided: the true d(loss)/d(param).
+    ``scaled`` are the engine's own arrays, so this mapping is only valid until the next step
+    (``fit(copy_grads=False)``); a read divides into a new array unless ``scale`` is 1."""
+
+    def __init__(self, scaled: Arrays, scale: float):
+        self.scaled, self.scale = scaled, scale
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        g = self.scaled[name]
+        return g if self.scale == 1.0 else np.divide(g, self.scale)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.scaled)
+
+    def __len__(self) -> int:
+        return len(self.scaled)
+
+
 class GradNorms(Mapping[str, float]):
     """The L2 norm of each gradient (:func:`grad_norm`), computed the first time any is read:
-    most steps of a long run are never looked at."""
+    most steps of a long run are never looked at. Of :class:`ScaledGrads`, the norms of the
+    scaled arrays divided by the scale (no divided copy)."""
 
-    def __init__(self, grads: Arrays):
+    def __init__(self, grads: Mapping[str, np.ndarray]):
         self._grads = grads
         self._norms: dict[str, float] | None = None
 
     def _computed(self) -> dict[str, float]:
         if self._norms is None:
+            grads, scale = ((self._grads.scaled, self._grads.scale) if isinstance(self._grads, ScaledGrads)
+                            else (self._grads, 1.0))
             with np.errstate(all="ignore"):
-                self._norms = {n: grad_norm(g) for n, g in self._grads.items()}
+                self._norms = {n: grad_norm(g) / scale for n, g in grads.items()}
         return self._norms
 
     def __getitem__(self, name: str) -> float:

@@ -52,7 +52,7 @@ from .errors import InputError, NonFiniteError
 from .noise import Noise
 from .optim import Optimizer
 from .plan import Plan, compile
-from .reports import GradNorms, StepReport, TrainResult
+from .reports import GradNorms, ScaledGrads, StepReport, TrainResult
 from .schedules import Schedule
 from .spec import TrainingSpec
 from .stopping import StoppingRules
@@ -245,7 +245,8 @@ class Trainer:
             epochs: int | None = None, callback: Callable[[StepReport], Any] | None = None,
             eval_data: Mapping[str, Any] | None = None, eval_every: int | None = None,
             checkpoint_every: int | None = None, on_checkpoint: Callable[[Checkpoint], Any] | None = None,
-            resume: Checkpoint | None = None, stopping: StoppingRules | None = None) -> TrainResult:
+            resume: Checkpoint | None = None, stopping: StoppingRules | None = None,
+            copy_grads: bool = True) -> TrainResult:
         """Train until ``steps`` updates or ``epochs`` epochs (counted from the start of the run;
         whichever comes first), until ``callback`` returns True or ``"stop"``, or until the
         ``stopping`` rules (patience on the eval loss, a target loss: :mod:`runtime.stopping`) say so;
@@ -257,6 +258,12 @@ class Trainer:
         and at the end; every ``checkpoint_every`` steps ``on_checkpoint`` gets a
         :class:`Checkpoint`. A NaN/inf loss, gradient or parameter raises
         :class:`~runtime.errors.NonFiniteError` naming the first node that produced it.
+
+        Each :class:`StepReport` the ``callback`` gets holds copies of the step's gradients, so a
+        kept report stays valid. ``copy_grads=False`` is for a callback that reads a report only
+        while it is called (the worker's reporter): the compiled engine then hands over its own
+        gradient arrays, which the next step overwrites, and saves a copy of every gradient per
+        step (a few per cent of a step on a large model: bench/README.md).
         """
         steps = _count("steps", steps, 0)
         epochs = _count("epochs", epochs, 0)
@@ -359,7 +366,7 @@ class Trainer:
                 opt.lr = schedule.rate(base_lr, number, total)
             if engine is not None:
                 loss, grads, norm, metrics = self._compiled_step(engine, programs, arrays, rows, number,
-                                                                 callback is not None, noise)
+                                                                 callback is not None and copy_grads, noise)
             else:
                 loss, grads, norm, metrics = self._interpreted_step(arrays, rows, params, number, noise)
             step, last = number, loss
@@ -437,9 +444,10 @@ class Trainer:
         return clip(grads, clip_norm=self.clip_norm, clip_value=self.clip_value, scale=scale)
 
     def _compiled_step(self, engine: CompiledStep, programs: dict, arrays: Arrays, rows, number: int,
-                       keep_grads: bool, noise: Noise | None) -> tuple[float, Arrays, float | None, dict[str, float]]:
+                       keep_grads: bool, noise: Noise | None) -> tuple[float, Mapping[str, np.ndarray], float | None, dict[str, float]]:
         """One update on the compiled engine: the batch is gathered straight into the tape's
-        input buffers. The gradients are copied only when someone (a callback) will see them."""
+        input buffers. The gradients are copied only when a callback will see them and may keep
+        them (``keep_grads``); else they are the engine's arrays, read back unscaled."""
         key = None if rows is None else _length(rows)  # a tape per batch length: the last may be short
         program = programs.get(key)
         if program is None:
@@ -457,7 +465,7 @@ class Trainer:
         if not math.isfinite(loss) or not engine.gradients_finite(program, noise):
             raise self.diagnose(dict(program.inputs), engine.params, number, noise)
         norm = self._clip(engine.gradient_arenas(), engine.grad_scale)
-        grads = engine.true_grads() if keep_grads else engine.grads
+        grads = engine.true_grads() if keep_grads else ScaledGrads(engine.grads, engine.grad_scale)
         with np.errstate(all="ignore"):
             engine.update()
         if not engine.params_finite():

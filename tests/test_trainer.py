@@ -459,6 +459,37 @@ def test_callback_reports_every_step(logreg, compiled):
     assert reports[0].grad_norms["w2"] == pytest.approx(abs((residual * data["x2"][first]).mean()))
 
 
+@pytest.mark.parametrize("optimizer", [("sgd", {"lr": 0.5}), ("adam", {"lr": 0.05})])
+def test_copy_grads_false_reports_the_same_gradients_read_during_the_callback(optimizer, compiled):
+    """fit(copy_grads=False) (the worker's reporter): read during the callback, each report
+    holds the same gradients and norms as a copied one, float32 included. Plain SGD on the
+    compiled engine folds the rate into the gradients: read back divided, not lr times them."""
+    graph = graphspec.load(EXAMPLES / "small_mlp.json")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    data = {"x": x, "labels": (x[:, 0] > 0).astype(np.int64)}
+    read: dict[bool, list] = {True: [], False: []}
+    kept: list[StepReport] = []
+    for copy in (True, False):
+        def callback(r: StepReport, copy=copy) -> None:
+            read[copy].append((r.step, {n: np.array(g) for n, g in r.grads.items()}, dict(r.grad_norms)))
+            kept.append(r)
+        Trainer(graph, make_optimizer(*optimizer[:1], **optimizer[1]), batch_size=16, seed=0,
+                compiled=compiled).fit(data, runtime.init_params(graph, seed=0), steps=6, callback=callback,
+                                       copy_grads=copy)
+    assert len(read[True]) == len(read[False]) == 6
+    for (step, grads, norms), (step_live, grads_live, norms_live) in zip(read[True], read[False]):
+        assert step == step_live and grads.keys() == grads_live.keys() == norms_live.keys()
+        for name in grads:
+            assert grads_live[name].dtype == np.float32
+            np.testing.assert_allclose(grads_live[name], grads[name], rtol=1e-5, atol=1e-7, err_msg=name)
+            assert norms_live[name] == pytest.approx(norms[name], rel=1e-5, abs=1e-9)
+    # the copies stay: a kept report's gradients are still its step's after training
+    for report, (_, grads, _) in zip(kept[:6], read[True]):
+        for name in grads:
+            np.testing.assert_array_equal(report.grads[name], grads[name])
+
+
 @pytest.mark.parametrize("answer", [True, "stop"])
 def test_callback_stops_early(logreg, answer, compiled):
     graph, plan = logreg

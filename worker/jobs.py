@@ -89,6 +89,10 @@ class _Reporter:
         self.cancelled = False
         self.last: runtime.StepReport | None = None
         self.flushed_step: int | None = None  # the last step counted in the worker's metrics
+        # Only full gradients are read after the call (finish() samples the last report); norms
+        # are read during it, so the trainer can hand over its own arrays (fit's copy_grads).
+        self.keeps_gradients = self.gradients == "full"
+        self.last_norms: dict[str, float] | None = None
 
     def __call__(self, report: runtime.StepReport) -> str | None:
         if self.flushed_step is None:
@@ -96,6 +100,10 @@ class _Reporter:
         self.last = report
         if report.step % self.every == 0:
             self._sample(report)
+        elif self.gradients == "norms":
+            # now, not at finish(): the engine's arrays change with the next step, and a failing
+            # next step leaves this one the last in the history
+            self.last_norms = dict(report.grad_norms)
         clock = time.monotonic()
         if clock - self.last_renew >= self.store.settings.lease_ttl_s / 3:
             # alive, even between sparse reports; False means another trainer or the sweep has the job
@@ -117,9 +125,10 @@ class _Reporter:
             self.sweep_stopped = _quietly(lambda: sweeps.should_stop(self.store, self.job_id, self.sweep_id), False)
         return "stop" if self.cancelled or self.handing_back or self.sweep_stopped else None
 
-    def _sample(self, report: runtime.StepReport) -> None:
+    def _sample(self, report: runtime.StepReport, norms: dict[str, float] | None = None) -> None:
         grads = encode_tensors(report.grads) if self.gradients == "full" else None
-        norms = dict(report.grad_norms) if self.gradients != "none" else {}  # computed now, from this step
+        if norms is None:
+            norms = dict(report.grad_norms) if self.gradients != "none" else {}  # computed now, from this step
         self.buffer.append(StepRecord(report.step, float(report.loss), norms, now(), report.eval_loss, grads,
                                       step_metrics(self.metric_names, report)))
         self.sampled = report.step
@@ -127,7 +136,7 @@ class _Reporter:
     def finish(self) -> None:
         """The last step is always in the history, whatever report_every is."""
         if self.last is not None and getattr(self, "sampled", None) != self.last.step:
-            self._sample(self.last)
+            self._sample(self.last, self.last_norms)
         self.flush()
 
     def flush(self) -> None:
@@ -281,7 +290,7 @@ def _train(store: JobStore, job_id: str, job: JobRecord, token: str, worker: str
     try:
         options = {**spec.fit_options(has_eval_data=eval_data is not None), "checkpoint_every": checkpoint_every}
         result = trainer.fit(data, params, callback=reporter, eval_data=eval_data, resume=resume,
-                             on_checkpoint=save_checkpoint, **options)
+                             on_checkpoint=save_checkpoint, copy_grads=reporter.keeps_gradients, **options)
     except (LeaseLost, *REDIS_DOWN):
         raise  # not ours to write any more, or nowhere to write it
     except Exception:

@@ -37,14 +37,17 @@ def regression_data(n: int = 64) -> dict[str, np.ndarray]:
     return {"x": x, "y": x @ np.array([[1.5], [-2.0], [0.5]]) + 0.3}
 
 
-def local_losses(graph, data, spec) -> tuple[list[float], runtime.NonFiniteError]:
-    """Every step's loss the same run reports in this process, and the error that ends it."""
+def local_losses(graph, data, spec) -> tuple[list[float], list[dict[str, float]], runtime.NonFiniteError]:
+    """Every step's loss and gradient norms the same run reports in this process, and the
+    error that ends it."""
     losses: list[float] = []
+    norms: list[dict[str, float]] = []
     trainer = runtime.Trainer(graph, runtime.make_optimizer(**spec["optimizer"]), batch_size=spec.get("batch_size"),
                               seed=spec.get("seed", 0))
     with pytest.raises(runtime.NonFiniteError) as failure:
-        trainer.fit(data, runtime.init_params(graph), steps=spec["steps"], callback=lambda r: losses.append(r.loss))
-    return losses, failure.value
+        trainer.fit(data, runtime.init_params(graph), steps=spec["steps"],
+                    callback=lambda r: (losses.append(r.loss), norms.append(dict(r.grad_norms))))
+    return losses, norms, failure.value
 
 
 @pytest.fixture
@@ -64,7 +67,7 @@ def test_diverging_job_keeps_every_reported_step_and_shows_where_it_stopped(stor
     graph, data = linear_regression(), regression_data()
     spec = {"optimizer": {"name": "sgd", "lr": 50.0}, "steps": 200, "report_every": report_every,
             "gradients": "norms"}
-    losses, error = local_losses(graph, data, spec)
+    losses, norms, error = local_losses(graph, data, spec)
     last = len(losses)  # the last step the trainer reported before the non-finite one
     assert 5 < last < 199, "the run must diverge part-way for this test to mean anything"
 
@@ -80,6 +83,10 @@ def test_diverging_job_keeps_every_reported_step_and_shows_where_it_stopped(stor
         expected.append(last)  # the last reported step is always kept, whatever report_every is
     assert [s.step for s in steps] == expected
     assert [s.loss for s in steps] == pytest.approx([losses[s - 1] for s in expected], rel=1e-9)
+    # the last step's norms too, though the failing step after it overwrote the engine's
+    # gradients (the worker reads them during the callback: fit(copy_grads=False))
+    for s in steps:
+        assert s.grad_norms == pytest.approx(norms[s.step - 1], rel=1e-9), s.step
     assert job.step == last
     assert job.loss == pytest.approx(losses[-1], rel=1e-9)
 
