@@ -60,6 +60,9 @@ def check_service_bench(report: dict, stdout: str, stderr: str) -> None:
     latency, submissions = report["latency_ms"], report["submissions"]
     assert latency["jobs"] == 3 and len(latency["all"]) == 3
     assert all(finite_positive(v) for v in (latency["p50"], latency["p90"], *latency["all"]))
+    assert latency["parts_p50"].keys() == {"post", "created_to_started", "started_to_first_step",
+                                           "first_step_to_visible"}
+    assert all(math.isfinite(v) for v in latency["parts_p50"].values())
     assert submissions["count"] == 20
     assert finite_positive(submissions["per_s"]) and finite_positive(submissions["ms_per_post"])
     throughput = report["throughput"]
@@ -119,12 +122,23 @@ def check_soak(report: dict, stdout: str, stderr: str) -> None:
     assert "lost 0" in stdout and "back to the baseline" in stdout
 
 
+def check_http_ceiling(report: dict, stdout: str, stderr: str) -> None:
+    assert set(report["variants"]) == {"starlette", "fastapi"}
+    for variant, row in report["variants"].items():
+        assert row["count"] == report["submissions"] == 40, variant
+        assert finite_positive(row["per_s"]) and finite_positive(row["server_cpu_ms_per_post"]), (variant, row)
+        assert isinstance(row["met"], bool)
+        assert stdout.count(f"{variant} ") >= 1
+    assert "submissions/s" in stdout
+
+
 # script -> (arguments of its smallest run, needs Redis, the check of its --json report)
 SMOKE: dict[str, tuple[list[str], bool, Callable[[dict, str, str], None]]] = {
     "reporting_overhead.py": (["--quick"], True, check_reporting_overhead),
     "service_bench.py": (["--quick"], True, check_service_bench),
     "chaos.py": (["--quick"], True, check_chaos),
     "soak.py": (["--quick"], True, check_soak),
+    "http_ceiling.py": (["--quick"], False, check_http_ceiling),
     # every implementation, torch included: without the bench extra it must skip that column
     # (tests/test_step_bench.py runs it with an explicit implementation list)
     "step_bench.py": (["--quick", "--workloads", "W1_b1,W5_cnn"], False, check_step_bench),
