@@ -10,8 +10,10 @@ apps that do *nothing* with a job, so the figure is what the 2 cores give before
 does any work:
 
 * ``starlette``: a bare Starlette route reads the body and answers 202 with an id;
-* ``fastapi``: a FastAPI route whose body is parsed as JSON into a ``dict`` (FastAPI's request
-  handling and its JSON encoding of the answer, no model, no Redis);
+* ``fastapi_async``: a FastAPI ``async`` route whose body is parsed as JSON into a ``dict``
+  (FastAPI's request handling and its JSON encoding of the answer, no model, no Redis);
+* ``fastapi``: the same as a plain ``def`` route, as chainrule's routes are (FastAPI runs it in
+  a worker thread).
 
 Each variant's submissions/s and the server's CPU per POST (its processes' CPU time from /proc,
 as service_bench.py reads it). Figures, not assertions.
@@ -41,7 +43,7 @@ sys.path.insert(1, str(ROOT / "bench"))
 from service_bench import (API_WORKERS, GOALS, Stack, free_port, ready, session_cpu_s, stop,  # noqa: E402
                            submit_concurrently, wait)
 
-VARIANTS = ("starlette", "fastapi")
+VARIANTS = ("starlette", "fastapi_async", "fastapi")
 
 
 # -- the apps (uvicorn imports this module in each of its processes: ``http_ceiling:<variant>``) --
@@ -60,14 +62,19 @@ def _starlette_app():
     return Starlette(routes=[Route("/v1/jobs", create, methods=["POST"]), Route("/readyz", readyz)])
 
 
-def _fastapi_app():
+def _fastapi_app(asynchronous: bool = False):
     from fastapi import FastAPI
 
     api = FastAPI()
 
-    @api.post("/v1/jobs", status_code=202)
-    def create(body: dict) -> dict:  # a sync route, as chainrule's: FastAPI runs it in a thread
-        return {"id": uuid.uuid4().hex, "state": "queued", "fields": len(body)}
+    if asynchronous:
+        @api.post("/v1/jobs", status_code=202)
+        async def create(body: dict) -> dict:  # no thread hop
+            return {"id": uuid.uuid4().hex, "state": "queued", "fields": len(body)}
+    else:
+        @api.post("/v1/jobs", status_code=202)
+        def create(body: dict) -> dict:  # a sync route, as chainrule's: FastAPI runs it in a thread
+            return {"id": uuid.uuid4().hex, "state": "queued", "fields": len(body)}
 
     @api.get("/readyz")
     def readyz() -> dict:
@@ -81,6 +88,8 @@ def __getattr__(name: str):  # uvicorn's "http_ceiling:starlette" builds the app
         return _starlette_app()
     if name == "fastapi":
         return _fastapi_app()
+    if name == "fastapi_async":
+        return _fastapi_app(asynchronous=True)
     raise AttributeError(name)
 
 
@@ -137,7 +146,7 @@ def main() -> int:
     try:
         for variant in VARIANTS:
             row = report["variants"][variant] = measure(variant, pool, clients, submissions, logdir)
-            print(f"{variant:<10} {row['per_s']:7.0f} submissions/s   server CPU {row['server_cpu_ms_per_post']:.2f} "
+            print(f"{variant:<14} {row['per_s']:7.0f} submissions/s   server CPU {row['server_cpu_ms_per_post']:.2f} "
                   f"ms per POST   ({row['count']} POSTs, {clients} clients, {API_WORKERS} server processes)")
             time.sleep(0.2)
     finally:

@@ -104,7 +104,9 @@ def time_run(graph, data, batch, steps, reporter: _Reporter | None) -> float:
     trainer = runtime.Trainer(graph, runtime.SGD(lr=0.1), batch_size=batch, seed=0, compiled=True)
     params = runtime.init_params(graph)
     start = time.perf_counter()
-    trainer.fit(data, params, steps=steps, callback=reporter)
+    # as worker.jobs.run_job calls it: the reporter says whether it keeps the gradients
+    trainer.fit(data, params, steps=steps, callback=reporter,
+                copy_grads=reporter.keeps_gradients if reporter is not None else True)
     if reporter is not None:
         reporter.finish()  # the last buffered steps: part of the job's reporting
     return (time.perf_counter() - start) / steps * 1e6

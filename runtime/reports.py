@@ -103,16 +103,26 @@ FLOAT32_DOT_MIN = 4096
 _F32_SAFE = (1e-30, 1e30)
 
 
-def grad_norm(g: np.ndarray) -> float:
+def sum_of_squares(g: np.ndarray) -> float:
+    """What :func:`grad_norm` takes the square root of: one dot product, in float64 except for a
+    large float32 gradient's (one float32 BLAS dot, no copy). Finite exactly when every value is,
+    unless the squares overflow. The compiled engine takes these in its finiteness check (one
+    pass over the gradients it makes anyway) when a report will want the norms."""
+    a = np.asarray(g)
+    flat = a.ravel() if a.dtype == np.float64 or (a.dtype == np.float32 and a.size >= FLOAT32_DOT_MIN) else \
+        np.asarray(a, dtype=np.float64).ravel()
+    return float(np.dot(flat, flat))
+
+
+def grad_norm(g: np.ndarray, squares: float | None = None) -> float:
     """The L2 norm of one gradient: in float64, except a large float32 gradient's, whose sum
     of squares is one float32 dot product (relative error of the order of float32 rounding,
-    like the gradient's own values) unless it overflowed or underflowed."""
+    like the gradient's own values) unless it overflowed or underflowed. ``squares``: its
+    :func:`sum_of_squares`, when already taken."""
     a = np.asarray(g)
-    if a.dtype == np.float32 and a.size >= FLOAT32_DOT_MIN:
-        flat = a.ravel()
-        squares = float(np.dot(flat, flat))
-        if _F32_SAFE[0] < squares < _F32_SAFE[1]:
-            return math.sqrt(squares)
+    squares = sum_of_squares(a) if squares is None else squares
+    if a.dtype != np.float32 or a.size < FLOAT32_DOT_MIN or _F32_SAFE[0] < squares < _F32_SAFE[1]:
+        return math.sqrt(squares)
     return float(np.linalg.norm(np.asarray(a, dtype=np.float64).ravel()))
 
 
@@ -122,8 +132,9 @@ class ScaledGrads(Mapping[str, np.ndarray]):
     ``scaled`` are the engine's own arrays, so this mapping is only valid until the next step
     (``fit(copy_grads=False)``); a read divides into a new array unless ``scale`` is 1."""
 
-    def __init__(self, scaled: Arrays, scale: float):
+    def __init__(self, scaled: Arrays, scale: float, squares: Mapping[str, float] | None = None):
         self.scaled, self.scale = scaled, scale
+        self.squares = squares  # each scaled array's sum_of_squares, when the engine took them
 
     def __getitem__(self, name: str) -> np.ndarray:
         g = self.scaled[name]
@@ -147,10 +158,10 @@ class GradNorms(Mapping[str, float]):
 
     def _computed(self) -> dict[str, float]:
         if self._norms is None:
-            grads, scale = ((self._grads.scaled, self._grads.scale) if isinstance(self._grads, ScaledGrads)
-                            else (self._grads, 1.0))
+            grads, scale, squares = ((self._grads.scaled, self._grads.scale, self._grads.squares or {})
+                                     if isinstance(self._grads, ScaledGrads) else (self._grads, 1.0, {}))
             with np.errstate(all="ignore"):
-                self._norms = {n: grad_norm(g) / scale for n, g in grads.items()}
+                self._norms = {n: grad_norm(g, squares.get(n)) / scale for n, g in grads.items()}
         return self._norms
 
     def __getitem__(self, name: str) -> float:

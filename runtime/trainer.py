@@ -366,7 +366,7 @@ class Trainer:
                 opt.lr = schedule.rate(base_lr, number, total)
             if engine is not None:
                 loss, grads, norm, metrics = self._compiled_step(engine, programs, arrays, rows, number,
-                                                                 callback is not None and copy_grads, noise)
+                                                                 callback is not None, copy_grads, noise)
             else:
                 loss, grads, norm, metrics = self._interpreted_step(arrays, rows, params, number, noise)
             step, last = number, loss
@@ -444,10 +444,11 @@ class Trainer:
         return clip(grads, clip_norm=self.clip_norm, clip_value=self.clip_value, scale=scale)
 
     def _compiled_step(self, engine: CompiledStep, programs: dict, arrays: Arrays, rows, number: int,
-                       keep_grads: bool, noise: Noise | None) -> tuple[float, Mapping[str, np.ndarray], float | None, dict[str, float]]:
+                       report: bool, keep_grads: bool,
+                       noise: Noise | None) -> tuple[float, Mapping[str, np.ndarray], float | None, dict[str, float]]:
         """One update on the compiled engine: the batch is gathered straight into the tape's
-        input buffers. The gradients are copied only when a callback will see them and may keep
-        them (``keep_grads``); else they are the engine's arrays, read back unscaled."""
+        input buffers. The gradients are copied only when a callback will see them (``report``)
+        and may keep them (``keep_grads``); else they are the engine's arrays, read back unscaled."""
         key = None if rows is None else _length(rows)  # a tape per batch length: the last may be short
         program = programs.get(key)
         if program is None:
@@ -462,10 +463,14 @@ class Trainer:
                 else:
                     np.take(arrays[name], rows, axis=0, out=program.inputs[name])
         loss = engine.run(program, update=False, noise=noise, fold=engine.folds(program, self.schedule.varies))
-        if not math.isfinite(loss) or not engine.gradients_finite(program, noise):
+        # a callback that reads the engine's own gradients gets their norms from the finiteness
+        # check's pass over them (unless clipping changes them after it)
+        squares = report and not keep_grads and self.clip_norm is None and self.clip_value is None
+        if not math.isfinite(loss) or not engine.gradients_finite(program, noise, squares=squares):
             raise self.diagnose(dict(program.inputs), engine.params, number, noise)
         norm = self._clip(engine.gradient_arenas(), engine.grad_scale)
-        grads = engine.true_grads() if keep_grads else ScaledGrads(engine.grads, engine.grad_scale)
+        grads = engine.true_grads() if report and keep_grads else ScaledGrads(engine.grads, engine.grad_scale,
+                                                                   engine.grad_squares)
         with np.errstate(all="ignore"):
             engine.update()
         if not engine.params_finite():

@@ -123,7 +123,7 @@ def check_soak(report: dict, stdout: str, stderr: str) -> None:
 
 
 def check_http_ceiling(report: dict, stdout: str, stderr: str) -> None:
-    assert set(report["variants"]) == {"starlette", "fastapi"}
+    assert set(report["variants"]) == {"starlette", "fastapi_async", "fastapi"}
     for variant, row in report["variants"].items():
         assert row["count"] == report["submissions"] == 40, variant
         assert finite_positive(row["per_s"]) and finite_positive(row["server_cpu_ms_per_post"]), (variant, row)

@@ -459,31 +459,47 @@ def test_callback_reports_every_step(logreg, compiled):
     assert reports[0].grad_norms["w2"] == pytest.approx(abs((residual * data["x2"][first]).mean()))
 
 
-@pytest.mark.parametrize("optimizer", [("sgd", {"lr": 0.5}), ("adam", {"lr": 0.05})])
-def test_copy_grads_false_reports_the_same_gradients_read_during_the_callback(optimizer, compiled):
+def wide_mlp() -> graphspec.Graph:
+    """float32, with a 64x64 weight: gradients of 4,096 values take the float32 dot product
+    path of runtime.reports.grad_norm, the small ones the float64 path."""
+    g = GraphBuilder("wide", dtype="float32")
+    x, labels = g.input("x", ["N", 64]), g.input("labels", ["N"], dtype="int64")
+    w, b = g.param("w", [64, 64], init="glorot"), g.param("b", [64], init="zeros")
+    v = g.param("v", [64, 3], init="glorot")
+    g.loss(g.softmax_cross_entropy((x @ w + b).relu() @ v, labels, name="L"))
+    return g.build()
+
+
+@pytest.mark.parametrize("optimizer,options", [
+    (("sgd", {"lr": 0.5}), {}),  # the compiled engine folds the rate into the gradients
+    (("adam", {"lr": 0.05}), {}),
+    (("sgd", {"lr": 0.5}), {"clip_norm": 0.01}),  # clipped after the finiteness check's pass
+], ids=["sgd", "adam", "clipped"])
+def test_copy_grads_false_reports_the_same_gradients_read_during_the_callback(optimizer, options, compiled):
     """fit(copy_grads=False) (the worker's reporter): read during the callback, each report
-    holds the same gradients and norms as a copied one, float32 included. Plain SGD on the
-    compiled engine folds the rate into the gradients: read back divided, not lr times them."""
-    graph = graphspec.load(EXAMPLES / "small_mlp.json")
+    holds the same gradients and norms as a copied one, float32 included. Folded SGD's
+    gradients are read back divided, not lr times them; the norms come from the engine's
+    finiteness check unless clipping changed the gradients after it."""
+    graph = wide_mlp()
     rng = np.random.default_rng(3)
-    x = rng.normal(size=(40, 4)).astype(np.float32)
-    data = {"x": x, "labels": (x[:, 0] > 0).astype(np.int64)}
+    x = rng.normal(size=(40, 64)).astype(np.float32)
+    data = {"x": x, "labels": (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1)}
     read: dict[bool, list] = {True: [], False: []}
     kept: list[StepReport] = []
     for copy in (True, False):
         def callback(r: StepReport, copy=copy) -> None:
             read[copy].append((r.step, {n: np.array(g) for n, g in r.grads.items()}, dict(r.grad_norms)))
             kept.append(r)
-        Trainer(graph, make_optimizer(*optimizer[:1], **optimizer[1]), batch_size=16, seed=0,
-                compiled=compiled).fit(data, runtime.init_params(graph, seed=0), steps=6, callback=callback,
-                                       copy_grads=copy)
+        Trainer(graph, make_optimizer(optimizer[0], **optimizer[1]), batch_size=16, seed=0, compiled=compiled,
+                **options).fit(data, runtime.init_params(graph, seed=0), steps=6, callback=callback, copy_grads=copy)
     assert len(read[True]) == len(read[False]) == 6
     for (step, grads, norms), (step_live, grads_live, norms_live) in zip(read[True], read[False]):
-        assert step == step_live and grads.keys() == grads_live.keys() == norms_live.keys()
+        assert step == step_live and grads.keys() == grads_live.keys() == norms_live.keys() == {"w", "b", "v"}
         for name in grads:
             assert grads_live[name].dtype == np.float32
             np.testing.assert_allclose(grads_live[name], grads[name], rtol=1e-5, atol=1e-7, err_msg=name)
             assert norms_live[name] == pytest.approx(norms[name], rel=1e-5, abs=1e-9)
+            assert norms[name] == pytest.approx(float(np.linalg.norm(grads[name].astype(np.float64))), rel=1e-5)
     # the copies stay: a kept report's gradients are still its step's after training
     for report, (_, grads, _) in zip(kept[:6], read[True]):
         for name in grads:

@@ -38,6 +38,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+import msgpack
 import numpy as np
 import redis
 import redis.asyncio as aioredis
@@ -156,10 +157,11 @@ return {0, state}
 
 # Step entries, progress and a read of the state in one fenced round trip.
 # KEYS: lease, job hash, steps stream, series, series columns.
-# ARGV: token, lease TTL, maxlen, records, the series' columns (JSON; '' = no series rows this time),
+# ARGV: token, lease TTL, maxlen, the series' columns (JSON; '' = no series rows this time),
 #       the records' series rows (float64, one after the other), the bytes of one row,
-#       then per record: entry id, its loss if finite (else ''), field count, field, value...;
-#       then progress field, value...
+#       the records as one msgpack array of [entry id, its loss if finite (else ''), [field, value, ...]]
+#       (one argument, not a dozen per record: redis-py's encoding of each argument was most of a
+#       flush's cost, issue #19's reporting overhead), then progress field, value...
 # Only entries XADD accepts (not a replay's, which it refuses) get their series row and count for
 # best_loss, so the series holds exactly the stream's entries; a series whose columns differ from
 # the ones stored first gets no rows, and readers then see it is short (JobStore.read_series).
@@ -172,32 +174,31 @@ if series then
 end
 local best = tonumber(redis.call('HGET', KEYS[2], 'best_loss') or '')
 local best_text, best_step = nil, nil
-local n, width = tonumber(ARGV[4]), tonumber(ARGV[7])
-local i = 8
+local width = tonumber(ARGV[6])
+local records = cmsgpack.unpack(ARGV[7])
 local refused, accepted = {}, {}
-for r = 1, n do
-  local nf = tonumber(ARGV[i + 2])
-  local added = redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], ARGV[i], unpack(ARGV, i + 3, i + 2 + 2 * nf))
+for r, record in ipairs(records) do
+  local id, loss_text = record[1], record[2]
+  local added = redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], id, unpack(record[3]))
   if type(added) == 'table' and added.err then
-    refused[#refused + 1] = ARGV[i]
+    refused[#refused + 1] = id
   else
     accepted[#accepted + 1] = r
-    local loss = tonumber(ARGV[i + 1])
-    if loss and (best == nil or loss < best) then best, best_text, best_step = loss, ARGV[i + 1], ARGV[i] end
+    local loss = tonumber(loss_text)
+    if loss and (best == nil or loss < best) then best, best_text, best_step = loss, loss_text, id end
   end
-  i = i + 3 + 2 * nf
 end
-if series and #accepted == n then
-  redis.call('APPEND', KEYS[4], ARGV[6])
+if series and #accepted == #records then
+  redis.call('APPEND', KEYS[4], ARGV[5])
 elseif series and #accepted > 0 then
   local rows = {}
-  for k, r in ipairs(accepted) do rows[k] = string.sub(ARGV[6], (r - 1) * width + 1, r * width) end
+  for k, r in ipairs(accepted) do rows[k] = string.sub(ARGV[5], (r - 1) * width + 1, r * width) end
   redis.call('APPEND', KEYS[4], table.concat(rows))
 end
 if best_text then
   redis.call('HSET', KEYS[2], 'best_loss', best_text, 'best_loss_step', string.match(best_step, '^(%d+)'))
 end
-if i < #ARGV then redis.call('HSET', KEYS[2], unpack(ARGV, i)) end
+if #ARGV > 7 then redis.call('HSET', KEYS[2], unpack(ARGV, 8)) end
 return {1, redis.call('HGET', KEYS[2], 'state') or '', refused}
 """
 
@@ -851,16 +852,17 @@ class JobStore(SweepRecords, TenantQuotas):
         uniform = bool(records) and all(n.keys() == norms[0].keys() for n in norms) and all(
             r.metrics.keys() == records[0].metrics.keys() for r in records)
         rows = series_rows(records, names, norms, metric_names)
-        args: list[Any] = [token, self._lease_ms(), self.settings.stream_maxlen, len(records),
+        entries = []
+        for rec in records:
+            loss = float(rec.loss)
+            # strings and bytes only: a number would reach Lua as a float
+            entries.append([f"{rec.step}-0", repr(loss) if math.isfinite(loss) else "",
+                            [x for k, v in rec.to_fields().items() for x in (k, v if isinstance(v, bytes) else str(v))]])
+        args: list[Any] = [token, self._lease_ms(), self.settings.stream_maxlen,
                            json.dumps(series_columns(names, metric_names)) if uniform else "",
                            rows.tobytes() if uniform else b"",
-                           rows.shape[1] * SERIES_DTYPE.itemsize]
-        for rec in records:
-            fields = rec.to_fields()
-            loss = float(rec.loss)
-            args += [f"{rec.step}-0", repr(loss) if math.isfinite(loss) else "", len(fields)]
-            for k, v in fields.items():
-                args += [k, v]
+                           rows.shape[1] * SERIES_DTYPE.itemsize,
+                           msgpack.packb(entries, use_bin_type=False)]  # Redis's cmsgpack reads no bin type
         for k, v in progress.items():
             args += [k, v]
         keys = [self.job_key(job_id, "lease"), self.job_key(job_id), self.job_key(job_id, "steps"),

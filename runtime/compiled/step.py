@@ -17,6 +17,7 @@ the next step; copy what you keep.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -28,6 +29,7 @@ from ..errors import ExecutionError, InputError
 from ..noise import Noise
 from ..optim import Optimizer
 from ..plan import Plan, compile as compile_plan
+from ..reports import sum_of_squares
 from .lower import Program, lower, tensor_type
 
 
@@ -67,6 +69,7 @@ class CompiledStep:
         self._last: Program | None = None
         self._loaded = False
         self.grad_scale = 1.0  # what the last run's gradients are multiplied by (see run)
+        self.grad_squares: dict[str, float] | None = None  # see gradients_finite
         self._input_types = {name: spec.dtype for name, spec in plan.graph.inputs.items()}
 
     # -- parameters ------------------------------------------------------------------------
@@ -222,10 +225,22 @@ class CompiledStep:
     def grads_finite(self) -> bool:
         return all(_finite(a.grads) for a in self._arenas)
 
-    def gradients_finite(self, program: Program, noise: Noise | None = None) -> bool:
+    def gradients_finite(self, program: Program, noise: Noise | None = None, *, squares: bool = False) -> bool:
         """Whether the last run's gradients are finite. A run whose gradients were scaled
         (:meth:`run`'s ``fold``) and are not is redone unscaled first, so the scale is never
-        what made a step fail."""
+        what made a step fail.
+
+        ``squares``: the check is made of each gradient's sum of squares instead
+        (:func:`~runtime.reports.sum_of_squares`, kept in :attr:`grad_squares`): the same one
+        pass over the gradients, but a report's norms then need no second pass, which on a large
+        model reads them back from memory (bench/README.md, "Reporting overhead")."""
+        self.grad_squares = None
+        if squares:
+            with np.errstate(all="ignore"):
+                taken = {name: sum_of_squares(g) for name, g in self.grads.items()}
+            if all(math.isfinite(v) for v in taken.values()):
+                self.grad_squares = taken
+                return True
         if self.grads_finite():
             return True
         if self.grad_scale != 1.0:
