@@ -167,10 +167,10 @@ return {0, state}
 # the ones stored first gets no rows, and readers then see it is short (JobStore.read_series).
 _REPORT = _FENCE + """
 if not fenced(ARGV[1], ARGV[2]) then return {-1, '', {}} end
-local series = ARGV[5] ~= ''
+local series = ARGV[4] ~= ''
 if series then
-  redis.call('SET', KEYS[5], ARGV[5], 'NX')
-  series = redis.call('GET', KEYS[5]) == ARGV[5]
+  redis.call('SET', KEYS[5], ARGV[4], 'NX')
+  series = redis.call('GET', KEYS[5]) == ARGV[4]
 end
 local best = tonumber(redis.call('HGET', KEYS[2], 'best_loss') or '')
 local best_text, best_step = nil, nil
