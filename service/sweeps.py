@@ -75,7 +75,9 @@ def create_sweep(req: SweepRequest, tenant: str, store: JobStore, celery: Celery
     config = {"method": req.method, "seed": req.seed, "max_trials": len(trials), "max_concurrent": req.max_concurrent,
               "space": req.space, "early_termination": None if rule is None else rule.model_dump(),
               "objective": "eval_loss" if base.eval_data is not None else "loss", "max_steps": max_steps,
-              "queue": settings.queue}  # its trials go to the queue the API sends jobs to
+              "queue": settings.queue,  # its trials go to the queue the API sends jobs to
+              # the tenant's cap as the sweep starts: its trials wait queued at it like jobs do
+              "max_running_jobs": settings.limits_for(tenant).max_running_jobs}
     graph_id = keep_job_graph(store, settings, tenant, graph, base.graph_id)
     sweep_id = store.create_sweep(tenant, graph_id, config, trials, base.data, base.eval_data, now())
     advance(store, sweep_id, celery)  # the first trials; the workers launch the rest as trials finish

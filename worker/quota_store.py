@@ -201,7 +201,9 @@ return #gone
 @dataclass(frozen=True)
 class JobQuota:
     """The limits a job's creation is checked against (0 = off). The API builds it from the
-    tenant's settings (service/settings.py: TenantLimits); a sweep's trials are created with none."""
+    tenant's settings (service/settings.py: TenantLimits); a sweep's trials are created with the
+    tenant's ``max_running_jobs`` as the sweep started (its ``max_concurrent`` bounds how many are
+    queued; their bytes are the sweep's, stored once)."""
     max_queued_jobs: int = 0
     max_running_jobs: int = 0
     max_job_bytes: int = 0

@@ -23,6 +23,7 @@ from celery import Celery
 from runtime.sweeps import asha, median_stopping
 
 from .dispatch import send_job
+from .quota_store import JobQuota
 from .store import TERMINAL, JobStore, now
 
 log = logging.getLogger("chainrule.sweeps")
@@ -60,7 +61,8 @@ def advance(store: JobStore, sweep_id: str, celery: Celery) -> str | None:
             spec = {**trials[index]["spec"], "sweep": {"id": sweep_id, "index": index}}
             job_id, created = store.create_job(sweep.tenant, sweep.graph_id, spec, data or b"\x80", eval_data,
                                                idempotency_key=f"sweep:{sweep_id}:{index}",
-                                               history_bytes=spec.get("history_bytes") or 0)
+                                               history_bytes=spec.get("history_bytes") or 0,
+                                               quota=JobQuota(max_running_jobs=config.get("max_running_jobs") or 0))
             store.record_trial(sweep_id, index, job_id)
             if created:  # else a launch that died after storing it: in the outbox, the recovery loop sends it
                 send_job(celery, store.settings, job_id, spec.get("time_limit_s") or store.settings.default_time_limit_s,

@@ -220,6 +220,28 @@ def test_running_jobs_are_capped_and_the_rest_wait_queued(stack, store):
     assert "deferred" in stack["worker"].log()
 
 
+def test_a_sweeps_trials_wait_at_the_running_cap_too(stack, store):
+    # two trials may be launched at once (max_concurrent 2) on a worker of 2 processes; the tenant may run 1
+    body = {"base": job_body(steps=3000, report_every=100), "space": {"optimizer.lr": {"values": [0.1, 0.2, 0.3]}},
+            "method": "grid", "max_trials": 3, "max_concurrent": 2}
+    with client(stack["url"], "running") as c:
+        started = c.post("/v1/sweeps", json=body)
+        assert started.status_code == 202, started.text
+        sweep_id = started.json()["id"]
+        most, state = 0, None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            most = max(most, store.running_jobs("running"))
+            state = c.get(f"/v1/sweeps/{sweep_id}").json()["state"]
+            if state in ("succeeded", "failed", "cancelled"):
+                break
+            time.sleep(0.02)
+        assert state == "succeeded"
+        trials = c.get(f"/v1/sweeps/{sweep_id}").json()["trials"]
+        assert len(trials) == 3 and all(t["state"] == "succeeded" for t in trials), trials
+    assert most == 1
+
+
 def test_the_client_and_the_cli_delete_jobs_and_see_the_limit(stack, env):
     from service.client import Client, ClientError
 
