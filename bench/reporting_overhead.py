@@ -3,6 +3,7 @@
     python bench/reporting_overhead.py [--redis-url redis://127.0.0.1:6379/0] [--steps 2000] [--rounds 5]
     python bench/reporting_overhead.py --quick          # a few-second smoke run (100 steps x 2 rounds)
     python bench/reporting_overhead.py --workloads W2   # issue #19's W2-sized job (784-256-256-10, B=128)
+    python bench/reporting_overhead.py --workloads W2 --variants "report every 1" --steps 200 --rounds 20
 
 Runs the seed logistic regression (batch 16) and the small MLP (batch 32) (``--workloads``:
 ``seed``, ``mlp``, ``W2``; W2 is ../shared/workloads.md's W2_mlp, float32, batch 128, over
@@ -100,16 +101,18 @@ def leased_job(store: JobStore, spec: dict) -> tuple[str, str]:
     return job_id, token
 
 
-def time_run(graph, data, batch, steps, reporter: _Reporter | None) -> float:
+def time_run(graph, data, batch, steps, reporter: _Reporter | None) -> tuple[float, float]:
+    """µs per step of one run: wall time, and this process's CPU time (Redis's is not in it)."""
     trainer = runtime.Trainer(graph, runtime.SGD(lr=0.1), batch_size=batch, seed=0, compiled=True)
     params = runtime.init_params(graph)
-    start = time.perf_counter()
-    # as worker.jobs.run_job calls it: the reporter says whether it keeps the gradients
-    trainer.fit(data, params, steps=steps, callback=reporter,
-                copy_grads=reporter.keeps_gradients if reporter is not None else True)
+    # as worker.jobs.run_job calls it: the reporter says whether it keeps the gradients (a tree
+    # from before fit's copy_grads has no such reporter: this script also runs there, for before/after)
+    options = {} if not hasattr(reporter, "keeps_gradients") else {"copy_grads": reporter.keeps_gradients}
+    start, cpu = time.perf_counter(), time.process_time()
+    trainer.fit(data, params, steps=steps, callback=reporter, **options)
     if reporter is not None:
         reporter.finish()  # the last buffered steps: part of the job's reporting
-    return (time.perf_counter() - start) / steps * 1e6
+    return (time.perf_counter() - start) / steps * 1e6, (time.process_time() - cpu) / steps * 1e6
 
 
 def expected_rows(steps: int, every: int) -> int:
@@ -120,17 +123,23 @@ def expected_rows(steps: int, every: int) -> int:
 def measure(store: JobStore, graph, data, batch: int, steps: int, rounds: int,
             variants: dict[str, dict | None] = VARIANTS) -> dict[str, dict]:
     """Each variant's µs per step over ``rounds`` interleaved rounds (``variants`` must hold
-    ``"bare trainer"``): per variant the median, its ratio to the bare trainer's median, the
-    rounds' times, and the median and range of the ratios paired within each round."""
+    ``"bare trainer"``; every other round runs them in reverse order, so neither side always
+    runs first): per variant the median, its ratio to the bare trainer's median, the rounds'
+    times, the median and range of the ratios paired within each round, and the median of the
+    paired ratios of the process's CPU time."""
     times: dict[str, list[float]] = {v: [] for v in variants}
-    for _ in range(rounds):
-        for variant, spec in variants.items():
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
+    for round_number in range(rounds):
+        order = list(variants.items())
+        for variant, spec in (order if round_number % 2 == 0 else order[::-1]):
             reporter = job_id = token = None
             if spec is not None:
                 job_id, token = leased_job(store, {"steps": steps, **spec})
                 reporter = _Reporter(store, job_id, runtime.TrainingSpec.from_dict({"steps": steps, **spec}), token)
             metrics.use(metrics.WorkerMetrics(store, "bench") if "worker metrics" in variant else None)
-            times[variant].append(time_run(graph, data, batch, steps, reporter))
+            wall, cpu_us = time_run(graph, data, batch, steps, reporter)
+            times[variant].append(wall)
+            cpu[variant].append(cpu_us)
             metrics.use(None)
             if reporter is not None:
                 written = store.step_count(job_id)
@@ -143,9 +152,11 @@ def measure(store: JobStore, graph, data, batch: int, steps: int, rounds: int,
     rows = {}
     for variant, values in times.items():
         paired = [v / b for v, b in zip(values, times["bare trainer"])]
+        paired_cpu = [v / b for v, b in zip(cpu[variant], cpu["bare trainer"])]
         rows[variant] = {"median_us": statistics.median(values), "ratio": statistics.median(values) / base,
                          "runs_us": values, "paired_ratio_median": statistics.median(paired),
-                         "paired_ratio_range": [min(paired), max(paired)]}
+                         "paired_ratio_range": [min(paired), max(paired)],
+                         "paired_cpu_ratio_median": statistics.median(paired_cpu)}
     return rows
 
 
@@ -156,6 +167,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; --quick 2)")
     parser.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
                         help=f"comma-separated, of {', '.join(WORKLOADS)} (default {','.join(DEFAULT_WORKLOADS)})")
+    parser.add_argument("--variants", default=";".join(v for v in VARIANTS if v != "bare trainer"),
+                        help="semicolon-separated (names hold commas), besides the bare trainer (default: all)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 100 steps x 2 rounds")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
@@ -171,10 +184,12 @@ def main() -> int:
                     "steps": steps, "rounds": rounds, "workloads": {}}
     try:
         for name, graph, data, batch in workloads(args.workloads.split(",")):
-            rows = report["workloads"][name] = measure(store, graph, data, batch, steps, rounds)
+            chosen = {"bare trainer": None, **{v: VARIANTS[v] for v in args.variants.split(";")}}
+            rows = report["workloads"][name] = measure(store, graph, data, batch, steps, rounds, chosen)
             print(f"\n{name}: {steps} steps x {rounds} rounds")
             for variant, row in rows.items():
-                print(f"  {variant:<22} {row['median_us']:9.1f} us/step   ratio {row['ratio']:5.2f}")
+                print(f"  {variant:<22} {row['median_us']:9.1f} us/step   ratio {row['ratio']:5.2f}   "
+                      f"paired: wall {row['paired_ratio_median']:5.3f}, CPU {row['paired_cpu_ratio_median']:5.3f}")
     finally:
         store.delete_namespace()
         store.close()
