@@ -253,14 +253,14 @@ class TenantQuotas:
         return int(self._r.hget(self.usage_keys(tenant, kind)[1], "=") or 0)
 
     def prune_tenants(self) -> int:
-        """Drop what expired from every tenant's job index and ledgers: their keys expire by
-        themselves, these entries would not. Returns how many index entries went."""
+        """Drop what expired from every tenant's job index, sweep list and ledgers: their keys
+        expire by themselves, these entries would not. Returns how many index entries went."""
         cutoff = time.time() - self.settings.retention_s  # a job expires at least retention_s after it was made
         prefix = f"{self.ns}:tenant:"
         tenants = set()
         for raw in self._r.scan_iter(prefix + "*", count=1000):  # tenants with a job index or a ledger
             key = raw.decode()[len(prefix):]
-            for suffix in (":jobs", ":usage:jobs", ":usage:graphs"):
+            for suffix in (":jobs", ":usage:jobs", ":usage:graphs", ":sweeps"):
                 if key.endswith(suffix) and ":" not in key[:-len(suffix)]:
                     tenants.add(key[:-len(suffix)])
         pruned = 0
@@ -269,6 +269,7 @@ class TenantQuotas:
             old = [m.decode() for m in self._r.zrangebyscore(index, "-inf", cutoff, start=0, num=5000)]
             pruned += self._prune(keys=[index, *self.usage_keys(tenant, "jobs"), *self.usage_keys(tenant, "graphs")],
                                   args=[repr(time.time()), cutoff, *(self.job_key(job_id) for job_id in old)])
+            pruned += self.prune_sweeps(tenant)
         return pruned
 
     def running_jobs(self, tenant: str) -> int:

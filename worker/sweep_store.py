@@ -12,12 +12,19 @@ read and write of the job model still goes through that one class).
 
 States: ``running`` -> ``succeeded`` (every trial launched and finished) or ``cancelling`` ->
 ``cancelled``. A trial is an ordinary job whose stored spec names its sweep (``spec["sweep"]``).
+
+Retention: when a sweep ends its data copies go at once (only launching trials reads them) and
+its record, trials and trial index expire ``retention_s`` later, as a finished job does (its
+trials ended before it, so they expire no later); the recovery loop then drops it from the
+tenant's list (:meth:`SweepRecords.prune_sweeps`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +106,9 @@ class SweepRecords:
                 pipe.hset(key, mapping={"state": state, **{k: str(v) for k, v in fields.items()}})
                 if state in SWEEP_TERMINAL:
                     pipe.srem(self.active_sweeps_key, sweep_id)
+                    pipe.delete(self.sweep_key(sweep_id, "data"), self.sweep_key(sweep_id, "eval_data"))
+                    for part in (None, "trials", "jobs"):
+                        pipe.expire(self.sweep_key(sweep_id, part), int(math.ceil(self.settings.retention_s)))
                 pipe.execute()
                 return True
             except Exception as exc:  # noqa: BLE001 - a concurrent change: the other mover won
@@ -119,6 +129,20 @@ class SweepRecords:
 
     def list_sweeps(self, tenant: str, limit: int = 100) -> list[str]:
         return [v.decode() for v in self._r.zrevrange(self.tenant_key(tenant, "sweeps"), 0, limit - 1)]
+
+    def prune_sweeps(self, tenant: str) -> int:
+        """Drop the tenant's expired sweeps from its list (made at least ``retention_s`` ago and
+        their record gone: an expired key never comes back). Returns how many went."""
+        index = self.tenant_key(tenant, "sweeps")
+        old = [m.decode() for m in self._r.zrangebyscore(index, "-inf", time.time() - self.settings.retention_s,
+                                                          start=0, num=5000)]
+        if not old:
+            return 0
+        with self._r.pipeline(transaction=False) as pipe:
+            for sweep_id in old:
+                pipe.exists(self.sweep_key(sweep_id))
+            gone = [sweep_id for sweep_id, exists in zip(old, pipe.execute()) if not exists]
+        return self._r.zrem(index, *gone) if gone else 0
 
 
 def _float(value: str | None) -> float | None:

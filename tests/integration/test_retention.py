@@ -1,5 +1,5 @@
 """Issue #19: retention. A finished job's keys expire retention_s after it ends, and its graph
-lives at least as long; an unused graph expires graph_retention_s after it was last stored; the
+lives at least as long; a finished sweep's too (its data copies at once); an unused graph expires graph_retention_s after it was last stored; the
 tenant's job index and byte counts let go of what expired (the recovery loop prunes them), so
 Redis holds nothing of them afterwards."""
 
@@ -42,10 +42,19 @@ def test_finished_jobs_and_unused_graphs_expire_and_nothing_of_them_stays(settin
             used = client.post("/v1/graphs", json={**SEED_DOC, "name": "kept-by-its-job"}, headers=headers).json()["id"]
             unused = client.post("/v1/graphs", json={**SEED_DOC, "name": "unused"}, headers=headers).json()["id"]
             job = client.post("/v1/jobs", json=job_body(graph=None, graph_id=used, steps=20), headers=headers).json()
+            sweep = client.post("/v1/sweeps", headers=headers, json={
+                "base": job_body(graph=None, graph_id=used, steps=20), "method": "grid", "max_trials": 2,
+                "max_concurrent": 2, "space": {"optimizer.lr": {"values": [0.1, 0.2]}}}).json()
             wait_for(lambda: client.get(f"/v1/jobs/{job['id']}", headers=headers).json()["state"] == "succeeded",
                      timeout=30, message="the job to succeed")
+            wait_for(lambda: client.get(f"/v1/sweeps/{sweep['id']}", headers=headers).json()["state"] == "succeeded",
+                     timeout=30, message="the sweep to succeed")
+            # its data copies go as it ends (only launching trials read them); its record stays a while
+            assert not store._r.exists(store.sweep_key(sweep["id"], "data"))
+            assert [s["id"] for s in client.get("/v1/sweeps", headers=headers).json()["sweeps"]] == [sweep["id"]]
             ended = time.time()
-            assert store.graph_users(tenant, used) == [job["id"]]
+            trials = [t["job_id"] for t in client.get(f"/v1/sweeps/{sweep['id']}", headers=headers).json()["trials"]]
+            assert sorted(store.graph_users(tenant, used)) == sorted([job["id"], *trials]) and len(trials) == 2
             # the unused graph goes graph_retention_s after it was stored
             wait_for(lambda: client.get(f"/v1/graphs/{unused}", headers=headers).status_code == 404,
                      timeout=GRAPH_RETENTION_S + 5, message="the unused graph to expire")
@@ -54,6 +63,11 @@ def test_finished_jobs_and_unused_graphs_expire_and_nothing_of_them_stays(settin
                      timeout=RETENTION_S + 5, message="the finished job to expire")
             assert time.time() - ended >= RETENTION_S - 1
             assert not list(store._r.scan_iter(f"{store.ns}:job:{job['id']}*"))
+            # the sweep and its trials likewise (it ended after them): not found, not listed, no keys
+            wait_for(lambda: client.get(f"/v1/sweeps/{sweep['id']}", headers=headers).status_code == 404,
+                     timeout=RETENTION_S + 5, message="the finished sweep to expire")
+            assert client.get("/v1/sweeps", headers=headers).json()["sweeps"] == []
+            assert not list(store._r.scan_iter(f"{store.ns}:sweep:{sweep['id']}*"))
             wait_for(lambda: client.get(f"/v1/graphs/{used}", headers=headers).status_code == 404,
                      timeout=RETENTION_S + 5, message="its graph to expire after it")
             # the recovery loop prunes the index and the byte counts: nothing is left of either
