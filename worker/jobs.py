@@ -32,9 +32,15 @@ from .store import TERMINAL, JobStore, LeaseLost, StepRecord, decode_tensors, en
 
 log = logging.getLogger(__name__)
 
-# Sampled steps are written at most this long after they happen (and the first at once):
-# one round trip per interval instead of one per step.
+# Sampled steps are written in batches (the first step at once): one round trip per interval
+# instead of one per step. The interval is at least FLUSH_INTERVAL_S, and long enough that
+# writing takes at most FLUSH_SHARE of the trainer's time: a write is a fenced Lua step in
+# Redis, whose wait (and OpenBLAS's threads spinning beside it on a small machine) cost ~1 ms
+# on a 2-core machine, 2.5 % of a W2-sized job at 50 ms (bench/README.md, issue #19 c). It
+# never exceeds FLUSH_INTERVAL_MAX_S, so a slow Redis delays the live view by a second at most.
 FLUSH_INTERVAL_S = 0.05
+FLUSH_SHARE = 0.01
+FLUSH_INTERVAL_MAX_S = 1.0
 # Between writes the worker still looks at the cancel flag this often.
 CANCEL_POLL_S = 0.25
 
@@ -71,7 +77,8 @@ def _quietly(call: Callable[..., T], default: T) -> T:
 
 class _Reporter:
     """Samples every report_every-th step and writes the samples in one fenced round trip
-    at most every FLUSH_INTERVAL_S; each write also reads the job's state (cancel requests)."""
+    every ``flush_every`` seconds (FLUSH_INTERVAL_S, longer when writes are slow: FLUSH_SHARE);
+    each write also reads the job's state (cancel requests)."""
 
     def __init__(self, store: JobStore, job_id: str, spec: runtime.TrainingSpec, token: str,
                  stopping_key: str | None = None, metric_names: list[str] | None = None, sweep_id: str | None = None):
@@ -85,6 +92,7 @@ class _Reporter:
         self.gradients = spec.gradients
         self.buffer: list[StepRecord] = []
         self.last_flush = float("-inf")
+        self.flush_every = FLUSH_INTERVAL_S
         self.last_poll = self.last_renew = self.last_stop_check = time.monotonic()
         self.cancelled = False
         self.last: runtime.StepReport | None = None
@@ -113,7 +121,7 @@ class _Reporter:
         if self.stopping_key is not None and clock - self.last_stop_check >= CANCEL_POLL_S:
             self.last_stop_check = clock
             self.handing_back = _quietly(lambda: self.store.worker_stopping(self.stopping_key), self.handing_back)
-        if self.buffer and clock - self.last_flush >= FLUSH_INTERVAL_S:
+        if self.buffer and clock - self.last_flush >= self.flush_every:
             self.flush()
         elif clock - self.last_poll >= CANCEL_POLL_S:
             self.last_poll = clock
@@ -144,7 +152,10 @@ class _Reporter:
         if self.last is not None:
             # epoch: complete epochs, as the result counts them
             progress.update(step=self.last.step, loss=repr(float(self.last.loss)), epoch=self.last.epochs)
+        started = time.monotonic()
         _, state = patiently(self.store, self.store.report_steps, self.job_id, self.token, self.buffer, progress)
+        took = time.monotonic() - started
+        self.flush_every = min(FLUSH_INTERVAL_MAX_S, max(FLUSH_INTERVAL_S, took / FLUSH_SHARE))
         if self.last is not None and (recorder := metrics.recorder()) is not None:  # once per batch, not per step
             recorder.steps(self.last.step - self.flushed_step)
             self.flushed_step = self.last.step
