@@ -203,6 +203,8 @@ def main() -> int:
                         help="W2 steps per reporting-overhead run (default 500; --quick 10)")
     parser.add_argument("--overhead-rounds", type=int, default=None,
                         help="interleaved reporting-overhead rounds (default 7; --quick 2)")
+    parser.add_argument("--task-events", choices=("on", "off"), default="on",
+                        help="Celery's task events (CHAINRULE_TASK_EVENTS: on by default, for Flower)")
     parser.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
     parser.add_argument("--quick", action="store_true", help="smoke run: every part with tiny counts")
     parser.add_argument("--json", help="also write the figures to this file")
@@ -223,7 +225,8 @@ def main() -> int:
                # the per-tenant limits (service/quotas.py) still checked on every request, never reached:
                # the bench measures the service's capacity, not a quota
                CHAINRULE_REQUESTS_PER_SECOND="1000000", CHAINRULE_REQUEST_BURST="1000000",
-               CHAINRULE_MAX_QUEUED_JOBS="1000000")
+               CHAINRULE_MAX_QUEUED_JOBS="1000000",
+               CHAINRULE_TASK_EVENTS="true" if args.task_events == "on" else "false")
     logdir = Path(tempfile.mkdtemp(prefix="chainrule-service-bench-"))
     procs: dict[str, subprocess.Popen] = {}
     if args.pool == "solo":  # each node takes its own messages from Redis: no parent process in between
@@ -240,7 +243,7 @@ def main() -> int:
                                 "platform": platform.platform(), "redis": r.info("server").get("redis_version"),
                                 "load_average_at_start": list(os.getloadavg())},
                     "goals": GOALS, "api_processes": API_WORKERS, "worker_processes": WORKER_PROCESSES,
-                    "worker_pool": args.pool, "clients": n_clients}
+                    "worker_pool": args.pool, "clients": n_clients, "task_events": args.task_events == "on"}
     try:
         for name, cmd in [*workers.items(),
                           ("API", ["api", "--port", str(port), "--workers", str(API_WORKERS),
