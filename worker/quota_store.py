@@ -181,20 +181,33 @@ return 1
 """
 
 
+# Drop from a zset index the members whose keys (ARGV[first], ...; the member is the key's last
+# part) are gone: an expired key never comes back. Returns how many went.
+_DROP_GONE = """
+local function drop_gone(index, first)
+  local gone = {}
+  for i = first, #ARGV do
+    if redis.call('EXISTS', ARGV[i]) == 0 then
+      gone[#gone + 1] = string.match(ARGV[i], '[^:]+$')
+    end
+  end
+  if #gone > 0 then redis.call('ZREM', index, unpack(gone)) end
+  return #gone
+end
+"""
+
 # Drop expired entries from a tenant's ledgers and job index (for tenants that write nothing new).
 # KEYS: job index, jobs ledger zset, its hash, graphs ledger zset, its hash; ARGV: now, index cutoff,
 # then the job hash keys of the index entries older than the cutoff (to see which are gone).
-_PRUNE = _PURGE + """
+_PRUNE = _PURGE + _DROP_GONE + """
 purge(KEYS[2], KEYS[3], tonumber(ARGV[1]))
 purge(KEYS[4], KEYS[5], tonumber(ARGV[1]))
-local gone = {}
-for i = 3, #ARGV do
-  if redis.call('EXISTS', ARGV[i]) == 0 then
-    gone[#gone + 1] = string.match(ARGV[i], '[^:]+$')
-  end
-end
-if #gone > 0 then redis.call('ZREM', KEYS[1], unpack(gone)) end
-return #gone
+return drop_gone(KEYS[1], 3)
+"""
+
+# The same for an index alone (a tenant's sweeps). KEYS: the index; ARGV: the keys of its old members.
+_PRUNE_INDEX = _DROP_GONE + """
+return drop_gone(KEYS[1], 1)
 """
 
 
@@ -234,6 +247,7 @@ class TenantQuotas:
         self._delete_job = r.register_script(_DELETE_JOB)
         self._delete_graph = r.register_script(_DELETE_GRAPH)
         self._prune = r.register_script(_PRUNE)
+        self._prune_index = r.register_script(_PRUNE_INDEX)
 
     def usage_keys(self, tenant: str, kind: str) -> list[str]:
         return [self.tenant_key(tenant, f"usage:{kind}"), self.tenant_key(tenant, f"usage:{kind}:bytes")]
@@ -266,11 +280,16 @@ class TenantQuotas:
         pruned = 0
         for tenant in tenants:
             index = self.tenant_key(tenant, "jobs")
-            old = [m.decode() for m in self._r.zrangebyscore(index, "-inf", cutoff, start=0, num=5000)]
             pruned += self._prune(keys=[index, *self.usage_keys(tenant, "jobs"), *self.usage_keys(tenant, "graphs")],
-                                  args=[repr(time.time()), cutoff, *(self.job_key(job_id) for job_id in old)])
-            pruned += self.prune_sweeps(tenant)
+                                  args=[repr(time.time()), cutoff, *map(self.job_key, self._older(index, cutoff))])
+            sweeps = self.tenant_key(tenant, "sweeps")  # a sweep too expires retention_s after it ends
+            if old := self._older(sweeps, cutoff):
+                pruned += self._prune_index(keys=[sweeps], args=list(map(self.sweep_key, old)))
         return pruned
+
+    def _older(self, index: str, cutoff: float) -> list[str]:
+        """The members of a tenant's index made before ``cutoff`` (a batch of them)."""
+        return [m.decode() for m in self._r.zrangebyscore(index, "-inf", cutoff, start=0, num=5000)]
 
     def running_jobs(self, tenant: str) -> int:
         return self._r.scard(self.tenant_key(tenant, "running"))

@@ -16,15 +16,13 @@ States: ``running`` -> ``succeeded`` (every trial launched and finished) or ``ca
 Retention: when a sweep ends its data copies go at once (only launching trials reads them) and
 its record, trials and trial index expire ``retention_s`` later, as a finished job does (its
 trials ended before it, so they expire no later); the recovery loop then drops it from the
-tenant's list (:meth:`SweepRecords.prune_sweeps`).
+tenant's list (``JobStore.prune_tenants``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,7 +106,7 @@ class SweepRecords:
                     pipe.srem(self.active_sweeps_key, sweep_id)
                     pipe.delete(self.sweep_key(sweep_id, "data"), self.sweep_key(sweep_id, "eval_data"))
                     for part in (None, "trials", "jobs"):
-                        pipe.expire(self.sweep_key(sweep_id, part), int(math.ceil(self.settings.retention_s)))
+                        pipe.expire(self.sweep_key(sweep_id, part), self.settings.retention_s)
                 pipe.execute()
                 return True
             except Exception as exc:  # noqa: BLE001 - a concurrent change: the other mover won
@@ -129,20 +127,6 @@ class SweepRecords:
 
     def list_sweeps(self, tenant: str, limit: int = 100) -> list[str]:
         return [v.decode() for v in self._r.zrevrange(self.tenant_key(tenant, "sweeps"), 0, limit - 1)]
-
-    def prune_sweeps(self, tenant: str) -> int:
-        """Drop the tenant's expired sweeps from its list (made at least ``retention_s`` ago and
-        their record gone: an expired key never comes back). Returns how many went."""
-        index = self.tenant_key(tenant, "sweeps")
-        old = [m.decode() for m in self._r.zrangebyscore(index, "-inf", time.time() - self.settings.retention_s,
-                                                          start=0, num=5000)]
-        if not old:
-            return 0
-        with self._r.pipeline(transaction=False) as pipe:
-            for sweep_id in old:
-                pipe.exists(self.sweep_key(sweep_id))
-            gone = [sweep_id for sweep_id, exists in zip(old, pipe.execute()) if not exists]
-        return self._r.zrem(index, *gone) if gone else 0
 
 
 def _float(value: str | None) -> float | None:
