@@ -469,8 +469,12 @@ class Trainer:
         if not math.isfinite(loss) or not engine.gradients_finite(program, noise, squares=squares):
             raise self.diagnose(dict(program.inputs), engine.params, number, noise)
         norm = self._clip(engine.gradient_arenas(), engine.grad_scale)
-        grads = engine.true_grads() if report and keep_grads else ScaledGrads(engine.grads, engine.grad_scale,
-                                                                   engine.grad_squares)
+        if not report:
+            grads = engine.grads  # nobody reads them
+        elif keep_grads:
+            grads = engine.true_grads()
+        else:
+            grads = ScaledGrads(engine.grads, engine.grad_scale, engine.grad_squares)
         with np.errstate(all="ignore"):
             engine.update()
         if not engine.params_finite():

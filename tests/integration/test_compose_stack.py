@@ -34,7 +34,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -236,14 +235,14 @@ def _free_port() -> int:
 class Stack:
     """``docker compose -p <unique> -f docker-compose.yml ...`` with a clean environment."""
 
-    def __init__(self, docker: str, api_key: str):
+    def __init__(self, docker: str, api_key: str, workdir: Path):
         self.docker = docker
         self.project = f"crstack-{uuid.uuid4().hex[:8]}"
         self.port = _free_port()
         self.env = {k: v for k, v in os.environ.items() if not _LEAKY_ENV.match(k)}
         self.env.update(CHAINRULE_API_KEYS=f"sha256:{key_digest(api_key)}:compose-test",
                         CHAINRULE_API_PORT=str(self.port))
-        self.override = Path(tempfile.mkdtemp(prefix="chainrule-compose-")) / "recovery.override.yml"
+        self.override = workdir / "recovery.override.yml"
         self.override.write_text(yaml.safe_dump(RECOVERY_OVERRIDE))
         self.base = [*_compose_command(docker), "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE),
                      "-f", str(self.override),
@@ -281,7 +280,7 @@ def _all_steps(api: httpx.Client, job_id: str) -> list[int]:
     return steps
 
 
-def test_a_killed_worker_container_hands_its_job_to_the_other_replica(docker, base_images):
+def test_a_killed_worker_container_hands_its_job_to_the_other_replica(docker, base_images, tmp_path):
     timings: dict[str, float] = {}
     mark = time.monotonic()
 
@@ -291,7 +290,7 @@ def test_a_killed_worker_container_hands_its_job_to_the_other_replica(docker, ba
         mark = time.monotonic()
 
     api_key = f"compose-{uuid.uuid4().hex}"
-    stack = Stack(docker, api_key)
+    stack = Stack(docker, api_key, tmp_path)
     images_before = set(_run([docker, "images", "-aq", "--no-trunc"], timeout=30).stdout.split())
     image = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["api"]["image"]  # chainrule:local
     previous_build = _run([docker, "image", "inspect", "-f", "{{.Id}}", image], timeout=30, check=False).stdout.split()
