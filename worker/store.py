@@ -749,29 +749,44 @@ class JobStore(SweepRecords, TenantQuotas):
         taken by a worker (unacked), not waiting in the outbox. Kombu's Redis transport pops
         a message with BRPOP and records it as unacked only afterwards; a worker killed in
         between loses it for good. Each such job is returned and re-dated, so it is resent
-        at most once per grace period. Reads the whole queue: the sweep runs this rarely.
+        at most once per grace period. Reads the whole queue: the sweep runs this rarely, and
+        reads each batch of candidates in one pipelined round trip (a backlog of thousands of
+        queued jobs cost a worker a round trip per job and read, seconds of its time).
 
         A message moving from the queue to unacked during the two reads can be taken for
         lost; its job is then sent twice, which is harmless."""
         due = now() - grace_s
         candidates = [raw.decode() for raw in self._r.zrangebyscore(self.queued_key, "-inf", due)]
-        candidates = [j for j in candidates if self.outbox_entry(j) is None
-                      and not self._r.exists(self.job_key(j, "lease"))]
+        unsent = self._pipelined(candidates, lambda pipe, j: (pipe.zscore(self.outbox_key, j),
+                                                               pipe.exists(self.job_key(j, "lease"))))
+        candidates = [j for j, (outbox, leased) in zip(candidates, unsent) if outbox is None and not leased]
         if not candidates:
             return []
         prefix = f"{self.ns}:celery:"
         present = {_job_of_envelope(raw) for raw in self._r.hvals(prefix + "unacked")}
         present |= {_job_of_envelope(raw) for raw in self._r.lrange(prefix + self.settings.queue, 0, -1)}
-        lost = []
-        for job_id in candidates:
-            state = self._r.hget(self.job_key(job_id), "state")
-            if state is None:
-                self._r.zrem(self.queued_key, job_id)  # removed or expired
-            if job_id in present or state != b"queued":
-                continue
-            if self._r.zadd(self.queued_key, {job_id: now()}, xx=True, ch=True):
-                lost.append(job_id)
-        return lost
+        states = self._pipelined(candidates, lambda pipe, j: pipe.hget(self.job_key(j), "state"))
+        gone = [j for j, (state,) in zip(candidates, states) if state is None]  # removed or expired
+        if gone:
+            self._r.zrem(self.queued_key, *gone)
+        lost = [j for j, (state,) in zip(candidates, states) if j not in present and state == b"queued"]
+        stamp = now()
+        moved = self._pipelined(lost, lambda pipe, j: pipe.zadd(self.queued_key, {j: stamp}, xx=True, ch=True))
+        return [j for j, (changed,) in zip(lost, moved) if changed]
+
+    def _pipelined(self, items: list[str], queue_reads, batch: int = 1000) -> list[tuple]:
+        """``queue_reads(pipe, item)`` queues a few commands per item; returns each item's
+        replies as a tuple, one pipelined round trip per ``batch`` items."""
+        replies: list[tuple] = []
+        for start in range(0, len(items), batch):
+            pipe = self._r.pipeline(transaction=False)
+            chunk = items[start:start + batch]
+            for item in chunk:
+                queue_reads(pipe, item)
+            flat = pipe.execute()
+            per = len(flat) // len(chunk)
+            replies.extend(tuple(flat[i:i + per]) for i in range(0, len(flat), per))
+        return replies
 
     # -- the outbox: jobs whose task message is not yet known to be sent -------------------
     def mark_sent(self, job_id: str, enqueued_at: float | None = None) -> None:

@@ -281,6 +281,43 @@ def test_a_job_whose_message_the_broker_lost_is_sent_again(store, celery_app, en
     assert store._r.zscore(store.queued_key, job_id) is None
 
 
+def test_the_audit_sorts_a_backlog_by_where_each_message_is(store, settings):
+    """lost_messages over a backlog (read in pipelined batches): only the queued jobs whose
+    message is nowhere are lost, each once; a job whose hash is gone leaves the queued index."""
+    from worker.celery_app import make_celery
+    from worker.dispatch import send_job
+
+    own = JobStore(store._r, settings.model_copy(update={"namespace": f"{settings.namespace}-audit-{uuid.uuid4().hex[:6]}"}))
+    celery = make_celery(own.settings)  # its keys in that namespace too: no worker reads them
+    try:
+        graph_id = own.put_graph("tenant-a", graphspec.load(SEED))
+        data = encode_tensors(runtime.load_tensors(DATA))
+        jobs = {kind: [own.create_job("tenant-a", graph_id, SPEC, data)[0] for _ in range(count)]
+                for kind, count in [("lost", 7), ("outbox", 2), ("leased", 2), ("in queue", 2), ("gone", 2)]}
+        for kind, ids in jobs.items():
+            for job_id in ids:
+                if kind != "outbox":
+                    own.mark_sent(job_id)
+                if kind == "leased":
+                    assert own.acquire_lease(job_id, "t")
+                elif kind == "in queue":  # a real message in the queue's list, no worker reads it
+                    send_job(celery, own.settings, job_id, 60)
+                elif kind == "gone":
+                    own._r.delete(own.job_key(job_id))
+        assert own._r.llen(f"{own.ns}:celery:{own.settings.queue}") == 2  # the messages are where the audit looks
+        time.sleep(0.3)
+        assert sorted(own.lost_messages(0.2)) == sorted(jobs["lost"])
+        assert own.lost_messages(0.2) == []  # re-dated: not again within the grace period
+        indexed = {raw.decode() for raw in own._r.zrange(own.queued_key, 0, -1)}
+        assert not indexed & set(jobs["gone"]) and set(jobs["lost"]) <= indexed
+        # the batching itself: replies stay with their items across batch boundaries
+        assert own._pipelined(["a", "b", "c", "d", "e"], lambda pipe, k: (pipe.echo(k), pipe.echo(k * 2)),
+                              batch=2) == [(k.encode(), k.encode() * 2) for k in "abcde"]
+    finally:
+        celery.close()
+        own.delete_namespace()
+
+
 def test_a_start_counts_its_attempt_in_the_same_move(store, cleanup):
     """The attempt is counted by the move to running itself: a trainer killed right after it is
     still one attempt (the fault matrix once caught a kill between a separate move and count)."""
