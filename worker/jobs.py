@@ -198,8 +198,7 @@ def run_job(store: JobStore, job_id: str, *, worker: str, requeue: Callable[[Job
 
 def _run_leased(store: JobStore, job_id: str, job: JobRecord, token: str, worker: str,
                 requeue: Callable[[JobRecord], None] | None) -> str:
-    ok, previous = store.transition(job_id, ["queued", "running"], "running", token=token, attempt=True,
-                                    started=repr(now()), worker=worker, lease=token)
+    ok, previous, attempts = store.start(job_id, token, started=repr(now()), worker=worker)
     if not ok:
         if previous == "tenant_busy":  # its tenant runs max_running_jobs already: it waits, queued
             store.defer_job(job_id)
@@ -209,7 +208,6 @@ def _run_leased(store: JobStore, job_id: str, job: JobRecord, token: str, worker
             store.transition(job_id, ["cancelling"], "cancelled", token=token, finished=repr(now()))
             return "cancelled"
         return previous
-    attempts = store.get_job(job_id).attempts  # counted by the move above, atomically
     if attempts > store.settings.max_attempts:
         return _fail(store, job_id, token, "PoisonJob", f"the job was started {attempts - 1} times without "
                                                          f"finishing (max_attempts {store.settings.max_attempts})")
@@ -283,12 +281,11 @@ def _checkpointing(store: JobStore, job_id: str, token: str, spec: runtime.Train
 def _train(store: JobStore, job_id: str, job: JobRecord, token: str, worker: str,
            requeue: Callable[[JobRecord], None] | None) -> str:
     spec = runtime.TrainingSpec.from_stored(job.spec)  # also a job stored before specs had versions
-    graph = store.get_graph(job.tenant, job.graph_id)
+    # one round trip for everything the job starts from (init: a warm start's parameters)
+    graph, (data_blob, eval_blob, checkpoint_blob, init_blob) = store.get_graph_and_blobs(
+        job.tenant, job.graph_id, job_id, "data", "eval_data", "checkpoint", "init")
     if graph is None:
         return _fail(store, job_id, token, "MissingGraph", f"graph {job.graph_id} is no longer stored")
-    # one round trip for everything the job starts from (init: a warm start's parameters)
-    data_blob, eval_blob, checkpoint_blob, init_blob = store.get_blobs(job_id, "data", "eval_data", "checkpoint",
-                                                                       "init")
     data = decode_tensors(data_blob or b"\x80")
     eval_data = decode_tensors(eval_blob) if eval_blob else None
     # compiled: the fast engine (docs/performance.md); the interpreter stays the reference

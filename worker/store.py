@@ -148,7 +148,7 @@ for i = 1, n do
         keep_graph(tenant_key .. ':graph:' .. graph_id, tenant_key .. ':usage:graphs', graph_id, ttl, ended)
       end
     end
-    return {1, state}
+    return {1, state, tonumber(redis.call('HGET', KEYS[2], 'attempts') or '0')}
   end
 end
 return {0, state}
@@ -500,7 +500,18 @@ class JobStore(SweepRecords, TenantQuotas):
         """The tenant's stored graph, validated (a graph is a value, never modified: the same stored
         bytes give the same object back, from a per-process cache, instead of a parse and a full
         validation per job)."""
-        blob = self._r.get(self.tenant_key(tenant, f"graph:{graph_id}"))
+        return self._graph_of(self._r.get(self.tenant_key(tenant, f"graph:{graph_id}")))
+
+    def get_graph_and_blobs(self, tenant: str, graph_id: str, job_id: str,
+                            *parts: str) -> tuple[graphspec.Graph | None, list[bytes | None]]:
+        """The tenant's graph (as :meth:`get_graph`) and several of the job's blobs, in the order
+        asked, in one round trip (MGET): what a trainer starts from."""
+        graph_blob, *blobs = self._r.mget([self.tenant_key(tenant, f"graph:{graph_id}"),
+                                           *(self.job_key(job_id, part) for part in parts)])
+        return self._graph_of(graph_blob), blobs
+
+    @staticmethod
+    def _graph_of(blob: bytes | None) -> graphspec.Graph | None:
         if blob is None:
             return None
         key = hashlib.sha256(blob).digest()
@@ -680,6 +691,20 @@ class JobStore(SweepRecords, TenantQuotas):
         adds one to the job's ``attempts`` with the move (a trainer starting it). ``blob``
         (part, bytes) is stored with the move and only if it happens: a result must not
         outlive a cancel that won the race."""
+        moved, previous, _ = self._move(job_id, allowed, to, token=token, enqueue=enqueue, attempt=attempt,
+                                        blob=blob, **fields)
+        return moved, previous
+
+    def start(self, job_id: str, token: str, **fields: Any) -> tuple[bool, str, int]:
+        """A trainer holding lease ``token`` moves the job from queued (or running: a redelivery
+        after its trainer was lost) to running, counting the attempt in the same step; returns
+        (moved, the state before, attempts so far with this one)."""
+        return self._move(job_id, ["queued", "running"], "running", token=token, attempt=True, lease=token, **fields)
+
+    def _move(self, job_id: str, allowed: Iterable[str], to: str, *, token: str | None = None,
+              enqueue: bool = False, attempt: bool = False, blob: tuple[str, bytes] | None = None,
+              **fields: Any) -> tuple[bool, str, int]:
+        """:meth:`transition`, and the job's ``attempts`` after the move (0 when it did not move)."""
         allowed = list(allowed)
         flat: list[Any] = []
         for k, v in fields.items():
@@ -691,11 +716,11 @@ class JobStore(SweepRecords, TenantQuotas):
         if blob is not None:
             keys.append(self.job_key(job_id, blob[0]))
             args.append(blob[1])
-        moved, previous = self._transition(keys=keys, args=args)
+        moved, previous, *attempts = self._transition(keys=keys, args=args)
         if moved == -1:
             raise LeaseLost(job_id)
         previous = previous.decode() if isinstance(previous, bytes) else previous
-        return bool(moved), previous
+        return bool(moved), previous, (attempts or [0])[0]
 
     def add_stats(self, key: str, counts: dict[str, int], floats: dict[str, float] | None = None) -> None:
         """Add to a stats hash (worker/metrics.py) in one round trip."""
@@ -935,10 +960,6 @@ class JobStore(SweepRecords, TenantQuotas):
 
     def get_blob(self, job_id: str, part: str) -> bytes | None:
         return self._r.get(self.job_key(job_id, part))
-
-    def get_blobs(self, job_id: str, *parts: str) -> list[bytes | None]:
-        """Several of a job's blobs in one round trip (MGET), in the order asked."""
-        return self._r.mget([self.job_key(job_id, part) for part in parts])
 
     def put_blob(self, job_id: str, part: str, blob: bytes, *, token: str) -> None:
         """A trainer's write of a checkpoint or result, fenced by its lease token."""
