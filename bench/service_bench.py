@@ -3,6 +3,7 @@
     python bench/service_bench.py [--redis-url redis://127.0.0.1:6379/0] [--json PATH]
     python bench/service_bench.py --quick        # a smoke run: every part, tiny counts
     python bench/service_bench.py --pool prefork # the workers as one prefork node of 2 processes
+    python bench/service_bench.py --parts db     # only d and b (any of the letters d, b, a, c)
 
 Starts a real API (`chainrule api --workers 2`: two uvicorn processes) and 2 worker processes
 (default: two `chainrule worker --pool solo` nodes; ``--pool prefork``: one node with a prefork
@@ -206,9 +207,15 @@ def main() -> int:
     parser.add_argument("--task-events", choices=("on", "off"), default="on",
                         help="Celery's task events (CHAINRULE_TASK_EVENTS: on by default, for Flower)")
     parser.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
+    parser.add_argument("--parts", default="dbac", help="which figures: any of the letters d, b, a, c (default "
+                                                        "all, measured in that order; e.g. --parts db for a "
+                                                        "before/after of the job path alone)")
     parser.add_argument("--quick", action="store_true", help="smoke run: every part with tiny counts")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    wanted = set(args.parts)
+    if not wanted or wanted - set("dbac"):
+        parser.error("--parts takes some of the letters d, b, a, c")
     n_jobs = args.jobs or (3 if args.quick else 30)
     n_throughput = args.throughput_jobs or (10 if args.quick else 1000)
     n_submissions = args.submissions or (20 if args.quick else 2000)
@@ -302,68 +309,19 @@ def main() -> int:
              interval=0.05)
 
         # d. submit -> first step visible
-        runs = [run_job() for _ in range(n_jobs)]
-        latencies = [latency for latency, _ in runs]
-        p50, p90 = statistics.median(latencies), percentile(latencies, 0.9)
-        parts = {part: statistics.median(p[part] for _, p in runs) for part in runs[0][1]}
-        report["latency_ms"] = {"median": p50, "p50": p50, "p90": p90, "jobs": len(latencies), "all": latencies,
-                                "parts_p50": parts,
-                                "goal_p50": GOALS["latency_p50_ms"], "met": p50 <= GOALS["latency_p50_ms"]}
-        print(f"d. submit -> first step visible: p50 {p50:.1f} ms, p90 {p90:.1f} ms over {len(latencies)} "
-              f"sequential jobs (goal p50 <= {GOALS['latency_p50_ms']:.0f} ms: "
-              f"{verdict(p50 <= GOALS['latency_p50_ms'])})")
-        print("   where it went (medians, ms): " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in parts.items()))
+        runs = [run_job() for _ in range(n_jobs if "d" in wanted else 0)]
+        if runs:
+            report_latency(report, runs)
 
         # b. tiny jobs end to end through the workers
-        worker_sessions = [procs[name].pid for name in workers]
-        cpu_before = session_cpu_s(worker_sessions), session_cpu_s([procs["API"].pid])
-        sent = submit_concurrently(pool, n_clients, base_url, body_bytes, n_throughput)
-        if sent["errors"]:
-            stack.fail(f"{len(sent['errors'])} of {n_throughput} POSTs refused, e.g. {sent['errors'][0]}")
-        ids = sent["ids"]
-        wait(stack, f"{len(ids)} jobs to finish",
-             lambda: all(finished(t[0]) for t in job_times(r, namespace, ids)), timeout=WAIT_S + n_throughput,
-             interval=0.05)
-        worker_cpu_ms = (session_cpu_s(worker_sessions) - cpu_before[0]) / len(ids) * 1000
-        api_cpu_ms = (session_cpu_s([procs["API"].pid]) - cpu_before[1]) / len(ids) * 1000
-        times = job_times(r, namespace, ids)
-        bad = [t[0] for t in times if t[0] != "succeeded"]
-        if bad:
-            stack.fail(f"{len(bad)} of {len(ids)} jobs did not succeed: {sorted(set(bad))}")
-        end_to_end = max(t[3] for t in times) - sent["first"]
-        jobs_per_s = len(ids) / end_to_end
-        waits = [t[2] - t[1] for t in times]
-        runs = [t[3] - t[2] for t in times]
-        report["throughput"] = {
-            "jobs": len(ids), "elapsed_s": end_to_end, "jobs_per_s": jobs_per_s,
-            "submitting_s": sent["elapsed_s"], "submitted_per_s": len(ids) / sent["elapsed_s"],
-            "run_ms": {"median": statistics.median(runs) * 1000, "p90": percentile(runs, 0.9) * 1000},
-            "queue_wait_ms": {"median": statistics.median(waits) * 1000, "p90": percentile(waits, 0.9) * 1000},
-            "worker_cpu_ms_per_job": worker_cpu_ms, "api_cpu_ms_per_job": api_cpu_ms,
-            "goal": GOALS["jobs_per_s"], "met": jobs_per_s >= GOALS["jobs_per_s"]}
-        print(f"b. {len(ids)} jobs (seed graph, 20 steps) through {WORKER_PROCESSES} workers ({args.pool}): "
-              f"{jobs_per_s:.0f} jobs/s end to end, {end_to_end:.2f} s from the first POST to the last job "
-              f"succeeded (goal >= {GOALS['jobs_per_s']:.0f}/s: {verdict(jobs_per_s >= GOALS['jobs_per_s'])}); "
-              f"submitted in {sent['elapsed_s']:.2f} s; per job: started -> finished median "
-              f"{statistics.median(runs) * 1000:.1f} ms, queue wait median {statistics.median(waits) * 1000:.0f} ms; "
-              f"CPU per job: workers {worker_cpu_ms:.1f} ms, API {api_cpu_ms:.1f} ms")
+        if "b" in wanted:
+            report["throughput"] = tiny_jobs(stack, pool, r, namespace, procs, workers, base_url, body_bytes,
+                                             n_clients, n_throughput, args.pool)
 
         # a. submissions/s, the API alone (workers stopped: their jobs would compete for the cores)
         stack.stop(list(workers))
-        api_cpu_before = session_cpu_s([procs["API"].pid])
-        sent = submit_concurrently(pool, n_clients, base_url, body_bytes, n_submissions)
-        api_cpu_ms = (session_cpu_s([procs["API"].pid]) - api_cpu_before) / n_submissions * 1000
-        if sent["errors"]:
-            stack.fail(f"{len(sent['errors'])} of {n_submissions} POSTs refused, e.g. {sent['errors'][0]}")
-        per_s = n_submissions / sent["elapsed_s"]
-        report["submissions"] = {"per_s": per_s, "ms_per_post": sent["elapsed_s"] / n_submissions * 1000,
-                                 "count": n_submissions, "body_bytes": len(body_bytes), "elapsed_s": sent["elapsed_s"],
-                                 "api_cpu_ms_per_post": api_cpu_ms,
-                                 "goal": GOALS["submissions_per_s"], "met": per_s >= GOALS["submissions_per_s"]}
-        print(f"a. submissions: {per_s:.0f} jobs/s accepted by {API_WORKERS} API processes from {n_clients} "
-              f"client processes ({n_submissions} POSTs of {len(body_bytes)} bytes in {sent['elapsed_s']:.2f} s; "
-              f"goal >= {GOALS['submissions_per_s']:.0f}/s: {verdict(per_s >= GOALS['submissions_per_s'])}); "
-              f"API CPU {api_cpu_ms:.2f} ms per POST")
+        if "a" in wanted:
+            report["submissions"] = submissions(stack, pool, procs, base_url, body_bytes, n_clients, n_submissions)
         client.close()
         stack.stop(list(stack.procs))
     finally:
@@ -375,16 +333,88 @@ def main() -> int:
             r.delete(key)
 
     # c. reporting overhead on a W2-sized job: reporting_overhead.py's measurement, the cores now idle
-    report["reporting_overhead"] = overhead = reporting_overhead_w2(args.redis_url, overhead_steps, overhead_rounds)
-    print(f"c. reporting every step (gradient norms) on the compiled engine, {overhead['workload']}: "
-          f"{overhead['bare_us']:.0f} -> {overhead['reporting_us']:.0f} us/step, overhead "
-          f"{overhead['overhead'] * 100:+.1f}% (rounds' paired range {overhead['range'][0] * 100:+.1f}% to "
-          f"{overhead['range'][1] * 100:+.1f}%; goal <= {GOALS['reporting_overhead'] * 100:.0f}%: "
-          f"{verdict(overhead['met'])})")
+    if "c" in wanted:
+        report["reporting_overhead"] = overhead = reporting_overhead_w2(args.redis_url, overhead_steps, overhead_rounds)
+        print(f"c. reporting every step (gradient norms) on the compiled engine, {overhead['workload']}: "
+              f"{overhead['bare_us']:.0f} -> {overhead['reporting_us']:.0f} us/step, overhead "
+              f"{overhead['overhead'] * 100:+.1f}% (rounds' paired range {overhead['range'][0] * 100:+.1f}% to "
+              f"{overhead['range'][1] * 100:+.1f}%; goal <= {GOALS['reporting_overhead'] * 100:.0f}%: "
+              f"{verdict(overhead['met'])})")
     r.close()
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def report_latency(report: dict, runs: list[tuple[float, dict[str, float]]]) -> None:
+    latencies = [latency for latency, _ in runs]
+    p50, p90 = statistics.median(latencies), percentile(latencies, 0.9)
+    parts = {part: statistics.median(p[part] for _, p in runs) for part in runs[0][1]}
+    report["latency_ms"] = {"median": p50, "p50": p50, "p90": p90, "jobs": len(latencies), "all": latencies,
+                            "parts_p50": parts,
+                            "goal_p50": GOALS["latency_p50_ms"], "met": p50 <= GOALS["latency_p50_ms"]}
+    print(f"d. submit -> first step visible: p50 {p50:.1f} ms, p90 {p90:.1f} ms over {len(latencies)} "
+          f"sequential jobs (goal p50 <= {GOALS['latency_p50_ms']:.0f} ms: "
+          f"{verdict(p50 <= GOALS['latency_p50_ms'])})")
+    print("   where it went (medians, ms): " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in parts.items()))
+
+
+def tiny_jobs(stack: Stack, pool, r: redis.Redis, namespace: str, procs: dict, workers: dict, base_url: str,
+              body_bytes: bytes, n_clients: int, n_throughput: int, pool_kind: str) -> dict:
+    """b: tiny jobs submitted by the clients at once and trained by the workers, end to end."""
+    worker_sessions = [procs[name].pid for name in workers]
+    cpu_before = session_cpu_s(worker_sessions), session_cpu_s([procs["API"].pid])
+    sent = submit_concurrently(pool, n_clients, base_url, body_bytes, n_throughput)
+    if sent["errors"]:
+        stack.fail(f"{len(sent['errors'])} of {n_throughput} POSTs refused, e.g. {sent['errors'][0]}")
+    ids = sent["ids"]
+    wait(stack, f"{len(ids)} jobs to finish",
+         lambda: all(finished(t[0]) for t in job_times(r, namespace, ids)), timeout=WAIT_S + n_throughput,
+         interval=0.05)
+    worker_cpu_ms = (session_cpu_s(worker_sessions) - cpu_before[0]) / len(ids) * 1000
+    api_cpu_ms = (session_cpu_s([procs["API"].pid]) - cpu_before[1]) / len(ids) * 1000
+    times = job_times(r, namespace, ids)
+    bad = [t[0] for t in times if t[0] != "succeeded"]
+    if bad:
+        stack.fail(f"{len(bad)} of {len(ids)} jobs did not succeed: {sorted(set(bad))}")
+    end_to_end = max(t[3] for t in times) - sent["first"]
+    jobs_per_s = len(ids) / end_to_end
+    waits = [t[2] - t[1] for t in times]
+    runs = [t[3] - t[2] for t in times]
+    figures = {
+        "jobs": len(ids), "elapsed_s": end_to_end, "jobs_per_s": jobs_per_s,
+        "submitting_s": sent["elapsed_s"], "submitted_per_s": len(ids) / sent["elapsed_s"],
+        "run_ms": {"median": statistics.median(runs) * 1000, "p90": percentile(runs, 0.9) * 1000},
+        "queue_wait_ms": {"median": statistics.median(waits) * 1000, "p90": percentile(waits, 0.9) * 1000},
+        "worker_cpu_ms_per_job": worker_cpu_ms, "api_cpu_ms_per_job": api_cpu_ms,
+        "goal": GOALS["jobs_per_s"], "met": jobs_per_s >= GOALS["jobs_per_s"]}
+    print(f"b. {len(ids)} jobs (seed graph, 20 steps) through {WORKER_PROCESSES} workers ({pool_kind}): "
+          f"{jobs_per_s:.0f} jobs/s end to end, {end_to_end:.2f} s from the first POST to the last job "
+          f"succeeded (goal >= {GOALS['jobs_per_s']:.0f}/s: {verdict(jobs_per_s >= GOALS['jobs_per_s'])}); "
+          f"submitted in {sent['elapsed_s']:.2f} s; per job: started -> finished median "
+          f"{statistics.median(runs) * 1000:.1f} ms, queue wait median {statistics.median(waits) * 1000:.0f} ms; "
+          f"CPU per job: workers {worker_cpu_ms:.1f} ms, API {api_cpu_ms:.1f} ms")
+    return figures
+
+
+def submissions(stack: Stack, pool, procs: dict, base_url: str, body_bytes: bytes, n_clients: int,
+                n_submissions: int) -> dict:
+    """a: POSTs from the clients at once to the API alone (the workers stopped)."""
+    api_cpu_before = session_cpu_s([procs["API"].pid])
+    sent = submit_concurrently(pool, n_clients, base_url, body_bytes, n_submissions)
+    api_cpu_ms = (session_cpu_s([procs["API"].pid]) - api_cpu_before) / n_submissions * 1000
+    if sent["errors"]:
+        stack.fail(f"{len(sent['errors'])} of {n_submissions} POSTs refused, e.g. {sent['errors'][0]}")
+    per_s = n_submissions / sent["elapsed_s"]
+    figures = {"per_s": per_s, "ms_per_post": sent["elapsed_s"] / n_submissions * 1000,
+               "count": n_submissions, "body_bytes": len(body_bytes), "elapsed_s": sent["elapsed_s"],
+               "api_cpu_ms_per_post": api_cpu_ms,
+               "goal": GOALS["submissions_per_s"], "met": per_s >= GOALS["submissions_per_s"]}
+    print(f"a. submissions: {per_s:.0f} jobs/s accepted by {API_WORKERS} API processes from {n_clients} "
+          f"client processes ({n_submissions} POSTs of {len(body_bytes)} bytes in {sent['elapsed_s']:.2f} s; "
+          f"goal >= {GOALS['submissions_per_s']:.0f}/s: {verdict(per_s >= GOALS['submissions_per_s'])}); "
+          f"API CPU {api_cpu_ms:.2f} ms per POST")
+    return figures
 
 
 def reporting_overhead_w2(redis_url: str, steps: int, rounds: int) -> dict:
