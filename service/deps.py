@@ -1,7 +1,9 @@
 """Dependencies injected into the routes: settings, the job store, the Celery app, the tenant, bodies.
 
 Everything is created once per app instance by :func:`service.app.create_app` and kept on
-``app.state``; routes only ask for what they use.
+``app.state``; routes only ask for what they use. The ones that only read ``app.state`` are
+``async``: FastAPI runs a plain ``def`` dependency in its thread pool, a hop per dependency per
+request for an attribute read.
 """
 
 from __future__ import annotations
@@ -28,15 +30,15 @@ LOCAL_TENANT = "local"
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`")
 
 
-def get_settings(request: Request) -> ApiSettings:
+async def get_settings(request: Request) -> ApiSettings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def get_celery(request: Request) -> Celery:
+async def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
