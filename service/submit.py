@@ -23,7 +23,7 @@ from worker.dispatch import send_job
 from worker.records import JobRecord
 from worker.step_metrics import step_metric_names
 from .settings import ApiSettings
-from worker.store import IdempotencyConflict, JobStore, encode_tensors, now
+from worker.store import GraphGone, IdempotencyConflict, JobStore, encode_tensors, now
 
 from .data import check_fits, decode_map
 from .datarows import per_example
@@ -195,12 +195,25 @@ def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Cele
                idempotency_key: str | None) -> tuple[JobRecord, bool]:
     """Store and enqueue; returns (job hash, created). A repeated Idempotency-Key returns the first job."""
     limits = settings.limits_for(tenant)
-    graph_id = keep_job_graph(store, settings, tenant, prepared.graph, prepared.graph_id)
+    graph_id = prepared.graph_id
+
+    def store_it() -> tuple[JobRecord, bool]:
+        return store.store_job(tenant, graph_id, prepared.spec, prepared.data, prepared.eval_data,
+                               idempotency_key=idempotency_key, init=prepared.init,
+                               request_id=logs.request_id.get(), quota=job_quota(limits),
+                               history_bytes=prepared.spec["history_bytes"], keep_graph_s=settings.graph_retention_s)
+
     try:
-        job, created = store.store_job(tenant, graph_id, prepared.spec, prepared.data, prepared.eval_data,
-                                       idempotency_key=idempotency_key, init=prepared.init,
-                                       request_id=logs.request_id.get(), quota=job_quota(limits),
-                                       history_bytes=prepared.spec["history_bytes"])
+        try:  # the graph is kept stored in the same step (it must outlive the job's wait in the queue)
+            job, created = store_it()
+        except GraphGone:  # an inline graph not stored yet, or a stored one that expired meanwhile
+            store.put_graph(tenant, prepared.graph, ttl_s=settings.graph_retention_s,
+                            max_bytes=limits.max_graph_bytes, graph_id=graph_id)
+            try:
+                job, created = store_it()
+            except GraphGone:
+                raise conflict(f"graph {graph_id} was deleted while this job was being stored; submit it "
+                               "again") from None
     except IdempotencyConflict as exc:
         raise ProblemError(422, str(exc), kind="idempotency-key-reused", job_id=exc.job_id) from None
     job_id = job.id

@@ -114,13 +114,14 @@ _TOUCH_GRAPH = KEEP_GRAPH + """
 return keep_graph(KEYS[1], KEYS[2], ARGV[3], tonumber(ARGV[1]), tonumber(ARGV[2]))
 """
 
-# Create a queued job within the tenant's queued-jobs and job-bytes limits, in one step.
+# Create a queued job within the tenant's queued-jobs and job-bytes limits, in one step, and
+# keep its graph stored at least the graph retention more (keep_graph; 0 = leave the graph as is).
 # KEYS: job hash, data, eval data, init, tenant job index, outbox, queued, stats, tenant queued set,
-#       job ledger zset, job ledger hash.
+#       job ledger zset, job ledger hash, graph key, graph ledger zset.
 # ARGV: job id, created, max queued (0 = off), max bytes (0 = off), the job's bytes,
-#       data, eval data ('' = none), init ('' = none), then the hash's field, value...
-# Returns {1, ''} or {0, limit, used, retry after ('' = unknown)}.
-_CREATE_JOB = _PURGE + """
+#       data, eval data ('' = none), init ('' = none), graph retention (s), then the hash's field, value...
+# Returns {1, ''}, {0, limit, used, retry after ('' = unknown)}, or {0, 'graph_gone'} (nothing stored).
+_CREATE_JOB = _PURGE + KEEP_GRAPH + """
 local id, created = ARGV[1], tonumber(ARGV[2])
 local max_queued, max_bytes, size = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local queued = redis.call('SCARD', KEYS[9])
@@ -131,7 +132,11 @@ purge(KEYS[10], KEYS[11], created)
 if max_bytes > 0 and used(KEYS[11]) + size > max_bytes then
   return {0, 'max_job_bytes', tostring(used(KEYS[11])), first_expiry(KEYS[10], created)}
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+local graph_ttl = tonumber(ARGV[9])
+if graph_ttl > 0 and keep_graph(KEYS[12], KEYS[13], string.match(KEYS[12], '[^:]+$'), graph_ttl, created) == 0 then
+  return {0, 'graph_gone'}
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
 redis.call('SET', KEYS[2], ARGV[6])
 if ARGV[7] ~= '' then redis.call('SET', KEYS[3], ARGV[7]) end
 if ARGV[8] ~= '' then redis.call('SET', KEYS[4], ARGV[8]) end

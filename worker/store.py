@@ -297,6 +297,14 @@ class LeaseLost(Exception):
         self.job_id = job_id
 
 
+class GraphGone(Exception):
+    """A job was not stored: its graph is not (or no longer) stored for the tenant."""
+
+    def __init__(self, graph_id: str):
+        super().__init__(f"graph {graph_id} is not stored")
+        self.graph_id = graph_id
+
+
 class IdempotencyConflict(Exception):
     """An Idempotency-Key reused with a different request body."""
 
@@ -537,14 +545,16 @@ class JobStore(SweepRecords, TenantQuotas):
     def store_job(self, tenant: str, graph_id: str, spec: dict[str, Any], data: bytes,
                   eval_data: bytes | None = None, idempotency_key: str | None = None,
                   init: bytes | None = None, request_id: str | None = None, quota: JobQuota = JobQuota(),
-                  history_bytes: int = 0) -> tuple[JobRecord, bool]:
+                  history_bytes: int = 0, keep_graph_s: int = 0) -> tuple[JobRecord, bool]:
         """Store a queued job, in the outbox until :meth:`mark_sent` (a job whose sender died
         before sending is sent by the sweep); returns (the job as stored, created): its ``created`` is
         its outbox entry's score, for :meth:`mark_sent`. With an Idempotency-Key already used
         by this tenant for the same request, returns the existing job's id instead (a record holding
         only its id and tenant; created=False); the same key with a different request raises :class:`IdempotencyConflict`. Over one of
         ``quota``'s limits nothing is stored and :class:`QuotaExceeded` says which; the job's bytes
-        (its blobs and ``history_bytes``, its step history's bound) count toward ``max_job_bytes``."""
+        (its blobs and ``history_bytes``, its step history's bound) count toward ``max_job_bytes``.
+        With ``keep_graph_s`` the graph is kept stored at least that long more in the same step
+        (:meth:`keep_graph`), and :class:`GraphGone` is raised, nothing stored, if it is not stored."""
         job_id = "job_" + uuid.uuid4().hex  # JOB_ID
         if idempotency_key is not None:
             idem = self.tenant_key(tenant, f"idem:{idempotency_key}")
@@ -565,15 +575,18 @@ class JobStore(SweepRecords, TenantQuotas):
         size = len(data) + len(eval_data or b"") + len(init or b"") + history_bytes
         keys = [self.job_key(job_id), self.job_key(job_id, "data"), self.job_key(job_id, "eval_data"),
                 self.job_key(job_id, "init"), self.tenant_key(tenant, "jobs"), self.outbox_key, self.queued_key,
-                self.stats_key, self.tenant_key(tenant, "queued"), *self.usage_keys(tenant, "jobs")]
+                self.stats_key, self.tenant_key(tenant, "queued"), *self.usage_keys(tenant, "jobs"),
+                self.tenant_key(tenant, f"graph:{graph_id}"), self.usage_keys(tenant, "graphs")[0]]
         # init: the starting parameters (a warm start), copied: the source may expire first
         args = [job_id, repr(created), quota.max_queued_jobs, quota.max_job_bytes, size, data, eval_data or b"",
-                init or b"", *(item for pair in fields.items() for item in pair)]
+                init or b"", int(keep_graph_s), *(item for pair in fields.items() for item in pair)]
         ok, *refused = self._create_job(keys=keys, args=args)
         if not ok:
             if idempotency_key is not None:  # nothing was stored: a retry with the key submits afresh
                 self.release_idempotency_key(tenant, idempotency_key)
             limit = refused[0].decode()
+            if limit == "graph_gone":
+                raise GraphGone(graph_id)
             raise QuotaExceeded(limit, getattr(quota, limit), int(refused[1]), _seconds(refused[2]))
         return JobRecord.from_hash({k: str(v) for k, v in fields.items()}), True
 

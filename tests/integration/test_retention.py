@@ -82,3 +82,28 @@ def test_finished_jobs_and_unused_graphs_expire_and_nothing_of_them_stays(settin
         store.delete_namespace()
         store.close()
         celery_app.close()
+
+
+def test_storing_a_job_keeps_its_graph_in_the_same_step_or_stores_nothing(settings):
+    """store_job(keep_graph_s=...) extends the graph's life with the job's creation, and refuses
+    with GraphGone, storing nothing (an Idempotency-Key released), when the graph is not stored:
+    the API then stores the graph and the job again (service/submit.py)."""
+    import uuid
+
+    import graphspec
+    from worker.store import GraphGone, JobStore
+
+    store = JobStore.connect(settings.model_copy(update={"namespace": f"{settings.namespace}-keep-{uuid.uuid4().hex[:6]}"}))
+    try:
+        graph = graphspec.from_data(SEED_DOC)
+        graph_id = store.put_graph("tenant-a", graph, ttl_s=5)
+        job, created = store.store_job("tenant-a", graph_id, {"steps": 1}, b"\x80", keep_graph_s=600)
+        assert created and 590 < store._r.ttl(store.tenant_key("tenant-a", f"graph:{graph_id}")) <= 600
+        store.delete_graph("tenant-a", graph_id)
+        keys_before = set(store._r.scan_iter(f"{store.ns}:*"))
+        with pytest.raises(GraphGone):
+            store.store_job("tenant-a", graph_id, {"steps": 1}, b"\x80", idempotency_key="k1", keep_graph_s=600)
+        assert set(store._r.scan_iter(f"{store.ns}:*")) == keys_before  # no job, no key left behind
+    finally:
+        store.delete_namespace()
+        store.close()
