@@ -273,20 +273,36 @@ def main() -> int:
                 "batch_size": 16, "report_every": 1}
         body_bytes = json.dumps(body).encode()
 
-        def run_job() -> tuple[float, dict[str, float]]:
+        def first_step_event(job_id: str) -> None:
+            """Open the job's event stream (as ``chainrule submit --watch``, Client.follow and the
+            dashboard follow a job) and return at its first step event."""
+            with client.stream("GET", f"/v1/jobs/{job_id}/events", headers={"Accept": "text/event-stream"},
+                               timeout=WAIT_S) as stream:
+                for line in stream.iter_lines():
+                    if line.strip() == "event: step":
+                        return
+                    if line.strip() in ("event: end", "event: error"):
+                        break
+            stack.fail(f"the event stream of {job_id} ended without a step")
+
+        def run_job(watch: str = "events") -> tuple[float, dict[str, float]]:
             """The latency from POST to the first step visible, and where it went (ms): the POST's
             round trip, then from the job's ``created`` time (the API's clock, the same machine's)
             to ``started`` (the Celery message's way to a worker), to the first step's own time
             (the worker reading the job, building the trainer, lowering the tape, the step), and
-            the rest until a GET showed it (the reporter's write, the client's polling)."""
+            the rest until the client saw it (the reporter's write, then: ``events``, the job's
+            event stream delivering it; ``poll``, a GET /steps every 2 ms showing it)."""
             wall, start = time.time(), time.perf_counter()
             reply = client.post("/v1/jobs", json=body)
             posted = time.perf_counter()
             if reply.status_code != 202:
                 stack.fail(f"POST /v1/jobs answered {reply.status_code}: {reply.text[:500]}")
             job_id = reply.json()["id"]
-            wait(stack, f"the first step of {job_id}",
-                 lambda: client.get(f"/v1/jobs/{job_id}/steps", params={"limit": 1}).json()["steps"])
+            if watch == "events":
+                first_step_event(job_id)
+            else:
+                wait(stack, f"the first step of {job_id}",
+                     lambda: client.get(f"/v1/jobs/{job_id}/steps", params={"limit": 1}).json()["steps"])
             latency = (time.perf_counter() - start) * 1000
             state = wait(stack, f"{job_id} to finish",
                          lambda: finished(client.get(f"/v1/jobs/{job_id}").json()["state"]), interval=0.005)
@@ -303,14 +319,19 @@ def main() -> int:
         # warm-up, not counted: every worker process has run jobs, and both API processes have
         # answered (each connection lands on one of them; the client processes' ones too)
         warm = submit_concurrently(pool, n_clients, base_url, body_bytes, 2 * n_clients)
-        for _ in range(2 * WORKER_PROCESSES):
-            run_job()
+        for _ in range(WORKER_PROCESSES):
+            run_job("events")
+            run_job("poll")
         wait(stack, "the warm-up jobs", lambda: all(t[0] == "succeeded" for t in job_times(r, namespace, warm["ids"])),
              interval=0.05)
 
         # d. submit -> first step visible
-        runs = [run_job() for _ in range(n_jobs if "d" in wanted else 0)]
-        if runs:
+        # (alternating how the client watches: the event stream, the goal's figure, and polling)
+        runs = {"events": [], "poll": []}
+        for _ in range(n_jobs if "d" in wanted else 0):
+            for watch, kept in runs.items():
+                kept.append(run_job(watch))
+        if runs["events"]:
             report_latency(report, runs)
 
         # b. tiny jobs end to end through the workers
@@ -346,17 +367,24 @@ def main() -> int:
     return 0
 
 
-def report_latency(report: dict, runs: list[tuple[float, dict[str, float]]]) -> None:
-    latencies = [latency for latency, _ in runs]
-    p50, p90 = statistics.median(latencies), percentile(latencies, 0.9)
-    parts = {part: statistics.median(p[part] for _, p in runs) for part in runs[0][1]}
-    report["latency_ms"] = {"median": p50, "p50": p50, "p90": p90, "jobs": len(latencies), "all": latencies,
-                            "parts_p50": parts,
-                            "goal_p50": GOALS["latency_p50_ms"], "met": p50 <= GOALS["latency_p50_ms"]}
-    print(f"d. submit -> first step visible: p50 {p50:.1f} ms, p90 {p90:.1f} ms over {len(latencies)} "
-          f"sequential jobs (goal p50 <= {GOALS['latency_p50_ms']:.0f} ms: "
-          f"{verdict(p50 <= GOALS['latency_p50_ms'])})")
-    print("   where it went (medians, ms): " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in parts.items()))
+def report_latency(report: dict, runs: dict[str, list[tuple[float, dict[str, float]]]]) -> None:
+    """d's figures: p50/p90 and the parts' medians for each way of watching; the goal is judged
+    on the event stream's (how chainrule's own clients watch a job)."""
+    report["latency_ms"] = {}
+    for watch, label in (("events", "watching its event stream"), ("poll", "polling GET /steps every 2 ms")):
+        latencies = [latency for latency, _ in runs[watch]]
+        p50, p90 = statistics.median(latencies), percentile(latencies, 0.9)
+        parts = {part: statistics.median(p[part] for _, p in runs[watch]) for part in runs[watch][0][1]}
+        met = p50 <= GOALS["latency_p50_ms"]
+        report["latency_ms"][watch] = {"median": p50, "p50": p50, "p90": p90, "jobs": len(latencies),
+                                       "all": latencies, "parts_p50": parts, "goal_p50": GOALS["latency_p50_ms"],
+                                       **({"met": met} if watch == "events" else {})}
+        goal = (f" (goal p50 <= {GOALS['latency_p50_ms']:.0f} ms: {verdict(met)})" if watch == "events"
+                else " (for comparison)")
+        print(f"d. submit -> first step visible, {label}: p50 {p50:.1f} ms, p90 {p90:.1f} ms over "
+              f"{len(latencies)} sequential jobs{goal}")
+        print("   where it went (medians, ms): " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}"
+                                                            for k, v in parts.items()))
 
 
 def tiny_jobs(stack: Stack, pool, r: redis.Redis, namespace: str, procs: dict, workers: dict, base_url: str,
