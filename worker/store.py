@@ -983,12 +983,15 @@ class JobStore(SweepRecords, TenantQuotas):
 
 class JobFollower:
     """The reads that follow one job live (the API's event stream): its new step entries, waiting
-    up to ``block_ms`` for one, and its record. Async, on a connection of its own whose socket
-    timeout outlasts the wait; part of the data model, so no caller reads these keys itself."""
+    up to ``block_ms`` for one, and its record. Async, on ``client`` (:meth:`connect`'s, shared by
+    the streams of one event loop: a new client per stream cost each stream a connection's set-up,
+    ~3 ms before its first read) or, without one, on a client of its own; part of the data model,
+    so no caller reads these keys itself."""
 
-    def __init__(self, store: JobStore, job_id: str, *, block_ms: int, batch: int):
-        self._client = aioredis.Redis.from_url(store.settings.redis_url, socket_timeout=block_ms / 1000 + 10,
-                                               socket_connect_timeout=5)
+    def __init__(self, store: JobStore, job_id: str, *, block_ms: int, batch: int,
+                 client: aioredis.Redis | None = None):
+        self._own = client is None
+        self._client = self.connect(store.settings, block_ms) if client is None else client
         self._steps_key, self._job_key = store.job_key(job_id, "steps"), store.job_key(job_id)
         self._block_ms, self._batch = block_ms, batch
 
@@ -1005,4 +1008,12 @@ class JobFollower:
         return _record(raw)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._own:
+            await self._client.aclose()
+
+    @staticmethod
+    def connect(settings: Settings, block_ms: int) -> aioredis.Redis:
+        """A client for followers that wait up to ``block_ms``: its socket timeout outlasts the
+        wait. Each waiting follower holds one of its pool's connections while it waits."""
+        return aioredis.Redis.from_url(settings.redis_url, socket_timeout=block_ms / 1000 + 10,
+                                       socket_connect_timeout=5)

@@ -223,7 +223,8 @@ async def stream_events(job_id: JobId, tenant: TenantDep, store: StoreDep, reque
     job = await run_in_threadpool(store.job_for_tenant, tenant, job_id)
     if job is None:
         raise not_found("job", job_id)
-    events = job_events(store, request.url.path, job_id, resume_point(after, last_event_id))
+    events = job_events(store, request.url.path, job_id, resume_point(after, last_event_id),
+                        client=request.app.state.follower_client)
     return EventSourceResponse(events, ping=15, headers={"Cache-Control": "no-cache"})
 
 
