@@ -26,7 +26,7 @@ from .openapi import install_openapi
 from .problems import register_exception_handlers
 from .routes import graphs, health, jobs, sweeps
 from .settings import ApiSettings, get_api_settings
-from .streaming import follower_client
+from .streaming import event_loop_client
 from .ui import install_ui
 
 log = logging.getLogger("service")
@@ -55,11 +55,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if metrics is not None and settings.metrics_port is not None:
             metrics.serve(settings.metrics_host, settings.metrics_port)
-        # the event streams' async Redis client: made here, in the loop that serves the streams
-        app.state.follower_client = follower_client(app.state.store)
+        # the async Redis client of the loop that serves the requests (the rate check, event streams)
+        app.state.async_redis = event_loop_client(app.state.store)
         yield
-        await app.state.follower_client.aclose()
-        app.state.follower_client = None
+        await app.state.async_redis.aclose()
+        app.state.async_redis = None
         if metrics is not None:
             metrics.stop()
         app.state.store.close()
@@ -71,7 +71,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         log.warning("CHAINRULE_API_KEYS holds %d plain API key(s): store each as sha256:<digest>:tenant instead "
                     "(`chainrule hash-key` prints the digest; docs/security.md)", settings.plain_keys())
     app.state.store = JobStore.connect(settings)
-    app.state.follower_client = None  # until the lifespan starts (a test client without it: one per stream)
+    app.state.async_redis = None  # until the lifespan starts (without one: threads, and a client per stream)
     app.state.celery = make_celery(settings)
 
     register_exception_handlers(app)

@@ -47,13 +47,15 @@ StoreDep = Annotated[JobStore, Depends(get_store)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 
 
-def get_tenant(settings: SettingsDep, store: StoreDep,
-               credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+async def get_tenant(request: Request, settings: SettingsDep, store: StoreDep,
+                     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
     """The caller's tenant: one per API key (``ApiSettings.api_keys``), or ``local`` with auth
-    disabled; each request takes one from the tenant's request rate (a 429 when none is left)."""
+    disabled; each request takes one from the tenant's request rate (a 429 when none is left).
+    Async: no thread hop per request, and the tenant set for the log lines is in the request's
+    own context (a plain ``def`` ran in a thread with a copy of it, and the routes never saw it)."""
     tenant = LOCAL_TENANT if settings.auth_disabled else _authenticated(settings, credentials)
     logs.tenant.set(tenant)  # for this request's log lines
-    check_request_rate(store, settings, tenant)
+    await check_request_rate(store, settings, tenant, request.app.state.async_redis)
     return tenant
 
 

@@ -38,14 +38,16 @@ def resume_point(after: int, last_event_id: str | None) -> int:
     return min(after, MAX_STEP)
 
 
-def follower_client(store: JobStore):
-    """The async Redis client the event streams of one API process share (service/app.py's lifespan)."""
+def event_loop_client(store: JobStore):
+    """The async Redis client of an API process's event loop (made in service/app.py's lifespan):
+    the request-rate check and the event streams share it; its socket timeout outlasts the
+    streams' blocking reads."""
     return JobFollower.connect(store.settings, BLOCK_MS)
 
 
 async def job_events(store: JobStore, path: str, job_id: str, after: int, client=None) -> AsyncIterator[ServerSentEvent]:
     """The job's step events from step ``after`` on, then its end; on ``client``
-    (:func:`follower_client`'s) when given, else on a connection of the stream's own."""
+    (:func:`event_loop_client`'s) when given, else on a connection of the stream's own."""
     follower = JobFollower(store, job_id, block_ms=BLOCK_MS, batch=BATCH, client=client)
     last = after
     try:

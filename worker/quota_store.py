@@ -22,6 +22,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import redis.asyncio as aioredis
 import redis.exceptions
 
 # A full Redis (maxmemory, noeviction) refuses a script's commands that may grow memory (HSET,
@@ -236,6 +237,12 @@ class QuotaExceeded(Exception):
         self.limit, self.value, self.used, self.retry_after_s = limit, value, used, retry_after_s
 
 
+def _token_wait(reply: list) -> float | None:
+    """_TAKE_TOKEN's reply: None (a token taken) or the seconds until one, to the millisecond above."""
+    ok, wait = reply
+    return None if ok else math.ceil(_seconds(wait) * 1000) / 1000
+
+
 def _seconds(raw: bytes | str) -> float | None:
     text = raw.decode() if isinstance(raw, bytes) else raw
     return None if text == "" else max(0.0, float(text))
@@ -261,10 +268,20 @@ class TenantQuotas:
         """None if the tenant may make a request now, else the seconds until it may. A Redis at
         its maxmemory cannot count: the request goes through (reads still work; writes get a 503)."""
         try:
-            ok, wait = self._take_token(keys=[self.tenant_key(tenant, "bucket")], args=[repr(per_second), max(1, burst)])
+            return _token_wait(self._take_token(keys=[self.tenant_key(tenant, "bucket")],
+                                                args=[repr(per_second), max(1, burst)]))
         except redis.exceptions.OutOfMemoryError:
             return None
-        return None if ok else math.ceil(_seconds(wait) * 1000) / 1000
+
+    async def take_request_token_async(self, client: aioredis.Redis, tenant: str, per_second: float,
+                                       burst: int) -> float | None:
+        """:meth:`take_request_token` on an async client of the same Redis (the API's event loop
+        takes it without a thread)."""
+        try:
+            return _token_wait(await client.register_script(_TAKE_TOKEN)(keys=[self.tenant_key(tenant, "bucket")],
+                                                                         args=[repr(per_second), max(1, burst)]))
+        except redis.exceptions.OutOfMemoryError:
+            return None
 
     def usage(self, tenant: str, kind: str) -> int:
         """Bytes the tenant's stored ``kind`` ("jobs", "graphs") counts for now (expired ones may

@@ -224,7 +224,7 @@ async def stream_events(job_id: JobId, tenant: TenantDep, store: StoreDep, reque
     if job is None:
         raise not_found("job", job_id)
     events = job_events(store, request.url.path, job_id, resume_point(after, last_event_id),
-                        client=request.app.state.follower_client)
+                        client=request.app.state.async_redis)
     return EventSourceResponse(events, ping=15, headers={"Cache-Control": "no-cache"})
 
 

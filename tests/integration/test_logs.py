@@ -62,7 +62,8 @@ def test_a_request_id_follows_its_job_into_the_worker_s_json_log(env, settings, 
     api_lines = json_lines(log_path.read_text(errors="replace"))
     assert api_lines and all({"time", "level", "logger", "event"} <= set(line) for line in api_lines)
     submitted = [line for line in api_lines if line["event"].startswith(f"job {job_id} submitted")]
-    assert submitted and submitted[0]["request_id"] == request_id
+    # the tenant too: set by the request's own (async) authentication, seen by the route's lines
+    assert submitted and submitted[0]["request_id"] == request_id and submitted[0]["tenant"] == "tenant-a"
     mine = [line for line in json_lines(worker_log) if line.get("job_id") == job_id]
     assert any(line["event"].startswith(f"job {job_id}: training") for line in mine)
     assert mine and all(line["request_id"] == request_id and line["tenant"] == "tenant-a" for line in mine)
