@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import ItemsView, Iterator, Mapping, ValuesView
 
 import numpy as np
 
@@ -160,12 +160,23 @@ class GradNorms(Mapping[str, float]):
         if self._norms is None:
             grads, scale, squares = ((self._grads.scaled, self._grads.scale, self._grads.squares or {})
                                      if isinstance(self._grads, ScaledGrads) else (self._grads, 1.0, {}))
-            with np.errstate(all="ignore"):
-                self._norms = {n: grad_norm(g, squares.get(n)) / scale for n, g in grads.items()}
+            if len(squares) == len(grads):  # finite sums of squares, taken already: nothing left to warn about
+                self._norms = {n: grad_norm(g, squares[n]) / scale for n, g in grads.items()}
+            else:
+                with np.errstate(all="ignore"):
+                    self._norms = {n: grad_norm(g, squares.get(n)) / scale for n, g in grads.items()}
         return self._norms
 
     def __getitem__(self, name: str) -> float:
         return self._computed()[name]
+
+    # the views of the computed dict: a reporter reading every step's norms (``dict(norms.items())``)
+    # or the global norm takes them at a dict's speed, not a Mapping's one lookup per name
+    def items(self) -> ItemsView[str, float]:
+        return self._computed().items()
+
+    def values(self) -> ValuesView[float]:
+        return self._computed().values()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._grads)

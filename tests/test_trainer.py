@@ -488,7 +488,12 @@ def test_copy_grads_false_reports_the_same_gradients_read_during_the_callback(op
     kept: list[StepReport] = []
     for copy in (True, False):
         def callback(r: StepReport, copy=copy) -> None:
-            read[copy].append((r.step, {n: np.array(g) for n, g in r.grads.items()}, dict(r.grad_norms)))
+            norms = dict(r.grad_norms)
+            # the worker's reporter reads them as items() and the global norm from values(): the same numbers
+            assert dict(r.grad_norms.items()) == norms and list(r.grad_norms.values()) == list(norms.values())
+            if r.clipped_from is None:  # else the global norm is the one before clipping
+                assert r.grad_norm == pytest.approx(float(np.sqrt(sum(n * n for n in norms.values()))), rel=1e-12)
+            read[copy].append((r.step, {n: np.array(g) for n, g in r.grads.items()}, norms))
             kept.append(r)
         Trainer(graph, make_optimizer(optimizer[0], **optimizer[1]), batch_size=16, seed=0, compiled=compiled,
                 **options).fit(data, runtime.init_params(graph, seed=0), steps=6, callback=callback, copy_grads=copy)

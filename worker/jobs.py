@@ -111,7 +111,7 @@ class _Reporter:
         elif self.gradients == "norms":
             # now, not at finish(): the engine's arrays change with the next step, and a failing
             # next step leaves this one the last in the history
-            self.last_norms = dict(report.grad_norms)
+            self.last_norms = dict(report.grad_norms.items())
         clock = time.monotonic()
         if clock - self.last_renew >= self.store.settings.lease_ttl_s / 3:
             # alive, even between sparse reports; False means another trainer or the sweep has the job
@@ -136,7 +136,7 @@ class _Reporter:
     def _sample(self, report: runtime.StepReport, norms: dict[str, float] | None = None) -> None:
         grads = encode_tensors(report.grads) if self.gradients == "full" else None
         if norms is None:
-            norms = dict(report.grad_norms) if self.gradients != "none" else {}  # computed now, from this step
+            norms = dict(report.grad_norms.items()) if self.gradients != "none" else {}  # computed now, from this step
         self.buffer.append(StepRecord(report.step, float(report.loss), norms, now(), report.eval_loss, grads,
                                       step_metrics(self.metric_names, report)))
         self.sampled = report.step
