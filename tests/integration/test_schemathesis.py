@@ -30,9 +30,7 @@ TENANT = "tenant-a"
 # 422. Accepted jobs are also cancelled right after the call.
 MAX_STEPS = 200
 SEED = 20261127
-# Random cases per operation, besides the examples and edge cases (derandomized: the same ones each
-# run). 25, not 40: this test was ~160 s of a CI run that must stay under 15 min on 2 cores.
-EXAMPLES_PER_OPERATION = 25
+EXAMPLES_PER_OPERATION = 40  # random cases per operation, besides the examples and edge cases
 # Each event stream of a finished job takes a second or more (its XREAD blocks for a second
 # before it looks at the job's state again), so only the first few go to the real job.
 REAL_EVENT_STREAMS = 4
