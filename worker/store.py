@@ -126,8 +126,9 @@ for i = 1, n do
       redis.call('ZREM', KEYS[5], ARGV[3])
       redis.call('SREM', tenant_key .. ':queued', ARGV[3])
     end
+    local attempts = 0
     if string.find(ARGV[5], 'a', 1, true) then
-      redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+      attempts = redis.call('HINCRBY', KEYS[2], 'attempts', 1)
     end
     if string.find(ARGV[5], 'e', 1, true) then
       redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
@@ -148,7 +149,7 @@ for i = 1, n do
         keep_graph(tenant_key .. ':graph:' .. graph_id, tenant_key .. ':usage:graphs', graph_id, ttl, ended)
       end
     end
-    return {1, state, tonumber(redis.call('HGET', KEYS[2], 'attempts') or '0')}
+    return {1, state, attempts}
   end
 end
 return {0, state}
@@ -717,7 +718,8 @@ class JobStore(SweepRecords, TenantQuotas):
     def _move(self, job_id: str, allowed: Iterable[str], to: str, *, token: str | None = None,
               enqueue: bool = False, attempt: bool = False, blob: tuple[str, bytes] | None = None,
               **fields: Any) -> tuple[bool, str, int]:
-        """:meth:`transition`, and the job's ``attempts`` after the move (0 when it did not move)."""
+        """:meth:`transition`, and the job's ``attempts`` as the move counted them (0 unless ``attempt``
+        and it moved)."""
         allowed = list(allowed)
         flat: list[Any] = []
         for k, v in fields.items():
