@@ -486,10 +486,8 @@ class JobStore(SweepRecords, TenantQuotas):
         """Up to ``limit`` of the tenant's stored jobs that train ``graph_id`` (one pipelined read
         of the tenant's job index: deleting a graph is rare)."""
         ids = [raw.decode() for raw in self._r.zrange(self.tenant_key(tenant, "jobs"), 0, -1)]
-        pipe = self._r.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hget(self.job_key(job_id), "graph_id")
-        users = [job_id for job_id, used in zip(ids, pipe.execute()) if used is not None and used.decode() == graph_id]
+        used = self._pipelined(ids, lambda pipe, job_id: pipe.hget(self.job_key(job_id), "graph_id"))
+        users = [job_id for job_id, (by,) in zip(ids, used) if by is not None and by.decode() == graph_id]
         return users[:limit]
 
     def delete_graph(self, tenant: str, graph_id: str) -> bool:
@@ -676,10 +674,8 @@ class JobStore(SweepRecords, TenantQuotas):
             rows = [(job_id, score) for job_id, score in rows
                     if not (before is not None and score == before[0] and job_id >= before[1])]
             # the cursor's own job, or one listed before it in the same instant, is left out above
-            pipe = self._r.pipeline(transaction=False)
-            for job_id, _ in rows:
-                pipe.hget(self.job_key(job_id), "state")
-            states = pipe.execute()
+            states = [st for st, in self._pipelined([job_id for job_id, _ in rows],
+                                                    lambda pipe, job_id: pipe.hget(self.job_key(job_id), "state"))]
             expired = [job_id for (job_id, _), st in zip(rows, states) if st is None]
             if expired:  # expired by retention
                 self._r.zrem(key, *expired)
