@@ -13,6 +13,7 @@ from typing import AsyncIterator
 
 import anyio
 import redis
+import redis.asyncio as aioredis
 from sse_starlette import ServerSentEvent
 
 from worker.store import TERMINAL, JobFollower, JobStore
@@ -38,14 +39,15 @@ def resume_point(after: int, last_event_id: str | None) -> int:
     return min(after, MAX_STEP)
 
 
-def event_loop_client(store: JobStore):
+def event_loop_client(store: JobStore) -> aioredis.Redis:
     """The async Redis client of an API process's event loop (made in service/app.py's lifespan):
     the request-rate check and the event streams share it; its socket timeout outlasts the
     streams' blocking reads."""
     return JobFollower.connect(store.settings, BLOCK_MS)
 
 
-async def job_events(store: JobStore, path: str, job_id: str, after: int, client=None) -> AsyncIterator[ServerSentEvent]:
+async def job_events(store: JobStore, path: str, job_id: str, after: int,
+                     client: aioredis.Redis | None = None) -> AsyncIterator[ServerSentEvent]:
     """The job's step events from step ``after`` on, then its end; on ``client``
     (:func:`event_loop_client`'s) when given, else on a connection of the stream's own."""
     follower = JobFollower(store, job_id, block_ms=BLOCK_MS, batch=BATCH, client=client)

@@ -207,8 +207,7 @@ def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Cele
         try:  # the graph is kept stored in the same step (it must outlive the job's wait in the queue)
             job, created = store_it()
         except GraphGone:  # an inline graph not stored yet, or a stored one that expired meanwhile
-            store.put_graph(tenant, prepared.graph, ttl_s=settings.graph_retention_s,
-                            max_bytes=limits.max_graph_bytes, graph_id=graph_id)
+            store_graph(store, settings, tenant, prepared.graph, graph_id)
             try:
                 job, created = store_it()
             except GraphGone:
@@ -242,15 +241,23 @@ def submit_job(prepared: PreparedJob, tenant: str, store: JobStore, celery: Cele
     return job, True
 
 
-def keep_job_graph(store: JobStore, settings: ApiSettings, tenant: str, graph: graphspec.Graph, graph_id: str) -> str:
-    """Keep the job's graph stored for at least ``graph_retention_s`` more, so it outlives the
-    job's wait in the queue (its end keeps it for the job's retention): a graph the tenant already
-    stores (by id, or the same document sent inline again) is only kept longer; any other is stored
-    (counted toward max_graph_bytes), as is one that expired since the request was checked."""
+def keep_graph_stored(store: JobStore, settings: ApiSettings, tenant: str, graph: graphspec.Graph,
+                      graph_id: str) -> str:
+    """Keep a sweep's graph stored for at least ``graph_retention_s`` more, so it outlives the
+    wait of the trials it launches later (a job's own graph is kept by the script that stores the
+    job: :func:`submit_job`): a graph the tenant already stores (by id, or the same document sent
+    inline again) is only kept longer; any other is stored, as is one that expired since the
+    request was checked."""
     if not store.keep_graph(tenant, graph_id, settings.graph_retention_s):
-        store.put_graph(tenant, graph, ttl_s=settings.graph_retention_s,
-                        max_bytes=settings.limits_for(tenant).max_graph_bytes, graph_id=graph_id)
+        store_graph(store, settings, tenant, graph, graph_id)
     return graph_id
+
+
+def store_graph(store: JobStore, settings: ApiSettings, tenant: str, graph: graphspec.Graph, graph_id: str) -> None:
+    """Store ``graph`` (as ``graph_id``) for ``graph_retention_s``, counted toward the tenant's
+    max_graph_bytes (a 429 over it)."""
+    store.put_graph(tenant, graph, ttl_s=settings.graph_retention_s,
+                    max_bytes=settings.limits_for(tenant).max_graph_bytes, graph_id=graph_id)
 
 
 def _redis_full(exc: BaseException | None) -> bool:

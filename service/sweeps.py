@@ -16,7 +16,7 @@ from .memory_limit import check_memory
 from .models import SweepRequest, SweepResource, SweepTrial
 from .problems import ProblemError, unprocessable
 from .settings import ApiSettings
-from .submit import keep_job_graph, prepare_job, stored_spec
+from .submit import keep_graph_stored, prepare_job, stored_spec
 
 MAX_TRIALS = 1000  # trials in one sweep, at most
 
@@ -78,7 +78,7 @@ def create_sweep(req: SweepRequest, tenant: str, store: JobStore, celery: Celery
               "queue": settings.queue,  # its trials go to the queue the API sends jobs to
               # the tenant's cap as the sweep starts: its trials wait queued at it like jobs do
               "max_running_jobs": settings.limits_for(tenant).max_running_jobs}
-    graph_id = keep_job_graph(store, settings, tenant, graph, base.graph_id)
+    graph_id = keep_graph_stored(store, settings, tenant, graph, base.graph_id)
     sweep_id = store.create_sweep(tenant, graph_id, config, trials, base.data, base.eval_data, now())
     advance(store, sweep_id, celery)  # the first trials; the workers launch the rest as trials finish
     return sweep_id
